@@ -1,0 +1,293 @@
+//! The by-value pool builder, validated in [`PoolBuilder::build`].
+
+use std::time::Duration;
+
+use crate::sync::Arc;
+
+use super::autoscale::ScalePolicy;
+use super::clock::{Clock, SystemClock};
+use super::core::{Config, Factory, Hook, PanicHook, Shared};
+use super::error::BuildError;
+use super::worker_queue::IdleOrder;
+use super::Pool;
+
+/// Builds a [`Pool`]. Every setting has a default; `build` validates them.
+///
+/// ```
+/// use std::time::Duration;
+/// use facepool::pool::Pool;
+///
+/// let pool = Pool::builder()
+///     .capacity(4)
+///     .queue_capacity(256)
+///     .idle_expiry(Duration::from_secs(30))
+///     .thread_name("decode")
+///     .build()
+///     .unwrap();
+/// let h = pool.submit(|_| 6 * 7).unwrap();
+/// assert_eq!(h.join(), Ok(42));
+/// ```
+#[must_use]
+pub struct PoolBuilder<S = ()> {
+    capacity: usize,
+    min_workers: usize,
+    prestart: bool,
+    queue_cap: usize,
+    nonblocking: bool,
+    max_blocked: Option<usize>,
+    submit_timeout: Option<Duration>,
+    expiry: Option<Duration>,
+    thread_name: String,
+    stack_size: Option<usize>,
+    factory: Factory<S>,
+    on_start: Option<Hook>,
+    on_exit: Option<Hook>,
+    on_panic: Option<PanicHook>,
+    clock: std::sync::Arc<dyn Clock>,
+    spin: u32,
+    idle_order: IdleOrder,
+    autoscale: Option<ScalePolicy>,
+    housekeeping: Option<Duration>,
+    drop_timeout: Option<Duration>,
+}
+
+impl Default for PoolBuilder<()> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PoolBuilder<()> {
+    /// Defaults: capacity = the number of available cores, no minimum,
+    /// queue of 1024 jobs, blocking submit, idle expiry 10 s, LIFO reuse.
+    pub fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            capacity: cores,
+            min_workers: 0,
+            prestart: false,
+            queue_cap: 1024,
+            nonblocking: false,
+            max_blocked: None,
+            submit_timeout: None,
+            expiry: Some(Duration::from_secs(10)),
+            thread_name: "facepool".to_owned(),
+            stack_size: None,
+            factory: Arc::new(|| ()),
+            on_start: None,
+            on_exit: None,
+            on_panic: None,
+            clock: std::sync::Arc::new(SystemClock),
+            spin: if cfg!(loom) { 0 } else { 512 },
+            idle_order: IdleOrder::Lifo,
+            autoscale: None,
+            housekeeping: None,
+            drop_timeout: None,
+        }
+    }
+}
+
+impl<S: 'static> PoolBuilder<S> {
+    /// Maximum number of workers (at least 1).
+    pub fn capacity(mut self, n: usize) -> Self {
+        self.capacity = n;
+        self
+    }
+
+    /// Workers kept alive even when idle (never expired). They start at build.
+    pub fn min_workers(mut self, n: usize) -> Self {
+        self.min_workers = n;
+        self
+    }
+
+    /// Start all `capacity` workers at build instead of on demand.
+    pub fn prestart(mut self, yes: bool) -> Self {
+        self.prestart = yes;
+        self
+    }
+
+    /// How many jobs may wait for a worker. 0 means a job is accepted only
+    /// when a worker can take it at once.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_cap = n;
+        self
+    }
+
+    /// With `true`, `submit` never blocks: a full pool refuses with
+    /// `Overloaded` (as `try_submit` always does).
+    pub fn nonblocking(mut self, yes: bool) -> Self {
+        self.nonblocking = yes;
+        self
+    }
+
+    /// At most this many submitters may block at once; more get `Overloaded`.
+    pub fn max_blocked_submitters(mut self, n: usize) -> Self {
+        self.max_blocked = Some(n);
+        self
+    }
+
+    /// A blocking submit gives up with `SubmitError::Timeout` after this long.
+    pub fn submit_timeout(mut self, d: Duration) -> Self {
+        self.submit_timeout = Some(d);
+        self
+    }
+
+    /// Workers above `min_workers` idle this long exit. `None` keeps them.
+    pub fn idle_expiry(mut self, d: Option<Duration>) -> Self {
+        self.expiry = d;
+        self
+    }
+
+    /// Prefix of worker thread names (`{prefix}-{n}`).
+    pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
+        self.thread_name = prefix.into();
+        self
+    }
+
+    /// Stack size of worker threads.
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Called on each worker thread when it starts, with the worker's number.
+    pub fn on_thread_start(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        self.on_start = Some(Arc::new(f));
+        self
+    }
+
+    /// Called on each worker thread just before it exits.
+    pub fn on_thread_exit(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        self.on_exit = Some(Arc::new(f));
+        self
+    }
+
+    /// Called with the message of every panic a worker catches.
+    pub fn panic_handler(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_panic = Some(Arc::new(f));
+        self
+    }
+
+    /// Per-worker state: `factory` runs once on each worker thread, and every
+    /// job on that thread gets the value as `&mut`. This is how a model
+    /// session lives on its thread. The factory should not panic; if it does,
+    /// that worker exits and the panic handler is told.
+    pub fn worker_state<T: 'static>(self, factory: impl Fn() -> T + Send + Sync + 'static) -> PoolBuilder<T> {
+        PoolBuilder {
+            capacity: self.capacity,
+            min_workers: self.min_workers,
+            prestart: self.prestart,
+            queue_cap: self.queue_cap,
+            nonblocking: self.nonblocking,
+            max_blocked: self.max_blocked,
+            submit_timeout: self.submit_timeout,
+            expiry: self.expiry,
+            thread_name: self.thread_name,
+            stack_size: self.stack_size,
+            factory: Arc::new(factory),
+            on_start: self.on_start,
+            on_exit: self.on_exit,
+            on_panic: self.on_panic,
+            clock: self.clock,
+            spin: self.spin,
+            idle_order: self.idle_order,
+            autoscale: self.autoscale,
+            housekeeping: self.housekeeping,
+            drop_timeout: self.drop_timeout,
+        }
+    }
+
+    /// The time source (a `ManualClock` in tests).
+    pub fn clock(mut self, clock: std::sync::Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Which idle worker takes the next job (default LIFO).
+    pub fn idle_order(mut self, order: IdleOrder) -> Self {
+        self.idle_order = order;
+        self
+    }
+
+    /// How many times a worker that found the queue empty polls it before
+    /// parking (0 parks at once). Spinning saves a wake-up per job when jobs
+    /// are short; at most one worker spins at a time.
+    pub fn spin(mut self, rounds: u32) -> Self {
+        self.spin = rounds;
+        self
+    }
+
+    /// Resize the pool on queue watermarks (see `autoscale::decide`). The
+    /// capacity given to the builder is the starting point, clamped to
+    /// `[policy.min, policy.max]`.
+    pub fn autoscale(mut self, policy: ScalePolicy) -> Self {
+        self.autoscale = Some(policy);
+        self
+    }
+
+    /// Interval of the housekeeping thread (clock refresh, idle expiry,
+    /// autoscaling). `Duration::ZERO` starts no thread: the owner calls
+    /// `Pool::housekeep` itself (deterministic tests with a manual clock).
+    /// Default: a quarter of the expiry or the sample interval, within
+    /// [1 ms, 1 s].
+    pub fn housekeeping_interval(mut self, d: Duration) -> Self {
+        self.housekeeping = Some(d);
+        self
+    }
+
+    /// How long dropping the last handle to the pool waits for queued and
+    /// running jobs (default: until they are done).
+    pub fn drop_timeout(mut self, d: Duration) -> Self {
+        self.drop_timeout = Some(d);
+        self
+    }
+
+    /// Validates the settings and starts the pool.
+    pub fn build(self) -> Result<Pool<S>, BuildError> {
+        if self.capacity == 0 {
+            return Err(BuildError::ZeroCapacity);
+        }
+        if self.min_workers > self.capacity {
+            return Err(BuildError::MinAboveCapacity {
+                min: self.min_workers,
+                capacity: self.capacity,
+            });
+        }
+        if self.expiry.is_some_and(|d| d.is_zero()) {
+            return Err(BuildError::ZeroExpiry);
+        }
+        let mut capacity = self.capacity;
+        if let Some(p) = &self.autoscale {
+            p.validate()?;
+            capacity = capacity.clamp(p.min, p.max);
+        }
+        let tick = self.housekeeping.unwrap_or_else(|| {
+            let base = match (self.expiry, &self.autoscale) {
+                (_, Some(p)) => p.sample_interval,
+                (Some(e), None) => e / 4,
+                (None, None) => Duration::from_secs(1),
+            };
+            base.clamp(Duration::from_millis(1), Duration::from_secs(1))
+        });
+        let config = Config {
+            queue_cap: self.queue_cap,
+            min_workers: self.min_workers,
+            nonblocking: self.nonblocking,
+            max_blocked: self.max_blocked,
+            submit_timeout: self.submit_timeout,
+            expiry: self.expiry,
+            thread_name: self.thread_name,
+            stack_size: self.stack_size,
+            factory: self.factory,
+            on_start: self.on_start,
+            on_exit: self.on_exit,
+            on_panic: self.on_panic,
+            clock: self.clock,
+            spin: self.spin,
+            autoscale: self.autoscale,
+        };
+        let shared = Arc::new(Shared::new(config, capacity, self.idle_order));
+        let warm = if self.prestart { capacity } else { self.min_workers };
+        Pool::start(shared, warm, tick, self.drop_timeout)
+    }
+}

@@ -1,0 +1,731 @@
+//! The pool's concurrency core: one mutex over the waiting queue and the
+//! worker bookkeeping, a parker per idle worker, and the worker loop.
+//!
+//! Invariants (all under `Shared::state`):
+//! - `workers` counts threads that serve jobs; `threads` also counts threads
+//!   that were told to retire but have not yet gone (the shutdown barrier).
+//! - A job is admitted while `queue.len() + running < capacity + queue_cap`.
+//! - After a push, if more jobs wait than there are workers on their way to
+//!   the queue (`pending_wakes` woken or spawned ones, plus the spinner), one
+//!   idle worker is woken or one new worker is spawned. A worker parks only
+//!   after seeing an empty queue under the lock, so no job is left behind.
+//! - An idle worker in the container receives exactly one signal per park:
+//!   `Wake` (whoever detached it counted it in `pending_wakes`) or `Exit`
+//!   (whoever detached it already took it off `workers`).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::sync::{
+    lock, thread, wait, wait_timeout, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
+};
+
+use super::autoscale::{AutoscaleState, ScalePolicy};
+use super::clock::Clock;
+use super::error::{SubmitError, TuneError};
+use super::handle::{Abort, Ended, Job};
+use super::worker_queue::{new_queue, IdleOrder, IdleWorker, WorkerQueue};
+
+pub(crate) type Factory<S> = Arc<dyn Fn() -> S + Send + Sync>;
+pub(crate) type Hook = Arc<dyn Fn(usize) + Send + Sync>;
+pub(crate) type PanicHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Immutable settings, fixed at build time.
+pub(crate) struct Config<S> {
+    pub(crate) queue_cap: usize,
+    pub(crate) min_workers: usize,
+    pub(crate) nonblocking: bool,
+    pub(crate) max_blocked: Option<usize>,
+    pub(crate) submit_timeout: Option<Duration>,
+    pub(crate) expiry: Option<Duration>,
+    pub(crate) thread_name: String,
+    pub(crate) stack_size: Option<usize>,
+    pub(crate) factory: Factory<S>,
+    pub(crate) on_start: Option<Hook>,
+    pub(crate) on_exit: Option<Hook>,
+    pub(crate) on_panic: Option<PanicHook>,
+    pub(crate) clock: std::sync::Arc<dyn Clock>,
+    pub(crate) spin: u32,
+    pub(crate) autoscale: Option<ScalePolicy>,
+}
+
+/// A job waiting in the queue.
+pub(crate) struct Task<S> {
+    pub(crate) job: Box<dyn Job<S>>,
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// How a submit behaves when the pool is full.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// Refuse at once with `Overloaded`.
+    No,
+    /// Block, at most this long if given.
+    Block(Option<Duration>),
+}
+
+/// What a parked worker is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Empty,
+    Wake,
+    Exit,
+}
+
+/// One idle worker's private wake-up slot.
+pub(crate) struct Parker {
+    signal: Mutex<(Signal, bool)>,
+    cv: Condvar,
+}
+
+impl Parker {
+    pub(crate) fn new() -> Self {
+        Self {
+            signal: Mutex::new((Signal::Empty, false)),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn send(&self, s: Signal) {
+        let mut g = lock(&self.signal);
+        g.0 = s;
+        let sleeping = g.1;
+        drop(g);
+        if sleeping {
+            self.cv.notify_one();
+        }
+    }
+
+    fn park(&self) -> Signal {
+        let mut g = lock(&self.signal);
+        while g.0 == Signal::Empty {
+            g.1 = true;
+            g = wait(&self.cv, g);
+            g.1 = false;
+        }
+        std::mem::replace(&mut g.0, Signal::Empty)
+    }
+}
+
+pub(crate) struct State<S> {
+    pub(crate) queue: VecDeque<Task<S>>,
+    idle: Box<dyn WorkerQueue>,
+    pub(crate) capacity: usize,
+    pub(crate) workers: usize,
+    pub(crate) threads: usize,
+    pub(crate) running: usize,
+    pending_wakes: usize,
+    spinning: bool,
+    blocked: usize,
+    blocked_unnotified: usize,
+    pub(crate) closed: bool,
+    next_id: usize,
+    pub(crate) autoscale: Option<AutoscaleState>,
+    housekeeper_stop: bool,
+}
+
+/// Counters, readable without the lock.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) submitted: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    pub(crate) expired: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) resizes: AtomicU64,
+    pub(crate) grows: AtomicU64,
+    pub(crate) shrinks: AtomicU64,
+    pub(crate) spawn_failures: AtomicU64,
+    // Gauges mirrored from `State` on every change.
+    pub(crate) running: AtomicUsize,
+    pub(crate) idle: AtomicUsize,
+    pub(crate) waiting: AtomicUsize,
+    pub(crate) capacity: AtomicUsize,
+    pub(crate) workers: AtomicUsize,
+    pub(crate) blocked: AtomicUsize,
+}
+
+impl Counters {
+    pub(crate) fn count(&self, ended: &Ended) {
+        let c = match ended {
+            Ended::Completed => &self.completed,
+            Ended::Panicked(_) => &self.panicked,
+            Ended::Expired => &self.expired,
+            Ended::Cancelled => &self.cancelled,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn finished(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+            + self.panicked.load(Ordering::Relaxed)
+            + self.expired.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) struct Shared<S> {
+    pub(crate) state: Mutex<State<S>>,
+    not_full: Condvar,
+    exited: Condvar,
+    housekeeper_cv: Condvar,
+    pub(crate) counters: Counters,
+    pub(crate) config: Config<S>,
+    /// Coarse "now" (nanoseconds since `epoch`), refreshed by housekeeping so
+    /// that a worker going idle never reads the clock.
+    coarse_now: AtomicU64,
+    epoch: Instant,
+    /// Mirror of `queue.len()` for the spinning worker to poll without the lock.
+    queued: AtomicUsize,
+}
+
+/// Things to do after the lock is released.
+#[must_use]
+pub(crate) struct Deferred<S: 'static> {
+    wake: Vec<Arc<Parker>>,
+    exit: Vec<Arc<Parker>>,
+    spawn: usize,
+    cancel: Vec<Task<S>>,
+    notify_submitters: bool,
+}
+
+impl<S: 'static> Deferred<S> {
+    fn new() -> Self {
+        Self {
+            wake: Vec::new(),
+            exit: Vec::new(),
+            spawn: 0,
+            cancel: Vec::new(),
+            notify_submitters: false,
+        }
+    }
+}
+
+impl<S: 'static> Shared<S> {
+    pub(crate) fn new(config: Config<S>, capacity: usize, order: IdleOrder) -> Self {
+        let epoch = config.clock.now();
+        let autoscale = config.autoscale.map(AutoscaleState::new);
+        Self {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                idle: new_queue(order),
+                capacity,
+                workers: 0,
+                threads: 0,
+                running: 0,
+                pending_wakes: 0,
+                spinning: false,
+                blocked: 0,
+                blocked_unnotified: 0,
+                closed: false,
+                next_id: 0,
+                autoscale,
+                housekeeper_stop: false,
+            }),
+            not_full: Condvar::new(),
+            exited: Condvar::new(),
+            housekeeper_cv: Condvar::new(),
+            counters: Counters {
+                capacity: AtomicUsize::new(capacity),
+                ..Counters::default()
+            },
+            config,
+            coarse_now: AtomicU64::new(0),
+            epoch,
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    fn publish(&self, st: &State<S>) {
+        let c = &self.counters;
+        c.running.store(st.running, Ordering::Relaxed);
+        c.idle.store(st.idle.len(), Ordering::Relaxed);
+        c.waiting.store(st.queue.len(), Ordering::Relaxed);
+        c.capacity.store(st.capacity, Ordering::Relaxed);
+        c.workers.store(st.workers, Ordering::Relaxed);
+        c.blocked.store(st.blocked, Ordering::Relaxed);
+        self.queued.store(st.queue.len(), Ordering::Relaxed);
+    }
+
+    fn keep_warm(&self, st: &State<S>) -> usize {
+        self.config.min_workers.min(st.capacity)
+    }
+
+    /// Admits `task` or hands it back with the reason.
+    pub(crate) fn push(self: &Arc<Self>, task: Task<S>, mode: Wait) -> Result<(), (Task<S>, SubmitError)> {
+        let mut st = lock(&self.state);
+        let mut started: Option<Instant> = None;
+        let mut registered = false;
+        loop {
+            if st.closed {
+                if registered {
+                    st.blocked -= 1;
+                }
+                self.publish(&st);
+                return Err((task, SubmitError::Closed));
+            }
+            if st.queue.len() + st.running < st.capacity + self.config.queue_cap {
+                break;
+            }
+            let limit = match mode {
+                Wait::No => {
+                    return Err((task, SubmitError::Overloaded));
+                }
+                Wait::Block(limit) => limit,
+            };
+            if !registered {
+                if self.config.max_blocked.is_some_and(|m| st.blocked >= m) {
+                    return Err((task, SubmitError::Overloaded));
+                }
+                st.blocked += 1;
+                registered = true;
+                self.publish(&st);
+            }
+            st.blocked_unnotified += 1;
+            match limit {
+                None => st = wait(&self.not_full, st),
+                Some(limit) => {
+                    let t0 = *started.get_or_insert_with(Instant::now);
+                    let left = limit.saturating_sub(t0.elapsed());
+                    if left.is_zero() {
+                        st.blocked_unnotified = st.blocked_unnotified.saturating_sub(1);
+                        st.blocked -= 1;
+                        self.publish(&st);
+                        return Err((task, SubmitError::Timeout(limit)));
+                    }
+                    let (g, timed_out) = wait_timeout(&self.not_full, st, left);
+                    st = g;
+                    if timed_out {
+                        st.blocked_unnotified = st.blocked_unnotified.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        if registered {
+            st.blocked -= 1;
+        }
+        st.queue.push_back(task);
+        let mut d = Deferred::new();
+        self.dispatch(&mut st, &mut d);
+        self.publish(&st);
+        drop(st);
+        self.apply(d);
+        Ok(())
+    }
+
+    /// Wakes or spawns workers while more jobs wait than workers are coming.
+    fn dispatch(&self, st: &mut State<S>, d: &mut Deferred<S>) {
+        while st.queue.len() > st.pending_wakes + usize::from(st.spinning) {
+            if let Some(w) = st.idle.detach() {
+                st.pending_wakes += 1;
+                d.wake.push(w.parker);
+            } else if st.workers < st.capacity {
+                st.workers += 1;
+                st.threads += 1;
+                st.pending_wakes += 1;
+                d.spawn += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    pub(crate) fn apply(self: &Arc<Self>, d: Deferred<S>) {
+        for p in d.wake {
+            p.send(Signal::Wake);
+        }
+        for p in d.exit {
+            p.send(Signal::Exit);
+        }
+        for _ in 0..d.spawn {
+            if self.spawn_worker().is_err() {
+                let mut st = lock(&self.state);
+                st.workers -= 1;
+                st.threads -= 1;
+                st.pending_wakes -= 1;
+                self.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
+                self.publish(&st);
+                if st.threads == 0 {
+                    self.exited.notify_all();
+                }
+            }
+        }
+        for t in d.cancel {
+            t.job.abort(Abort::Cancelled, &self.counters);
+        }
+        if d.notify_submitters {
+            self.not_full.notify_all();
+        }
+    }
+
+    /// Starts one worker thread; the caller has already counted it in
+    /// `workers`, `threads` and `pending_wakes`.
+    pub(crate) fn spawn_worker(self: &Arc<Self>) -> std::io::Result<()> {
+        let id = {
+            let mut st = lock(&self.state);
+            st.next_id += 1;
+            st.next_id
+        };
+        let shared = self.clone();
+        let mut b = thread::Builder::new().name(format!("{}-{id}", self.config.thread_name));
+        if let Some(sz) = self.config.stack_size {
+            b = b.stack_size(sz);
+        }
+        b.spawn(move || worker_main(shared, id)).map(drop)
+    }
+
+    fn now_coarse(&self) -> u64 {
+        self.coarse_now.load(Ordering::Relaxed)
+    }
+
+    /// Reads the clock and refreshes the cached coarse time.
+    pub(crate) fn refresh_clock(&self) -> Instant {
+        let now = self.config.clock.now();
+        let ns = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        self.coarse_now.fetch_max(ns, Ordering::Relaxed);
+        now
+    }
+
+    /// One job finished: free its slot and let a blocked submitter in.
+    fn job_done(&self, st: &mut State<S>) {
+        st.running -= 1;
+        if st.blocked_unnotified > 0 {
+            st.blocked_unnotified -= 1;
+            self.not_full.notify_one();
+        }
+    }
+
+    /// Changes the capacity. Growth takes effect at once; surplus workers
+    /// finish their current job and then exit.
+    pub(crate) fn tune(self: &Arc<Self>, capacity: usize) -> Result<(), TuneError> {
+        if capacity == 0 {
+            return Err(TuneError);
+        }
+        let mut st = lock(&self.state);
+        if st.capacity == capacity {
+            return Ok(());
+        }
+        let grew = capacity > st.capacity;
+        st.capacity = capacity;
+        self.counters.resizes.fetch_add(1, Ordering::Relaxed);
+        let mut d = Deferred::new();
+        if grew {
+            self.dispatch(&mut st, &mut d);
+            st.blocked_unnotified = 0;
+            d.notify_submitters = st.blocked > 0;
+        } else if st.workers > capacity {
+            let surplus = st.workers - capacity;
+            for w in st.idle.retire_oldest(surplus) {
+                st.workers -= 1;
+                d.exit.push(w.parker);
+            }
+        }
+        self.publish(&st);
+        drop(st);
+        self.apply(d);
+        Ok(())
+    }
+
+    /// Retires idle workers above the minimum that have been idle at least
+    /// the expiry. Returns how many were retired.
+    pub(crate) fn reap_idle(self: &Arc<Self>) -> usize {
+        let now = self.refresh_clock();
+        let Some(expiry) = self.config.expiry else {
+            return 0;
+        };
+        let mut st = lock(&self.state);
+        let keep = self.keep_warm(&st);
+        let surplus = st.workers.saturating_sub(keep);
+        let now_ns = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let Some(cutoff) = now_ns.checked_sub(u64::try_from(expiry.as_nanos()).unwrap_or(u64::MAX)) else {
+            return 0;
+        };
+        let retired = st.idle.retire_expired(cutoff, surplus);
+        let n = retired.len();
+        st.workers -= n;
+        self.publish(&st);
+        drop(st);
+        for w in retired {
+            w.parker.send(Signal::Exit);
+        }
+        n
+    }
+
+    /// Starts workers up to `n` (used at build, restart and for min_workers).
+    pub(crate) fn start_workers(self: &Arc<Self>, n: usize) -> std::io::Result<()> {
+        for _ in 0..n {
+            {
+                let mut st = lock(&self.state);
+                if st.workers >= n.min(st.capacity) {
+                    return Ok(());
+                }
+                st.workers += 1;
+                st.threads += 1;
+                st.pending_wakes += 1;
+                self.publish(&st);
+            }
+            if let Err(e) = self.spawn_worker() {
+                let mut st = lock(&self.state);
+                st.workers -= 1;
+                st.threads -= 1;
+                st.pending_wakes -= 1;
+                self.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
+                self.publish(&st);
+                if st.threads == 0 {
+                    self.exited.notify_all();
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops intake. With `cancel_queued`, jobs not yet started are cancelled;
+    /// otherwise they are drained by the workers.
+    pub(crate) fn close(self: &Arc<Self>, cancel_queued: bool) {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        let mut d = Deferred::new();
+        if cancel_queued {
+            d.cancel.extend(st.queue.drain(..));
+        }
+        if st.threads == 0 {
+            // Nobody is left to drain the queue (all spawns failed).
+            d.cancel.extend(st.queue.drain(..));
+        }
+        for w in st.idle.drain() {
+            st.pending_wakes += 1;
+            d.wake.push(w.parker);
+        }
+        st.blocked_unnotified = 0;
+        d.notify_submitters = true;
+        self.publish(&st);
+        drop(st);
+        self.apply(d);
+    }
+
+    /// Waits until every worker thread has gone, at most until `deadline`.
+    /// Returns how many jobs were still running at the deadline.
+    pub(crate) fn wait_exited(&self, deadline: Option<Instant>) -> usize {
+        let mut st = lock(&self.state);
+        while st.threads > 0 {
+            match deadline {
+                None => st = wait(&self.exited, st),
+                Some(dl) => {
+                    let now = Instant::now();
+                    if now >= dl {
+                        break;
+                    }
+                    st = wait_timeout(&self.exited, st, dl - now).0;
+                }
+            }
+        }
+        if st.threads == 0 {
+            return 0;
+        }
+        // Time is up: cancel what has not started; report what still runs.
+        let cancel: Vec<Task<S>> = st.queue.drain(..).collect();
+        let running = st.running;
+        self.publish(&st);
+        drop(st);
+        for t in cancel {
+            t.job.abort(Abort::Cancelled, &self.counters);
+        }
+        running
+    }
+
+    /// Reopens a closed pool.
+    pub(crate) fn reopen(self: &Arc<Self>) -> std::io::Result<()> {
+        let warm = {
+            let mut st = lock(&self.state);
+            if !st.closed {
+                return Ok(());
+            }
+            st.closed = false;
+            self.publish(&st);
+            self.keep_warm(&st)
+        };
+        self.start_workers(warm)
+    }
+
+    // ---- housekeeping ----
+
+    pub(crate) fn housekeeper_wait(&self, tick: Duration) -> bool {
+        let st = lock(&self.state);
+        if st.housekeeper_stop {
+            return false;
+        }
+        let (st, _) = wait_timeout(&self.housekeeper_cv, st, tick);
+        !st.housekeeper_stop
+    }
+
+    pub(crate) fn stop_housekeeper(&self) {
+        lock(&self.state).housekeeper_stop = true;
+        self.housekeeper_cv.notify_all();
+    }
+
+    pub(crate) fn lock_state(&self) -> MutexGuard<'_, State<S>> {
+        lock(&self.state)
+    }
+}
+
+/// Runs one task on a worker: the deadline check, the job, the counters.
+fn run_task<S: 'static>(shared: &Shared<S>, task: Task<S>, state: &mut S) {
+    let ended = match task.deadline {
+        Some(dl) if shared.config.clock.now() >= dl => task.job.abort(Abort::Expired, &shared.counters),
+        _ => task.job.run(state, &shared.counters),
+    };
+    if let Ended::Panicked(msg) = &ended {
+        if let Some(h) = &shared.config.on_panic {
+            h(msg);
+        }
+    }
+}
+
+/// Why a worker leaves.
+enum Leave {
+    /// It decided itself (shrink, shutdown) and must take itself off `workers`.
+    Own,
+    /// It was retired from the idle container, already taken off `workers`.
+    Retired,
+}
+
+std::thread_local! {
+    /// The pool whose worker this thread is (its `Shared` address), or 0.
+    static CURRENT_POOL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the calling thread is one of this pool's workers.
+pub(crate) fn on_worker_of<S>(shared: &Arc<Shared<S>>) -> bool {
+    // loom runs its model threads as coroutines on one OS thread, where a
+    // std thread-local would be shared; the models never drop a pool from a job.
+    if cfg!(loom) {
+        return false;
+    }
+    let me = Arc::as_ptr(shared) as usize;
+    CURRENT_POOL.with(|c| c.get() == me)
+}
+
+fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
+    if !cfg!(loom) {
+        CURRENT_POOL.with(|c| c.set(Arc::as_ptr(&shared) as usize));
+    }
+    if let Some(h) = &shared.config.on_start {
+        h(id);
+    }
+    let parker = Arc::new(Parker::new());
+    let factory = shared.config.factory.clone();
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory()));
+    let mut state = match built {
+        Ok(s) => s,
+        Err(p) => {
+            let msg = super::handle::panic_message(&*p);
+            if let Some(h) = &shared.config.on_panic {
+                h(&format!("worker state factory panicked: {msg}"));
+            }
+            // No replacement is started here (a factory that always panics
+            // would spin); the next submit starts one, and shutdown cancels
+            // what waits if no worker is left.
+            let mut st = lock(&shared.state);
+            st.pending_wakes -= 1;
+            st.workers -= 1;
+            shared.publish(&st);
+            drop(st);
+            finish_thread(&shared, id);
+            return;
+        }
+    };
+
+    let mut st = lock(&shared.state);
+    // Spawned workers arrive counted in `pending_wakes`.
+    st.pending_wakes -= 1;
+    let mut spun = false;
+    let leave = loop {
+        if st.workers > st.capacity {
+            break Leave::Own;
+        }
+        if let Some(task) = st.queue.pop_front() {
+            st.running += 1;
+            shared.publish(&st);
+            drop(st);
+            run_task(&shared, task, &mut state);
+            st = lock(&shared.state);
+            shared.job_done(&mut st);
+            spun = false;
+            continue;
+        }
+        if st.closed {
+            break Leave::Own;
+        }
+        if !spun && !st.spinning && shared.config.spin > 0 {
+            // Stay awake briefly: with short jobs the next one usually
+            // arrives within microseconds, and a wake-up costs more.
+            st.spinning = true;
+            drop(st);
+            for i in 0..shared.config.spin {
+                if shared.queued.load(Ordering::Relaxed) > 0 {
+                    break;
+                }
+                if i % 16 == 15 {
+                    thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            st = lock(&shared.state);
+            st.spinning = false;
+            spun = true;
+            continue;
+        }
+        let since = shared.now_coarse();
+        st.idle.insert(IdleWorker {
+            parker: parker.clone(),
+            since,
+        });
+        shared.publish(&st);
+        drop(st);
+        let signal = parker.park();
+        st = lock(&shared.state);
+        spun = false;
+        match signal {
+            Signal::Exit => break Leave::Retired,
+            _ => st.pending_wakes -= 1,
+        }
+    };
+    if let Leave::Own = leave {
+        st.workers -= 1;
+    }
+    // Someone else may now be needed for what waits (e.g. after a shrink).
+    let mut d = Deferred::new();
+    shared.dispatch(&mut st, &mut d);
+    shared.publish(&st);
+    drop(st);
+    shared.apply(d);
+    drop(state);
+    finish_thread(&shared, id);
+}
+
+fn finish_thread<S: 'static>(shared: &Shared<S>, id: usize) {
+    if let Some(h) = &shared.config.on_exit {
+        h(id);
+    }
+    let mut st = lock(&shared.state);
+    st.threads -= 1;
+    let last = st.threads == 0;
+    if last && st.closed && !st.queue.is_empty() {
+        // Every worker has gone while jobs wait in a closed pool (only
+        // possible if threads could not be started): they will never run.
+        let cancel: Vec<Task<S>> = st.queue.drain(..).collect();
+        shared.publish(&st);
+        drop(st);
+        for t in cancel {
+            t.job.abort(Abort::Cancelled, &shared.counters);
+        }
+        st = lock(&shared.state);
+    }
+    shared.publish(&st);
+    drop(st);
+    if last {
+        shared.exited.notify_all();
+    }
+}

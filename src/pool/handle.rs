@@ -1,0 +1,372 @@
+//! Result handles and the job wrappers that feed them.
+//!
+//! Every accepted job ends in exactly one outcome. The outcome is decided by
+//! one compare-and-set on the job's slot: the worker moves it from `Pending`
+//! to `Running`, or a canceller (the handle, the deadline check, shutdown)
+//! moves it from `Pending` to finished. Whoever wins decides.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::sync::{lock, wait, wait_timeout, Arc, Condvar, Mutex};
+
+use super::core::Counters;
+use super::error::JobError;
+
+/// What a job's removal from the pool means for the counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Completed,
+    Panicked(String),
+    Expired,
+    Cancelled,
+}
+
+/// Why a queued job is removed without running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Abort {
+    Expired,
+    Cancelled,
+}
+
+/// A job as the pool stores it: run it once on a worker, or abort it.
+///
+/// Both count the outcome in `counters` *before* telling the handle, so a
+/// caller that has seen an outcome also sees it in the pool's stats.
+pub(crate) trait Job<S>: Send {
+    /// Runs the job on a worker (unless its handle cancelled it first).
+    fn run(self: Box<Self>, state: &mut S, counters: &Counters) -> Ended;
+    /// Removes the job without running it.
+    fn abort(self: Box<Self>, why: Abort, counters: &Counters) -> Ended;
+}
+
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// A fire-and-forget job (`execute`).
+pub(crate) struct ExecJob<F>(pub(crate) F);
+
+impl<S, F> Job<S> for ExecJob<F>
+where
+    F: FnOnce(&mut S) + Send,
+{
+    fn run(self: Box<Self>, state: &mut S, counters: &Counters) -> Ended {
+        let f = self.0;
+        let ended = match catch_unwind(AssertUnwindSafe(|| f(state))) {
+            Ok(()) => Ended::Completed,
+            Err(p) => Ended::Panicked(panic_message(&*p)),
+        };
+        counters.count(&ended);
+        ended
+    }
+    fn abort(self: Box<Self>, why: Abort, counters: &Counters) -> Ended {
+        let ended = match why {
+            Abort::Expired => Ended::Expired,
+            Abort::Cancelled => Ended::Cancelled,
+        };
+        counters.count(&ended);
+        ended
+    }
+}
+
+enum Phase<T> {
+    Pending,
+    Running,
+    Finished(Result<T, JobError>),
+    Taken,
+}
+
+struct SlotInner<T> {
+    phase: Phase<T>,
+    waker: Option<Waker>,
+    joiners: u32,
+}
+
+/// Where a job's outcome is delivered to its handle.
+pub(crate) struct Slot<T> {
+    inner: Mutex<SlotInner<T>>,
+    done: Condvar,
+}
+
+impl<T> Slot<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: Mutex::new(SlotInner {
+                phase: Phase::Pending,
+                waker: None,
+                joiners: 0,
+            }),
+            done: Condvar::new(),
+        }
+    }
+
+    /// Pending -> Running. False if the job was already decided.
+    fn start(&self) -> bool {
+        let mut g = lock(&self.inner);
+        if matches!(g.phase, Phase::Pending) {
+            g.phase = Phase::Running;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Pending -> Finished(err). False if the job had already started or ended.
+    fn decide_unstarted(&self, err: JobError) -> bool {
+        let mut g = lock(&self.inner);
+        if !matches!(g.phase, Phase::Pending) {
+            return false;
+        }
+        g.phase = Phase::Finished(Err(err));
+        self.wake(g);
+        true
+    }
+
+    fn finish(&self, r: Result<T, JobError>) {
+        let mut g = lock(&self.inner);
+        g.phase = Phase::Finished(r);
+        self.wake(g);
+    }
+
+    fn wake(&self, mut g: crate::sync::MutexGuard<'_, SlotInner<T>>) {
+        let waker = g.waker.take();
+        let joiners = g.joiners > 0;
+        drop(g);
+        if joiners {
+            self.done.notify_all();
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        matches!(lock(&self.inner).phase, Phase::Finished(_) | Phase::Taken)
+    }
+
+    fn was_cancelled(&self) -> bool {
+        matches!(lock(&self.inner).phase, Phase::Finished(Err(JobError::Cancelled)))
+    }
+
+    fn take(g: &mut SlotInner<T>) -> Option<Result<T, JobError>> {
+        if matches!(g.phase, Phase::Finished(_)) {
+            if let Phase::Finished(r) = std::mem::replace(&mut g.phase, Phase::Taken) {
+                return Some(r);
+            }
+        }
+        None
+    }
+}
+
+/// A job with a result handle (`submit`).
+pub(crate) struct HandleJob<F, T> {
+    f: Option<F>,
+    slot: Option<Arc<Slot<T>>>,
+}
+
+impl<F, T> HandleJob<F, T> {
+    pub(crate) fn new(f: F) -> (Self, JobHandle<T>) {
+        let slot = Arc::new(Slot::new());
+        let job = Self {
+            f: Some(f),
+            slot: Some(slot.clone()),
+        };
+        (job, JobHandle { slot: Some(slot) })
+    }
+}
+
+impl<S, F, T> Job<S> for HandleJob<F, T>
+where
+    F: FnOnce(&mut S) -> T + Send,
+    T: Send,
+{
+    fn run(mut self: Box<Self>, state: &mut S, counters: &Counters) -> Ended {
+        let (Some(f), Some(slot)) = (self.f.take(), self.slot.take()) else {
+            counters.count(&Ended::Cancelled);
+            return Ended::Cancelled;
+        };
+        if !slot.start() {
+            // The handle cancelled (or was dropped) before a worker got here.
+            counters.count(&Ended::Cancelled);
+            return Ended::Cancelled;
+        }
+        match catch_unwind(AssertUnwindSafe(|| f(state))) {
+            Ok(v) => {
+                counters.count(&Ended::Completed);
+                slot.finish(Ok(v));
+                Ended::Completed
+            }
+            Err(p) => {
+                let ended = Ended::Panicked(panic_message(&*p));
+                counters.count(&ended);
+                if let Ended::Panicked(msg) = &ended {
+                    slot.finish(Err(JobError::Panicked(msg.clone())));
+                }
+                ended
+            }
+        }
+    }
+
+    fn abort(mut self: Box<Self>, why: Abort, counters: &Counters) -> Ended {
+        self.f = None;
+        let Some(slot) = self.slot.take() else {
+            counters.count(&Ended::Cancelled);
+            return Ended::Cancelled;
+        };
+        let (ended, err) = match why {
+            Abort::Expired => (Ended::Expired, JobError::Expired),
+            Abort::Cancelled => (Ended::Cancelled, JobError::Cancelled),
+        };
+        // Count first (the handle may be watching the stats); if the handle
+        // had already cancelled the job, that is its outcome instead.
+        let mut g = lock(&slot.inner);
+        if !matches!(g.phase, Phase::Pending) {
+            drop(g);
+            counters.count(&Ended::Cancelled);
+            return Ended::Cancelled;
+        }
+        counters.count(&ended);
+        g.phase = Phase::Finished(Err(err));
+        slot.wake(g);
+        ended
+    }
+}
+
+impl<F, T> Drop for HandleJob<F, T> {
+    fn drop(&mut self) {
+        // A job dropped without being run or aborted (a refused submit whose
+        // handle was never returned, or a pool torn down abnormally) still
+        // tells its handle, so no caller ever waits forever.
+        if let Some(slot) = self.slot.take() {
+            slot.decide_unstarted(JobError::Cancelled);
+        }
+    }
+}
+
+/// The handle to a submitted job's outcome.
+///
+/// Wait with [`join`](Self::join) or [`join_timeout`](Self::join_timeout), or
+/// `.await` it (it is a `Future`; the pool does not depend on any async
+/// runtime). Dropping the handle before the job has started cancels the job:
+/// work whose caller has gone is not computed. Use [`detach`](Self::detach)
+/// to let it run anyway, or `Pool::execute` for fire-and-forget jobs.
+#[must_use = "dropping a JobHandle cancels the job if it has not started"]
+pub struct JobHandle<T> {
+    slot: Option<Arc<Slot<T>>>,
+}
+
+impl<T> JobHandle<T> {
+    /// Waits for the job's outcome.
+    pub fn join(mut self) -> Result<T, JobError> {
+        let Some(slot) = self.slot.take() else {
+            return Err(JobError::Cancelled);
+        };
+        let mut g = lock(&slot.inner);
+        loop {
+            if let Some(r) = Slot::take(&mut g) {
+                return r;
+            }
+            g.joiners += 1;
+            g = wait(&slot.done, g);
+            g.joiners -= 1;
+        }
+    }
+
+    /// Waits at most `timeout`; on time-out the handle is given back.
+    pub fn join_timeout(self, timeout: Duration) -> Result<Result<T, JobError>, Self> {
+        let deadline = Instant::now() + timeout;
+        let Some(slot) = self.slot.as_ref() else {
+            return Ok(Err(JobError::Cancelled));
+        };
+        let mut g = lock(&slot.inner);
+        loop {
+            if let Some(r) = Slot::take(&mut g) {
+                return Ok(r);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(g);
+                return Err(self);
+            }
+            g.joiners += 1;
+            let (g2, _) = wait_timeout(&slot.done, g, deadline - now);
+            g = g2;
+            g.joiners -= 1;
+        }
+    }
+
+    /// Whether the job has ended (done, panicked, expired or cancelled).
+    pub fn is_finished(&self) -> bool {
+        self.slot.as_ref().is_none_or(|s| s.is_finished())
+    }
+
+    /// Cancels the job if it has not started. Returns true if this call
+    /// cancelled it; false if it had already started or ended.
+    pub fn cancel(&self) -> bool {
+        self.slot
+            .as_ref()
+            .is_some_and(|s| s.decide_unstarted(JobError::Cancelled))
+    }
+
+    /// Whether the job ended by cancellation.
+    pub fn is_cancelled(&self) -> bool {
+        self.slot.as_ref().is_some_and(|s| s.was_cancelled())
+    }
+
+    /// Lets the job run to completion with nobody waiting for its result.
+    pub fn detach(mut self) {
+        self.slot = None;
+    }
+}
+
+impl<T> Drop for JobHandle<T> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.decide_unstarted(JobError::Cancelled);
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for JobHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+impl<T> Unpin for JobHandle<T> {}
+
+impl<T> Future for JobHandle<T> {
+    type Output = Result<T, JobError>;
+
+    /// # Panics
+    /// If polled again after it returned `Ready` (as futures may).
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(slot) = self.slot.as_ref() else {
+            panic!("JobHandle polled after completion");
+        };
+        let mut g = lock(&slot.inner);
+        if let Some(r) = Slot::take(&mut g) {
+            drop(g);
+            self.slot = None;
+            return Poll::Ready(r);
+        }
+        match &g.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => g.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}

@@ -73,7 +73,7 @@ impl PoolBuilder<()> {
             expiry: Some(Duration::from_secs(10)),
             thread_name: "facepool".to_owned(),
             stack_size: None,
-            factory: Arc::new(|| ()),
+            factory: std::sync::Arc::new(|| ()),
             on_start: None,
             on_exit: None,
             on_panic: None,
@@ -152,19 +152,19 @@ impl<S: 'static> PoolBuilder<S> {
 
     /// Called on each worker thread when it starts, with the worker's number.
     pub fn on_thread_start(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
-        self.on_start = Some(Arc::new(f));
+        self.on_start = Some(std::sync::Arc::new(f));
         self
     }
 
     /// Called on each worker thread just before it exits.
     pub fn on_thread_exit(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
-        self.on_exit = Some(Arc::new(f));
+        self.on_exit = Some(std::sync::Arc::new(f));
         self
     }
 
     /// Called with the message of every panic a worker catches.
     pub fn panic_handler(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
-        self.on_panic = Some(Arc::new(f));
+        self.on_panic = Some(std::sync::Arc::new(f));
         self
     }
 
@@ -184,7 +184,7 @@ impl<S: 'static> PoolBuilder<S> {
             expiry: self.expiry,
             thread_name: self.thread_name,
             stack_size: self.stack_size,
-            factory: Arc::new(factory),
+            factory: std::sync::Arc::new(factory),
             on_start: self.on_start,
             on_exit: self.on_exit,
             on_panic: self.on_panic,

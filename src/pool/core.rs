@@ -26,9 +26,9 @@ use super::error::{SubmitError, TuneError};
 use super::handle::{Abort, Ended, Job};
 use super::worker_queue::{new_queue, IdleOrder, IdleWorker, WorkerQueue};
 
-pub(crate) type Factory<S> = Arc<dyn Fn() -> S + Send + Sync>;
-pub(crate) type Hook = Arc<dyn Fn(usize) + Send + Sync>;
-pub(crate) type PanicHook = Arc<dyn Fn(&str) + Send + Sync>;
+pub(crate) type Factory<S> = std::sync::Arc<dyn Fn() -> S + Send + Sync>;
+pub(crate) type Hook = std::sync::Arc<dyn Fn(usize) + Send + Sync>;
+pub(crate) type PanicHook = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Immutable settings, fixed at build time.
 pub(crate) struct Config<S> {
@@ -252,8 +252,8 @@ impl<S: 'static> Shared<S> {
     }
 
     /// Admits `task` or hands it back with the reason.
-    pub(crate) fn push(self: &Arc<Self>, task: Task<S>, mode: Wait) -> Result<(), (Task<S>, SubmitError)> {
-        let mut st = lock(&self.state);
+    pub(crate) fn push(this: &Arc<Self>, task: Task<S>, mode: Wait) -> Result<(), (Task<S>, SubmitError)> {
+        let mut st = lock(&this.state);
         let mut started: Option<Instant> = None;
         let mut registered = false;
         loop {
@@ -261,10 +261,10 @@ impl<S: 'static> Shared<S> {
                 if registered {
                     st.blocked -= 1;
                 }
-                self.publish(&st);
+                this.publish(&st);
                 return Err((task, SubmitError::Closed));
             }
-            if st.queue.len() + st.running < st.capacity + self.config.queue_cap {
+            if st.queue.len() + st.running < st.capacity + this.config.queue_cap {
                 break;
             }
             let limit = match mode {
@@ -274,26 +274,26 @@ impl<S: 'static> Shared<S> {
                 Wait::Block(limit) => limit,
             };
             if !registered {
-                if self.config.max_blocked.is_some_and(|m| st.blocked >= m) {
+                if this.config.max_blocked.is_some_and(|m| st.blocked >= m) {
                     return Err((task, SubmitError::Overloaded));
                 }
                 st.blocked += 1;
                 registered = true;
-                self.publish(&st);
+                this.publish(&st);
             }
             st.blocked_unnotified += 1;
             match limit {
-                None => st = wait(&self.not_full, st),
+                None => st = wait(&this.not_full, st),
                 Some(limit) => {
                     let t0 = *started.get_or_insert_with(Instant::now);
                     let left = limit.saturating_sub(t0.elapsed());
                     if left.is_zero() {
                         st.blocked_unnotified = st.blocked_unnotified.saturating_sub(1);
                         st.blocked -= 1;
-                        self.publish(&st);
+                        this.publish(&st);
                         return Err((task, SubmitError::Timeout(limit)));
                     }
-                    let (g, timed_out) = wait_timeout(&self.not_full, st, left);
+                    let (g, timed_out) = wait_timeout(&this.not_full, st, left);
                     st = g;
                     if timed_out {
                         st.blocked_unnotified = st.blocked_unnotified.saturating_sub(1);
@@ -306,10 +306,10 @@ impl<S: 'static> Shared<S> {
         }
         st.queue.push_back(task);
         let mut d = Deferred::new();
-        self.dispatch(&mut st, &mut d);
-        self.publish(&st);
+        this.dispatch(&mut st, &mut d);
+        this.publish(&st);
         drop(st);
-        self.apply(d);
+        Shared::apply(this, d);
         Ok(())
     }
 
@@ -330,7 +330,7 @@ impl<S: 'static> Shared<S> {
         }
     }
 
-    pub(crate) fn apply(self: &Arc<Self>, d: Deferred<S>) {
+    pub(crate) fn apply(this: &Arc<Self>, d: Deferred<S>) {
         for p in d.wake {
             p.send(Signal::Wake);
         }
@@ -338,37 +338,37 @@ impl<S: 'static> Shared<S> {
             p.send(Signal::Exit);
         }
         for _ in 0..d.spawn {
-            if self.spawn_worker().is_err() {
-                let mut st = lock(&self.state);
+            if Shared::spawn_worker(this).is_err() {
+                let mut st = lock(&this.state);
                 st.workers -= 1;
                 st.threads -= 1;
                 st.pending_wakes -= 1;
-                self.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
-                self.publish(&st);
+                this.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
+                this.publish(&st);
                 if st.threads == 0 {
-                    self.exited.notify_all();
+                    this.exited.notify_all();
                 }
             }
         }
         for t in d.cancel {
-            t.job.abort(Abort::Cancelled, &self.counters);
+            t.job.abort(Abort::Cancelled, &this.counters);
         }
         if d.notify_submitters {
-            self.not_full.notify_all();
+            this.not_full.notify_all();
         }
     }
 
     /// Starts one worker thread; the caller has already counted it in
     /// `workers`, `threads` and `pending_wakes`.
-    pub(crate) fn spawn_worker(self: &Arc<Self>) -> std::io::Result<()> {
+    pub(crate) fn spawn_worker(this: &Arc<Self>) -> std::io::Result<()> {
         let id = {
-            let mut st = lock(&self.state);
+            let mut st = lock(&this.state);
             st.next_id += 1;
             st.next_id
         };
-        let shared = self.clone();
-        let mut b = thread::Builder::new().name(format!("{}-{id}", self.config.thread_name));
-        if let Some(sz) = self.config.stack_size {
+        let shared = this.clone();
+        let mut b = thread::Builder::new().name(format!("{}-{id}", this.config.thread_name));
+        if let Some(sz) = this.config.stack_size {
             b = b.stack_size(sz);
         }
         b.spawn(move || worker_main(shared, id)).map(drop)
@@ -397,20 +397,20 @@ impl<S: 'static> Shared<S> {
 
     /// Changes the capacity. Growth takes effect at once; surplus workers
     /// finish their current job and then exit.
-    pub(crate) fn tune(self: &Arc<Self>, capacity: usize) -> Result<(), TuneError> {
+    pub(crate) fn tune(this: &Arc<Self>, capacity: usize) -> Result<(), TuneError> {
         if capacity == 0 {
             return Err(TuneError);
         }
-        let mut st = lock(&self.state);
+        let mut st = lock(&this.state);
         if st.capacity == capacity {
             return Ok(());
         }
         let grew = capacity > st.capacity;
         st.capacity = capacity;
-        self.counters.resizes.fetch_add(1, Ordering::Relaxed);
+        this.counters.resizes.fetch_add(1, Ordering::Relaxed);
         let mut d = Deferred::new();
         if grew {
-            self.dispatch(&mut st, &mut d);
+            this.dispatch(&mut st, &mut d);
             st.blocked_unnotified = 0;
             d.notify_submitters = st.blocked > 0;
         } else if st.workers > capacity {
@@ -420,30 +420,30 @@ impl<S: 'static> Shared<S> {
                 d.exit.push(w.parker);
             }
         }
-        self.publish(&st);
+        this.publish(&st);
         drop(st);
-        self.apply(d);
+        Shared::apply(this, d);
         Ok(())
     }
 
     /// Retires idle workers above the minimum that have been idle at least
     /// the expiry. Returns how many were retired.
-    pub(crate) fn reap_idle(self: &Arc<Self>) -> usize {
-        let now = self.refresh_clock();
-        let Some(expiry) = self.config.expiry else {
+    pub(crate) fn reap_idle(this: &Arc<Self>) -> usize {
+        let now = this.refresh_clock();
+        let Some(expiry) = this.config.expiry else {
             return 0;
         };
-        let mut st = lock(&self.state);
-        let keep = self.keep_warm(&st);
+        let mut st = lock(&this.state);
+        let keep = this.keep_warm(&st);
         let surplus = st.workers.saturating_sub(keep);
-        let now_ns = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let now_ns = u64::try_from(now.saturating_duration_since(this.epoch).as_nanos()).unwrap_or(u64::MAX);
         let Some(cutoff) = now_ns.checked_sub(u64::try_from(expiry.as_nanos()).unwrap_or(u64::MAX)) else {
             return 0;
         };
         let retired = st.idle.retire_expired(cutoff, surplus);
         let n = retired.len();
         st.workers -= n;
-        self.publish(&st);
+        this.publish(&st);
         drop(st);
         for w in retired {
             w.parker.send(Signal::Exit);
@@ -452,27 +452,27 @@ impl<S: 'static> Shared<S> {
     }
 
     /// Starts workers up to `n` (used at build, restart and for min_workers).
-    pub(crate) fn start_workers(self: &Arc<Self>, n: usize) -> std::io::Result<()> {
+    pub(crate) fn start_workers(this: &Arc<Self>, n: usize) -> std::io::Result<()> {
         for _ in 0..n {
             {
-                let mut st = lock(&self.state);
+                let mut st = lock(&this.state);
                 if st.workers >= n.min(st.capacity) {
                     return Ok(());
                 }
                 st.workers += 1;
                 st.threads += 1;
                 st.pending_wakes += 1;
-                self.publish(&st);
+                this.publish(&st);
             }
-            if let Err(e) = self.spawn_worker() {
-                let mut st = lock(&self.state);
+            if let Err(e) = Shared::spawn_worker(this) {
+                let mut st = lock(&this.state);
                 st.workers -= 1;
                 st.threads -= 1;
                 st.pending_wakes -= 1;
-                self.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
-                self.publish(&st);
+                this.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
+                this.publish(&st);
                 if st.threads == 0 {
-                    self.exited.notify_all();
+                    this.exited.notify_all();
                 }
                 return Err(e);
             }
@@ -482,8 +482,8 @@ impl<S: 'static> Shared<S> {
 
     /// Stops intake. With `cancel_queued`, jobs not yet started are cancelled;
     /// otherwise they are drained by the workers.
-    pub(crate) fn close(self: &Arc<Self>, cancel_queued: bool) {
-        let mut st = lock(&self.state);
+    pub(crate) fn close(this: &Arc<Self>, cancel_queued: bool) {
+        let mut st = lock(&this.state);
         st.closed = true;
         let mut d = Deferred::new();
         if cancel_queued {
@@ -499,9 +499,9 @@ impl<S: 'static> Shared<S> {
         }
         st.blocked_unnotified = 0;
         d.notify_submitters = true;
-        self.publish(&st);
+        this.publish(&st);
         drop(st);
-        self.apply(d);
+        Shared::apply(this, d);
     }
 
     /// Waits until every worker thread has gone, at most until `deadline`.
@@ -535,17 +535,17 @@ impl<S: 'static> Shared<S> {
     }
 
     /// Reopens a closed pool.
-    pub(crate) fn reopen(self: &Arc<Self>) -> std::io::Result<()> {
+    pub(crate) fn reopen(this: &Arc<Self>) -> std::io::Result<()> {
         let warm = {
-            let mut st = lock(&self.state);
+            let mut st = lock(&this.state);
             if !st.closed {
                 return Ok(());
             }
             st.closed = false;
-            self.publish(&st);
-            self.keep_warm(&st)
+            this.publish(&st);
+            this.keep_warm(&st)
         };
-        self.start_workers(warm)
+        Shared::start_workers(this, warm)
     }
 
     // ---- housekeeping ----
@@ -700,7 +700,7 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
     shared.dispatch(&mut st, &mut d);
     shared.publish(&st);
     drop(st);
-    shared.apply(d);
+    Shared::apply(&shared, d);
     drop(state);
     finish_thread(&shared, id);
 }

@@ -131,7 +131,7 @@ struct PoolInner<S: 'static> {
 impl<S: 'static> Drop for PoolInner<S> {
     fn drop(&mut self) {
         let deadline = self.drop_timeout.map(|d| Instant::now() + d);
-        self.shared.close(false);
+        Shared::close(&self.shared, false);
         self.shared.stop_housekeeper();
         if core::on_worker_of(&self.shared) {
             // The last handle was dropped by one of the pool's own jobs:
@@ -194,7 +194,7 @@ impl<S: 'static> Pool<S> {
         };
         // If anything fails from here on, dropping `pool` tears down what
         // was started.
-        shared.start_workers(warm)?;
+        Shared::start_workers(&shared, warm)?;
         let needs_housekeeper = shared.config.expiry.is_some() || shared.config.autoscale.is_some();
         if needs_housekeeper && !tick.is_zero() && !cfg!(loom) {
             let hk = shared.clone();
@@ -226,7 +226,7 @@ impl<S: 'static> Pool<S> {
     pub(crate) fn push_task(&self, task: Task<S>, wait: Wait) -> Result<(), (Task<S>, SubmitError)> {
         let c = &self.shared().counters;
         c.submitted.fetch_add(1, Ordering::Relaxed);
-        let r = self.shared().push(task, wait);
+        let r = Shared::push(self.shared(), task, wait);
         if r.is_err() {
             c.rejected.fetch_add(1, Ordering::Relaxed);
         }
@@ -329,7 +329,7 @@ impl<S: 'static> Pool<S> {
     /// workers); when shrinking, surplus workers finish their current job and
     /// then exit.
     pub fn tune(&self, capacity: usize) -> Result<(), TuneError> {
-        self.shared().tune(capacity)
+        Shared::tune(self.shared(), capacity)
     }
 
     /// The current gauges and counters.
@@ -403,7 +403,7 @@ impl<S: 'static> Pool<S> {
         let shared = self.shared();
         let c = &shared.counters;
         let (done0, cancelled0) = (c.finished(), c.cancelled.load(Ordering::Relaxed));
-        shared.close(cancel);
+        Shared::close(shared, cancel);
         let still_running = shared.wait_exited(deadline);
         ShutdownReport {
             completed: c.finished() - done0,
@@ -415,12 +415,12 @@ impl<S: 'static> Pool<S> {
     /// Reopens a shut-down pool: intake resumes and the minimum workers start
     /// again. Does nothing on an open pool.
     pub fn restart(&self) -> Result<(), BuildError> {
-        self.shared().reopen().map_err(BuildError::Spawn)
+        Shared::reopen(self.shared()).map_err(BuildError::Spawn)
     }
 }
 
 fn housekeep<S: 'static>(shared: &Arc<Shared<S>>) -> (usize, Decision) {
-    let retired = shared.reap_idle();
+    let retired = Shared::reap_idle(shared);
     let now = shared.refresh_clock();
     let decision = {
         let mut st = shared.lock_state();
@@ -434,11 +434,11 @@ fn housekeep<S: 'static>(shared: &Arc<Shared<S>>) -> (usize, Decision) {
     match decision {
         Decision::Grow(to) => {
             c.grows.fetch_add(1, Ordering::Relaxed);
-            let _ = shared.tune(to);
+            let _ = Shared::tune(shared, to);
         }
         Decision::Shrink(to) => {
             c.shrinks.fetch_add(1, Ordering::Relaxed);
-            let _ = shared.tune(to);
+            let _ = Shared::tune(shared, to);
         }
         Decision::Hold => {}
     }

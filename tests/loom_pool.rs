@@ -1,0 +1,125 @@
+//! Model checks of the pool's submit / take / complete / shutdown core.
+//! Run with: RUSTFLAGS="--cfg loom" cargo test --release --test loom_pool
+#![cfg(loom)]
+
+use std::time::Duration;
+
+use facepool::pool::{JobError, Pool, SubmitError};
+
+fn pool(capacity: usize, queue: usize) -> Pool {
+    Pool::builder()
+        .capacity(capacity)
+        .queue_capacity(queue)
+        .idle_expiry(None)
+        .spin(0)
+        .build()
+        .unwrap()
+}
+
+const FOREVER: Duration = Duration::from_secs(3600);
+
+/// A job submitted to a lazily started worker runs exactly once and its
+/// result reaches the handle; shutdown then joins the worker.
+#[test]
+fn submit_join_shutdown() {
+    loom::model(|| {
+        let p = pool(1, 1);
+        let h = p.submit(|_| 7).unwrap();
+        assert_eq!(h.join(), Ok(7));
+        let r = p.shutdown(FOREVER);
+        assert_eq!(r.still_running, 0);
+        let s = p.stats();
+        assert_eq!((s.completed, s.workers), (1, 0));
+    });
+}
+
+/// Two submitters race a single worker; both jobs end, none is lost, and a
+/// worker parked between them is woken (no lost wake-up).
+#[test]
+fn two_submitters_one_worker() {
+    loom::model(|| {
+        let p = pool(1, 2);
+        let p2 = p.clone();
+        let t = loom::thread::spawn(move || p2.submit(|_| 1).unwrap().join());
+        let mine = p.submit(|_| 2).unwrap().join();
+        assert_eq!(mine, Ok(2));
+        assert_eq!(t.join().unwrap(), Ok(1));
+        p.shutdown(FOREVER);
+        assert_eq!(p.stats().completed, 2);
+    });
+}
+
+/// Shutdown racing a submit: the submit is either refused with `Closed` or
+/// accepted and then run (drained); it is never accepted and lost.
+#[test]
+fn shutdown_races_submit() {
+    loom::model(|| {
+        let p = pool(1, 1);
+        let p2 = p.clone();
+        let t = loom::thread::spawn(move || match p2.submit(|_| 5) {
+            Ok(h) => h.join().map(Some),
+            Err(SubmitError::Closed) => Ok(None),
+            Err(e) => panic!("unexpected {e:?}"),
+        });
+        let report = p.shutdown(FOREVER);
+        let got = t.join().unwrap();
+        assert_eq!(report.still_running, 0);
+        let s = p.stats();
+        match got {
+            Ok(Some(5)) => assert_eq!((s.completed, s.rejected), (1, 0)),
+            Ok(None) => assert_eq!((s.completed, s.rejected), (0, 1)),
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    });
+}
+
+/// A cancel racing the worker decides exactly one outcome.
+#[test]
+fn cancel_races_start() {
+    loom::model(|| {
+        let p = pool(1, 1);
+        let h = p.submit(|_| 3).unwrap();
+        let cancelled = h.cancel();
+        let r = h.join();
+        if cancelled {
+            assert_eq!(r, Err(JobError::Cancelled));
+        } else {
+            assert_eq!(r, Ok(3));
+        }
+        p.shutdown(FOREVER);
+        let s = p.stats();
+        assert_eq!(s.completed + s.cancelled, 1);
+    });
+}
+
+/// shutdown_now against a queued job: it either ran or was cancelled.
+#[test]
+fn shutdown_now_cancels_or_runs() {
+    loom::model(|| {
+        let p = pool(1, 2);
+        let h = p.submit(|_| 1).unwrap();
+        p.shutdown_now(FOREVER);
+        match h.join() {
+            Ok(1) | Err(JobError::Cancelled) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        let s = p.stats();
+        assert_eq!(s.completed + s.cancelled, 1);
+    });
+}
+
+/// Two workers started on demand, two jobs, then a draining shutdown: the
+/// dispatch that spawns and wakes several workers loses nothing.
+#[test]
+fn two_workers_drain_on_shutdown() {
+    loom::model(|| {
+        let p = pool(2, 2);
+        let a = p.submit(|_| 1).unwrap();
+        let b = p.submit(|_| 2).unwrap();
+        let report = p.shutdown(FOREVER);
+        assert_eq!(report.still_running, 0);
+        assert_eq!((a.join(), b.join()), (Ok(1), Ok(2)));
+        let s = p.stats();
+        assert_eq!((s.completed, s.workers), (2, 0));
+    });
+}

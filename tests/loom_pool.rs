@@ -10,7 +10,7 @@ fn pool(capacity: usize, queue: usize) -> Pool {
     Pool::builder()
         .capacity(capacity)
         .queue_capacity(queue)
-        .idle_expiry(None)
+        .keep_idle_workers()
         .spin(0)
         .build()
         .unwrap()

@@ -159,7 +159,7 @@ fn deadline_passed_before_start_expires_without_running() {
     let pool = Pool::builder()
         .capacity(1)
         .clock(clock.clone())
-        .idle_expiry(None)
+        .keep_idle_workers()
         .build()
         .unwrap();
     let gate = occupy(&pool, 1);
@@ -398,7 +398,7 @@ fn idle_workers_above_minimum_expire() {
     let pool = Pool::builder()
         .capacity(4)
         .min_workers(1)
-        .idle_expiry(Some(Duration::from_secs(10)))
+        .idle_expiry(Duration::from_secs(10))
         .housekeeping_interval(Duration::ZERO)
         .clock(clock.clone())
         .on_thread_exit(move |id| tx.send(id).unwrap())
@@ -634,7 +634,7 @@ fn build_validates() {
         Err(BuildError::MinAboveCapacity { min: 3, capacity: 2 })
     ));
     assert!(matches!(
-        Pool::builder().idle_expiry(Some(Duration::ZERO)).build(),
+        Pool::builder().idle_expiry(Duration::ZERO).build(),
         Err(BuildError::ZeroExpiry)
     ));
     let bad = ScalePolicy {

@@ -41,7 +41,7 @@ fn a_million_jobs_balance_exactly() {
         .capacity(4)
         .queue_capacity(256)
         .submit_timeout(Duration::from_millis(50))
-        .idle_expiry(Some(Duration::from_millis(5)))
+        .idle_expiry(Duration::from_millis(5))
         .build()
         .unwrap();
     let seen = Arc::new(Seen::default());

@@ -132,9 +132,15 @@ impl<S: 'static> PoolBuilder<S> {
         self
     }
 
-    /// Workers above `min_workers` idle this long exit. `None` keeps them.
-    pub fn idle_expiry(mut self, d: Option<Duration>) -> Self {
-        self.expiry = d;
+    /// Workers above `min_workers` that stay idle this long exit (default 10 s).
+    pub fn idle_expiry(mut self, d: Duration) -> Self {
+        self.expiry = Some(d);
+        self
+    }
+
+    /// Idle workers never expire.
+    pub fn keep_idle_workers(mut self) -> Self {
+        self.expiry = None;
         self
     }
 

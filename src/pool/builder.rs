@@ -290,6 +290,7 @@ impl<S: 'static> PoolBuilder<S> {
             on_panic: self.on_panic,
             clock: self.clock,
             spin: self.spin,
+            max_spinners: 1,
             autoscale: self.autoscale,
         };
         let shared = Arc::new(Shared::new(config, capacity, self.idle_order));

@@ -46,6 +46,9 @@ pub(crate) struct Config<S> {
     pub(crate) on_panic: Option<PanicHook>,
     pub(crate) clock: std::sync::Arc<dyn Clock>,
     pub(crate) spin: u32,
+    /// Workers allowed to spin at once (more burn CPU for little gain on
+    /// small machines).
+    pub(crate) max_spinners: usize,
     pub(crate) autoscale: Option<ScalePolicy>,
 }
 
@@ -107,6 +110,12 @@ impl Parker {
     }
 }
 
+impl<S> State<S> {
+    pub(crate) fn idle_len(&self) -> usize {
+        self.idle.len()
+    }
+}
+
 pub(crate) struct State<S> {
     pub(crate) queue: VecDeque<Task<S>>,
     idle: Box<dyn WorkerQueue>,
@@ -115,52 +124,105 @@ pub(crate) struct State<S> {
     pub(crate) threads: usize,
     pub(crate) running: usize,
     pending_wakes: usize,
-    spinning: bool,
-    blocked: usize,
+    spinning: usize,
+    pub(crate) blocked: usize,
     blocked_unnotified: usize,
     pub(crate) closed: bool,
+    /// Every submit call, and those refused (counted under the lock that
+    /// admission takes anyway).
+    pub(crate) submitted: u64,
+    pub(crate) rejected: u64,
     next_id: usize,
     pub(crate) autoscale: Option<AutoscaleState>,
     housekeeper_stop: bool,
 }
 
-/// Counters, readable without the lock.
-#[derive(Default)]
+/// Outcome counters of one shard, on a cache line of their own.
+#[repr(align(128))]
+pub(crate) struct Shard {
+    completed: AtomicU64,
+    panicked: AtomicU64,
+    expired: AtomicU64,
+    cancelled: AtomicU64,
+}
+
+impl Shard {
+    fn new() -> Self {
+        Self {
+            completed: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+        }
+    }
+}
+
+const SHARDS: usize = 4;
+
+std::thread_local! {
+    /// Which counter shard this thread bumps (assigned round-robin).
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+static NEXT_SHARD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn my_shard() -> usize {
+    SHARD.with(|c| {
+        if c.get() == usize::MAX {
+            c.set(NEXT_SHARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS);
+        }
+        c.get()
+    })
+}
+
+/// Outcome counters, sharded so that workers finishing jobs at the same time
+/// do not fight over one cache line; read by summing the shards.
 pub(crate) struct Counters {
-    pub(crate) submitted: AtomicU64,
-    pub(crate) rejected: AtomicU64,
-    pub(crate) completed: AtomicU64,
-    pub(crate) panicked: AtomicU64,
-    pub(crate) expired: AtomicU64,
-    pub(crate) cancelled: AtomicU64,
+    shards: [Shard; SHARDS],
     pub(crate) resizes: AtomicU64,
     pub(crate) grows: AtomicU64,
     pub(crate) shrinks: AtomicU64,
     pub(crate) spawn_failures: AtomicU64,
-    // Gauges mirrored from `State` on every change.
-    pub(crate) running: AtomicUsize,
-    pub(crate) idle: AtomicUsize,
-    pub(crate) waiting: AtomicUsize,
-    pub(crate) capacity: AtomicUsize,
-    pub(crate) workers: AtomicUsize,
-    pub(crate) blocked: AtomicUsize,
+}
+
+/// Sums of the outcome counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Outcomes {
+    pub(crate) completed: u64,
+    pub(crate) panicked: u64,
+    pub(crate) expired: u64,
+    pub(crate) cancelled: u64,
 }
 
 impl Counters {
+    fn new() -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Shard::new()),
+            resizes: AtomicU64::new(0),
+            grows: AtomicU64::new(0),
+            shrinks: AtomicU64::new(0),
+            spawn_failures: AtomicU64::new(0),
+        }
+    }
+
     pub(crate) fn count(&self, ended: &Ended) {
+        let sh = &self.shards[my_shard()];
         let c = match ended {
-            Ended::Completed => &self.completed,
-            Ended::Panicked(_) => &self.panicked,
-            Ended::Expired => &self.expired,
-            Ended::Cancelled => &self.cancelled,
+            Ended::Completed => &sh.completed,
+            Ended::Panicked(_) => &sh.panicked,
+            Ended::Expired => &sh.expired,
+            Ended::Cancelled => &sh.cancelled,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn finished(&self) -> u64 {
-        self.completed.load(Ordering::Relaxed)
-            + self.panicked.load(Ordering::Relaxed)
-            + self.expired.load(Ordering::Relaxed)
+    pub(crate) fn outcomes(&self) -> Outcomes {
+        let r = Ordering::Relaxed;
+        self.shards.iter().fold(Outcomes::default(), |a, s| Outcomes {
+            completed: a.completed + s.completed.load(r),
+            panicked: a.panicked + s.panicked.load(r),
+            expired: a.expired + s.expired.load(r),
+            cancelled: a.cancelled + s.cancelled.load(r),
+        })
     }
 }
 
@@ -214,10 +276,12 @@ impl<S: 'static> Shared<S> {
                 threads: 0,
                 running: 0,
                 pending_wakes: 0,
-                spinning: false,
+                spinning: 0,
                 blocked: 0,
                 blocked_unnotified: 0,
                 closed: false,
+                submitted: 0,
+                rejected: 0,
                 next_id: 0,
                 autoscale,
                 housekeeper_stop: false,
@@ -225,10 +289,7 @@ impl<S: 'static> Shared<S> {
             not_full: Condvar::new(),
             exited: Condvar::new(),
             housekeeper_cv: Condvar::new(),
-            counters: Counters {
-                capacity: AtomicUsize::new(capacity),
-                ..Counters::default()
-            },
+            counters: Counters::new(),
             config,
             coarse_now: AtomicU64::new(0),
             epoch,
@@ -236,14 +297,8 @@ impl<S: 'static> Shared<S> {
         }
     }
 
+    /// Mirrors the queue length for the spinning worker.
     fn publish(&self, st: &State<S>) {
-        let c = &self.counters;
-        c.running.store(st.running, Ordering::Relaxed);
-        c.idle.store(st.idle.len(), Ordering::Relaxed);
-        c.waiting.store(st.queue.len(), Ordering::Relaxed);
-        c.capacity.store(st.capacity, Ordering::Relaxed);
-        c.workers.store(st.workers, Ordering::Relaxed);
-        c.blocked.store(st.blocked, Ordering::Relaxed);
         self.queued.store(st.queue.len(), Ordering::Relaxed);
     }
 
@@ -254,6 +309,7 @@ impl<S: 'static> Shared<S> {
     /// Admits `task` or hands it back with the reason.
     pub(crate) fn push(this: &Arc<Self>, task: Task<S>, mode: Wait) -> Result<(), (Task<S>, SubmitError)> {
         let mut st = lock(&this.state);
+        st.submitted += 1;
         let mut started: Option<Instant> = None;
         let mut registered = false;
         loop {
@@ -261,7 +317,7 @@ impl<S: 'static> Shared<S> {
                 if registered {
                     st.blocked -= 1;
                 }
-                this.publish(&st);
+                st.rejected += 1;
                 return Err((task, SubmitError::Closed));
             }
             if st.queue.len() + st.running < st.capacity + this.config.queue_cap {
@@ -269,17 +325,18 @@ impl<S: 'static> Shared<S> {
             }
             let limit = match mode {
                 Wait::No => {
+                    st.rejected += 1;
                     return Err((task, SubmitError::Overloaded));
                 }
                 Wait::Block(limit) => limit,
             };
             if !registered {
                 if this.config.max_blocked.is_some_and(|m| st.blocked >= m) {
+                    st.rejected += 1;
                     return Err((task, SubmitError::Overloaded));
                 }
                 st.blocked += 1;
                 registered = true;
-                this.publish(&st);
             }
             st.blocked_unnotified += 1;
             match limit {
@@ -290,7 +347,7 @@ impl<S: 'static> Shared<S> {
                     if left.is_zero() {
                         st.blocked_unnotified = st.blocked_unnotified.saturating_sub(1);
                         st.blocked -= 1;
-                        this.publish(&st);
+                        st.rejected += 1;
                         return Err((task, SubmitError::Timeout(limit)));
                     }
                     let (g, timed_out) = wait_timeout(&this.not_full, st, left);
@@ -315,7 +372,7 @@ impl<S: 'static> Shared<S> {
 
     /// Wakes or spawns workers while more jobs wait than workers are coming.
     fn dispatch(&self, st: &mut State<S>, d: &mut Deferred<S>) {
-        while st.queue.len() > st.pending_wakes + usize::from(st.spinning) {
+        while st.queue.len() > st.pending_wakes + st.spinning {
             if let Some(w) = st.idle.detach() {
                 st.pending_wakes += 1;
                 d.wake.push(w.parker);
@@ -657,10 +714,10 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
         if st.closed {
             break Leave::Own;
         }
-        if !spun && !st.spinning && shared.config.spin > 0 {
+        if !spun && st.spinning < shared.config.max_spinners && shared.config.spin > 0 {
             // Stay awake briefly: with short jobs the next one usually
             // arrives within microseconds, and a wake-up costs more.
-            st.spinning = true;
+            st.spinning += 1;
             drop(st);
             for i in 0..shared.config.spin {
                 if shared.queued.load(Ordering::Relaxed) > 0 {
@@ -673,7 +730,7 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
                 }
             }
             st = lock(&shared.state);
-            st.spinning = false;
+            st.spinning -= 1;
             spun = true;
             continue;
         }

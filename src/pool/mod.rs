@@ -224,21 +224,15 @@ impl<S: 'static> Pool<S> {
     }
 
     pub(crate) fn push_task(&self, task: Task<S>, wait: Wait) -> Result<(), (Task<S>, SubmitError)> {
-        let c = &self.shared().counters;
-        c.submitted.fetch_add(1, Ordering::Relaxed);
-        let r = Shared::push(self.shared(), task, wait);
-        if r.is_err() {
-            c.rejected.fetch_add(1, Ordering::Relaxed);
-        }
-        r
+        Shared::push(self.shared(), task, wait)
     }
 
     /// Takes back the `submitted` and `rejected` counts of a refusal that a
     /// multi-pool overflowed to another pool.
     pub(crate) fn uncount_overflow(&self) {
-        let c = &self.shared().counters;
-        c.submitted.fetch_sub(1, Ordering::Relaxed);
-        c.rejected.fetch_sub(1, Ordering::Relaxed);
+        let mut st = self.shared().lock_state();
+        st.submitted -= 1;
+        st.rejected -= 1;
     }
 
     pub(crate) fn make_task<F, T>(f: F, opts: JobOptions) -> (Task<S>, JobHandle<T>)
@@ -332,23 +326,27 @@ impl<S: 'static> Pool<S> {
         Shared::tune(self.shared(), capacity)
     }
 
-    /// The current gauges and counters.
+    /// The current gauges and counters. Takes the pool's lock briefly (the
+    /// gauges live under it); the outcome counters are atomics.
     pub fn stats(&self) -> PoolStats {
-        let c = &self.shared().counters;
+        let shared = self.shared();
+        let c = &shared.counters;
         let r = Ordering::Relaxed;
+        let st = shared.lock_state();
+        let o = c.outcomes();
         PoolStats {
-            running: c.running.load(r),
-            idle: c.idle.load(r),
-            waiting: c.waiting.load(r),
-            blocked: c.blocked.load(r),
-            capacity: c.capacity.load(r),
-            workers: c.workers.load(r),
-            submitted: c.submitted.load(r),
-            completed: c.completed.load(r),
-            rejected: c.rejected.load(r),
-            panicked: c.panicked.load(r),
-            expired: c.expired.load(r),
-            cancelled: c.cancelled.load(r),
+            running: st.running,
+            idle: st.idle_len(),
+            waiting: st.queue.len(),
+            blocked: st.blocked,
+            capacity: st.capacity,
+            workers: st.workers,
+            submitted: st.submitted,
+            completed: o.completed,
+            rejected: st.rejected,
+            panicked: o.panicked,
+            expired: o.expired,
+            cancelled: o.cancelled,
             resizes: c.resizes.load(r),
             autoscale_grows: c.grows.load(r),
             autoscale_shrinks: c.shrinks.load(r),
@@ -402,12 +400,14 @@ impl<S: 'static> Pool<S> {
     fn shutdown_inner(&self, cancel: bool, deadline: Option<Instant>) -> ShutdownReport {
         let shared = self.shared();
         let c = &shared.counters;
-        let (done0, cancelled0) = (c.finished(), c.cancelled.load(Ordering::Relaxed));
+        let finished = |o: core::Outcomes| o.completed + o.panicked + o.expired;
+        let before = c.outcomes();
         Shared::close(shared, cancel);
         let still_running = shared.wait_exited(deadline);
+        let after = c.outcomes();
         ShutdownReport {
-            completed: c.finished() - done0,
-            cancelled: c.cancelled.load(Ordering::Relaxed) - cancelled0,
+            completed: finished(after) - finished(before),
+            cancelled: after.cancelled - before.cancelled,
             still_running,
         }
     }

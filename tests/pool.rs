@@ -764,3 +764,35 @@ fn counters_balance_at_rest() {
     );
     assert_eq!(s.in_flight(), 0);
 }
+
+#[test]
+fn jobs_held_in_a_worker_batch_are_waiting_and_cancellable() {
+    let pool = small(1, 16);
+    let first = occupy(&pool, 1);
+    // Queue a gated job and five more behind it; when the worker takes the
+    // gated job from a queue of six, it takes a share of the rest with it.
+    let (started, gate) = (Gate::new(), Gate::new());
+    let (s, g) = (started.clone(), gate.clone());
+    let gated = pool
+        .submit(move |_| {
+            s.open();
+            g.wait();
+        })
+        .unwrap();
+    let rest: Vec<_> = (0..5).map(|i| pool.submit(move |_| i).unwrap()).collect();
+    first.open();
+    started.wait();
+    // Held or queued, they are all still waiting.
+    assert_eq!(pool.stats().waiting, 5);
+    let p2 = pool.clone();
+    let closer = std::thread::spawn(move || p2.shutdown_now(LONG));
+    for h in rest {
+        assert_eq!(h.join(), Err(JobError::Cancelled));
+    }
+    gate.open();
+    assert_eq!(gated.join(), Ok(()));
+    let report = closer.join().unwrap();
+    assert_eq!((report.cancelled, report.still_running), (5, 0));
+    let s = pool.stats();
+    assert_eq!(s.submitted, s.completed + s.cancelled, "{s:?}");
+}

@@ -4,7 +4,11 @@
 //! Invariants (all under `Shared::state`):
 //! - `workers` counts threads that serve jobs; `threads` also counts threads
 //!   that were told to retire but have not yet gone (the shutdown barrier).
-//! - A job is admitted while `queue.len() + running < capacity + queue_cap`.
+//! - A job is admitted while `queue.len() + held + running < capacity + queue_cap`,
+//!   where `held` counts jobs a worker took from a long queue in one batch
+//!   (into its registered `Batch`) and has not started yet. Held jobs stay
+//!   reachable: growth, a worker about to park, and shutdown take them back
+//!   into the queue (`reclaim_held`). Lock order: `state`, then a `Batch`.
 //! - After a push, if more jobs wait than there are workers on their way to
 //!   the queue (`pending_wakes` woken or spawned ones, plus the spinner), one
 //!   idle worker is woken or one new worker is spawned. A worker parks only
@@ -116,6 +120,12 @@ impl<S> State<S> {
     }
 }
 
+/// A worker's batch: jobs it took from a long queue in one go. Only its
+/// worker pops from the front; others take the jobs back under `state`.
+pub(crate) struct Batch<S> {
+    jobs: Mutex<VecDeque<Task<S>>>,
+}
+
 pub(crate) struct State<S> {
     pub(crate) queue: VecDeque<Task<S>>,
     idle: Box<dyn WorkerQueue>,
@@ -123,6 +133,10 @@ pub(crate) struct State<S> {
     pub(crate) workers: usize,
     pub(crate) threads: usize,
     pub(crate) running: usize,
+    /// Jobs taken off the queue in a worker's batch, not yet started.
+    pub(crate) held: usize,
+    /// Every live worker's batch, so held jobs can be taken back.
+    batches: Vec<Arc<Batch<S>>>,
     pending_wakes: usize,
     spinning: usize,
     pub(crate) blocked: usize,
@@ -275,6 +289,8 @@ impl<S: 'static> Shared<S> {
                 workers: 0,
                 threads: 0,
                 running: 0,
+                held: 0,
+                batches: Vec::new(),
                 pending_wakes: 0,
                 spinning: 0,
                 blocked: 0,
@@ -320,7 +336,7 @@ impl<S: 'static> Shared<S> {
                 st.rejected += 1;
                 return Err((task, SubmitError::Closed));
             }
-            if st.queue.len() + st.running < st.capacity + this.config.queue_cap {
+            if st.queue.len() + st.held + st.running < st.capacity + this.config.queue_cap {
                 break;
             }
             let limit = match mode {
@@ -443,13 +459,38 @@ impl<S: 'static> Shared<S> {
         now
     }
 
-    /// One job finished: free its slot and let a blocked submitter in.
-    fn job_done(&self, st: &mut State<S>) {
+    /// A worker finished its batch (one job plus `ran_held` held ones that it
+    /// ran itself; others were taken back): free their places and let as
+    /// many blocked submitters in.
+    fn batch_done(&self, st: &mut State<S>, ran_held: usize) {
         st.running -= 1;
-        if st.blocked_unnotified > 0 {
+        st.held -= ran_held;
+        for _ in 0..=ran_held {
+            if st.blocked_unnotified == 0 {
+                break;
+            }
             st.blocked_unnotified -= 1;
             self.not_full.notify_one();
         }
+    }
+
+    /// Moves every job held in a worker's batch back to the front of the
+    /// queue (in order). Returns how many moved.
+    fn reclaim_held(&self, st: &mut State<S>) -> usize {
+        if st.held == 0 {
+            return 0;
+        }
+        let mut moved = 0;
+        for b in &st.batches {
+            let mut jobs = lock(&b.jobs);
+            moved += jobs.len();
+            while let Some(t) = jobs.pop_back() {
+                st.queue.push_front(t);
+            }
+        }
+        st.held -= moved;
+        self.publish(st);
+        moved
     }
 
     /// Changes the capacity. Growth takes effect at once; surplus workers
@@ -467,6 +508,9 @@ impl<S: 'static> Shared<S> {
         this.counters.resizes.fetch_add(1, Ordering::Relaxed);
         let mut d = Deferred::new();
         if grew {
+            // Jobs held in busy workers' batches go back to the queue, where
+            // the new workers can take them.
+            this.reclaim_held(&mut st);
             this.dispatch(&mut st, &mut d);
             st.blocked_unnotified = 0;
             d.notify_submitters = st.blocked > 0;
@@ -544,6 +588,7 @@ impl<S: 'static> Shared<S> {
         st.closed = true;
         let mut d = Deferred::new();
         if cancel_queued {
+            this.reclaim_held(&mut st);
             d.cancel.extend(st.queue.drain(..));
         }
         if st.threads == 0 {
@@ -581,6 +626,7 @@ impl<S: 'static> Shared<S> {
             return 0;
         }
         // Time is up: cancel what has not started; report what still runs.
+        self.reclaim_held(&mut st);
         let cancel: Vec<Task<S>> = st.queue.drain(..).collect();
         let running = st.running;
         self.publish(&st);
@@ -625,6 +671,13 @@ impl<S: 'static> Shared<S> {
         lock(&self.state)
     }
 }
+
+/// A spinning worker yields its core once every this many polls (a yield
+/// is a system call; with nothing else runnable it is pure overhead).
+const YIELD_EVERY: u32 = 16;
+
+/// The most jobs a worker takes from the queue in one lock acquisition.
+const MAX_BATCH: usize = 32;
 
 /// Runs one task on a worker: the deadline check, the job, the counters.
 fn run_task<S: 'static>(shared: &Shared<S>, task: Task<S>, state: &mut S) {
@@ -693,7 +746,11 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
         }
     };
 
+    let batch = Arc::new(Batch {
+        jobs: Mutex::new(VecDeque::with_capacity(MAX_BATCH)),
+    });
     let mut st = lock(&shared.state);
+    st.batches.push(batch.clone());
     // Spawned workers arrive counted in `pending_wakes`.
     st.pending_wakes -= 1;
     let mut spun = false;
@@ -702,13 +759,37 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
             break Leave::Own;
         }
         if let Some(task) = st.queue.pop_front() {
+            // From a long queue, take a fair share in one go: one contended
+            // lock per batch instead of per job. A short queue gives
+            // batches of one.
+            let extra = (st.queue.len() / (2 * st.workers.max(1))).min(MAX_BATCH - 1);
+            if extra > 0 {
+                lock(&batch.jobs).extend(st.queue.drain(..extra));
+                st.held += extra;
+            }
             st.running += 1;
             shared.publish(&st);
             drop(st);
             run_task(&shared, task, &mut state);
+            let mut ran_held = 0;
+            if extra > 0 {
+                loop {
+                    let next = lock(&batch.jobs).pop_front();
+                    let Some(t) = next else { break };
+                    ran_held += 1;
+                    run_task(&shared, t, &mut state);
+                }
+            }
             st = lock(&shared.state);
-            shared.job_done(&mut st);
+            shared.batch_done(&mut st, ran_held);
             spun = false;
+            continue;
+        }
+        // The queue is empty but other workers may hold jobs they have not
+        // started: take them back rather than idle beside them. (`held` also
+        // counts jobs a worker has already started from its batch but not
+        // yet accounted for, so only go round again if some moved.)
+        if st.held > 0 && shared.reclaim_held(&mut st) > 0 {
             continue;
         }
         if st.closed {
@@ -723,7 +804,7 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
                 if shared.queued.load(Ordering::Relaxed) > 0 {
                     break;
                 }
-                if i % 16 == 15 {
+                if i % YIELD_EVERY == YIELD_EVERY - 1 {
                     thread::yield_now();
                 } else {
                     std::hint::spin_loop();
@@ -752,6 +833,7 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
     if let Leave::Own = leave {
         st.workers -= 1;
     }
+    st.batches.retain(|b| !Arc::ptr_eq(b, &batch));
     // Someone else may now be needed for what waits (e.g. after a shrink).
     let mut d = Deferred::new();
     shared.dispatch(&mut st, &mut d);

@@ -337,7 +337,7 @@ impl<S: 'static> Pool<S> {
         PoolStats {
             running: st.running,
             idle: st.idle_len(),
-            waiting: st.queue.len(),
+            waiting: st.queue.len() + st.held,
             blocked: st.blocked,
             capacity: st.capacity,
             workers: st.workers,

@@ -78,7 +78,7 @@ impl PoolBuilder<()> {
             on_exit: None,
             on_panic: None,
             clock: std::sync::Arc::new(SystemClock),
-            spin: if cfg!(loom) { 0 } else { 512 },
+            spin: if cfg!(loom) { 0 } else { 64 },
             idle_order: IdleOrder::Lifo,
             autoscale: None,
             housekeeping: None,

@@ -796,3 +796,85 @@ fn jobs_held_in_a_worker_batch_are_waiting_and_cancellable() {
     let s = pool.stats();
     assert_eq!(s.submitted, s.completed + s.cancelled, "{s:?}");
 }
+
+#[test]
+fn panicking_hooks_and_handler_do_not_kill_workers() {
+    let pool = Pool::builder()
+        .capacity(2)
+        .on_thread_start(|_| panic!("start hook"))
+        .on_thread_exit(|_| panic!("exit hook"))
+        .panic_handler(|_| panic!("the handler panics too"))
+        .build()
+        .unwrap();
+    let hs: Vec<_> = (0..20)
+        .map(|i| {
+            pool.submit(move |_| if i % 5 == 0 { panic!("job {i}") } else { i })
+                .unwrap()
+        })
+        .collect();
+    let ok = hs.into_iter().map(|h| h.join()).filter(Result::is_ok).count();
+    assert_eq!(ok, 16);
+    // Shutdown completes: every worker finished its bookkeeping.
+    assert_eq!(pool.shutdown(LONG).still_running, 0);
+    assert_eq!(pool.stats().workers, 0);
+}
+
+#[test]
+fn a_panicking_worker_state_factory_is_reported_and_replaced() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (c, s2) = (calls.clone(), seen.clone());
+    let pool = Pool::builder()
+        .capacity(1)
+        .panic_handler(move |m| s2.lock().unwrap().push(m.to_owned()))
+        .worker_state(move || {
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("no model file");
+            }
+            7u32
+        })
+        .build()
+        .unwrap();
+    // The first worker's factory panics: the job waits for the next worker,
+    // which the next submit starts.
+    let a = pool.submit(|s: &mut u32| *s).unwrap();
+    wait_until("first worker gone", || {
+        !seen.lock().unwrap().is_empty() && pool.stats().workers == 0
+    });
+    let b = pool.submit(|s: &mut u32| *s + 1).unwrap();
+    assert_eq!((a.join(), b.join()), (Ok(7), Ok(8)));
+    assert_eq!(
+        seen.lock().unwrap()[0],
+        "worker state factory panicked: no model file"
+    );
+}
+
+#[test]
+fn a_factory_that_always_panics_leaves_jobs_to_shutdown() {
+    let pool = Pool::builder()
+        .capacity(1)
+        .panic_handler(|_| {})
+        .worker_state(|| -> u32 { panic!("never") })
+        .build()
+        .unwrap();
+    let h = pool.submit(|s: &mut u32| *s).unwrap();
+    wait_until("worker gone", || {
+        pool.stats().workers == 0 && pool.stats().spawn_failures == 0
+    });
+    let report = pool.shutdown(LONG);
+    assert_eq!(report.cancelled, 1);
+    assert_eq!(h.join(), Err(JobError::Cancelled));
+}
+
+#[test]
+fn shutdown_from_inside_a_job_returns() {
+    let pool = small(1, 4);
+    let p2 = pool.clone();
+    let h = pool.submit(move |_| p2.shutdown(LONG)).unwrap();
+    let report = match h.join_timeout(LONG) {
+        Ok(r) => r.unwrap(),
+        Err(_) => panic!("shutdown inside a job hung"),
+    };
+    assert_eq!(report.still_running, 1, "the calling job itself");
+    assert!(pool.is_closed());
+}

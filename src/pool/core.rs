@@ -686,9 +686,27 @@ fn run_task<S: 'static>(shared: &Shared<S>, task: Task<S>, state: &mut S) {
         _ => task.job.run(state, &shared.counters),
     };
     if let Ended::Panicked(msg) = &ended {
-        if let Some(h) = &shared.config.on_panic {
-            h(msg);
-        }
+        report_panic(shared, msg);
+    }
+}
+
+/// Tells the panic handler. A panic inside the handler itself is dropped:
+/// there is nobody left to tell, and the worker must survive it.
+fn report_panic<S>(shared: &Shared<S>, msg: &str) {
+    if let Some(h) = &shared.config.on_panic {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(msg)));
+    }
+}
+
+/// Runs user code on a worker outside a job (a hook, the worker state's
+/// drop) so that a panic in it cannot kill the thread before its
+/// bookkeeping is done; the panic goes to the panic handler.
+fn guarded<S>(shared: &Shared<S>, what: &str, f: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        report_panic(
+            shared,
+            &format!("{what} panicked: {}", super::handle::panic_message(&*p)),
+        );
     }
 }
 
@@ -721,7 +739,7 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
         CURRENT_POOL.with(|c| c.set(Arc::as_ptr(&shared) as usize));
     }
     if let Some(h) = &shared.config.on_start {
-        h(id);
+        guarded(&shared, "on_thread_start hook", || h(id));
     }
     let parker = Arc::new(Parker::new());
     let factory = shared.config.factory.clone();
@@ -730,9 +748,7 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
         Ok(s) => s,
         Err(p) => {
             let msg = super::handle::panic_message(&*p);
-            if let Some(h) = &shared.config.on_panic {
-                h(&format!("worker state factory panicked: {msg}"));
-            }
+            report_panic(&shared, &format!("worker state factory panicked: {msg}"));
             // No replacement is started here (a factory that always panics
             // would spin); the next submit starts one, and shutdown cancels
             // what waits if no worker is left.
@@ -840,13 +856,13 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
     shared.publish(&st);
     drop(st);
     Shared::apply(&shared, d);
-    drop(state);
+    guarded(&shared, "worker state drop", move || drop(state));
     finish_thread(&shared, id);
 }
 
 fn finish_thread<S: 'static>(shared: &Shared<S>, id: usize) {
     if let Some(h) = &shared.config.on_exit {
-        h(id);
+        guarded(shared, "on_thread_exit hook", || h(id));
     }
     let mut st = lock(&shared.state);
     st.threads -= 1;

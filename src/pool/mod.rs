@@ -403,6 +403,13 @@ impl<S: 'static> Pool<S> {
         let finished = |o: core::Outcomes| o.completed + o.panicked + o.expired;
         let before = c.outcomes();
         Shared::close(shared, cancel);
+        // Called from one of this pool's own jobs: waiting would wait for
+        // ourselves, so report at once (the workers drain and exit anyway).
+        let deadline = if core::on_worker_of(shared) {
+            Some(Instant::now())
+        } else {
+            deadline
+        };
         let still_running = shared.wait_exited(deadline);
         let after = c.outcomes();
         ShutdownReport {

@@ -4,42 +4,17 @@
 //! `cargo bench --bench pool`
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+#[path = "../examples/common/latch.rs"]
+mod latch;
+use latch::Latch;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use facepool::pool::{Pool, SubmitError};
 
 const THREADS: usize = 2;
-
-struct Latch {
-    left: AtomicUsize,
-    done: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Latch {
-    fn new(n: usize) -> Arc<Self> {
-        Arc::new(Self {
-            left: AtomicUsize::new(n),
-            done: Mutex::new(false),
-            cv: Condvar::new(),
-        })
-    }
-    fn count_down(&self) {
-        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.done.lock().unwrap() = true;
-            self.cv.notify_all();
-        }
-    }
-    fn wait(&self) {
-        let mut d = self.done.lock().unwrap();
-        while !*d {
-            d = self.cv.wait(d).unwrap();
-        }
-    }
-}
 
 fn throughput(c: &mut Criterion) {
     const N: usize = 10_000;

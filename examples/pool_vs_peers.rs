@@ -16,12 +16,16 @@
 //! with a counting allocator, for `execute` and for `submit` (with handle).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+#[path = "common/latch.rs"]
+mod latch;
 use facepool::pool::Pool;
+use latch::Latch;
 use serde::Serialize;
 
 // ---- a counting allocator, switched on only for the memory measurement ----
@@ -81,36 +85,6 @@ struct Args {
 
 const THREADS: usize = 2;
 const BOUND: usize = 1024;
-
-/// Counts jobs down; the waiter wakes when the last one is done.
-struct Latch {
-    left: AtomicUsize,
-    done: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Latch {
-    fn new(n: usize) -> Arc<Self> {
-        Arc::new(Self {
-            left: AtomicUsize::new(n),
-            done: Mutex::new(n == 0),
-            cv: Condvar::new(),
-        })
-    }
-    #[inline]
-    fn count_down(&self) {
-        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *self.done.lock().unwrap() = true;
-            self.cv.notify_all();
-        }
-    }
-    fn wait(&self) {
-        let mut d = self.done.lock().unwrap();
-        while !*d {
-            d = self.cv.wait(d).unwrap();
-        }
-    }
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Work {

@@ -11,6 +11,29 @@ use super::error::BuildError;
 use super::worker_queue::IdleOrder;
 use super::Pool;
 
+/// Everything a builder holds but the worker-state factory.
+struct Settings {
+    capacity: usize,
+    min_workers: usize,
+    prestart: bool,
+    queue_cap: usize,
+    nonblocking: bool,
+    max_blocked: Option<usize>,
+    submit_timeout: Option<Duration>,
+    expiry: Option<Duration>,
+    thread_name: String,
+    stack_size: Option<usize>,
+    on_start: Option<Hook>,
+    on_exit: Option<Hook>,
+    on_panic: Option<PanicHook>,
+    clock: std::sync::Arc<dyn Clock>,
+    spin: u32,
+    idle_order: IdleOrder,
+    autoscale: Option<ScalePolicy>,
+    housekeeping: Option<Duration>,
+    drop_timeout: Option<Duration>,
+}
+
 /// Builds a [`Pool`]. Every setting has a default; `build` validates them.
 ///
 /// ```
@@ -29,26 +52,8 @@ use super::Pool;
 /// ```
 #[must_use]
 pub struct PoolBuilder<S = ()> {
-    capacity: usize,
-    min_workers: usize,
-    prestart: bool,
-    queue_cap: usize,
-    nonblocking: bool,
-    max_blocked: Option<usize>,
-    submit_timeout: Option<Duration>,
-    expiry: Option<Duration>,
-    thread_name: String,
-    stack_size: Option<usize>,
+    s: Settings,
     factory: Factory<S>,
-    on_start: Option<Hook>,
-    on_exit: Option<Hook>,
-    on_panic: Option<PanicHook>,
-    clock: std::sync::Arc<dyn Clock>,
-    spin: u32,
-    idle_order: IdleOrder,
-    autoscale: Option<ScalePolicy>,
-    housekeeping: Option<Duration>,
-    drop_timeout: Option<Duration>,
 }
 
 impl Default for PoolBuilder<()> {
@@ -63,26 +68,28 @@ impl PoolBuilder<()> {
     pub fn new() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
-            capacity: cores,
-            min_workers: 0,
-            prestart: false,
-            queue_cap: 1024,
-            nonblocking: false,
-            max_blocked: None,
-            submit_timeout: None,
-            expiry: Some(Duration::from_secs(10)),
-            thread_name: "facepool".to_owned(),
-            stack_size: None,
+            s: Settings {
+                capacity: cores,
+                min_workers: 0,
+                prestart: false,
+                queue_cap: 1024,
+                nonblocking: false,
+                max_blocked: None,
+                submit_timeout: None,
+                expiry: Some(Duration::from_secs(10)),
+                thread_name: "facepool".to_owned(),
+                stack_size: None,
+                on_start: None,
+                on_exit: None,
+                on_panic: None,
+                clock: std::sync::Arc::new(SystemClock),
+                spin: if cfg!(loom) { 0 } else { 64 },
+                idle_order: IdleOrder::Lifo,
+                autoscale: None,
+                housekeeping: None,
+                drop_timeout: None,
+            },
             factory: std::sync::Arc::new(|| ()),
-            on_start: None,
-            on_exit: None,
-            on_panic: None,
-            clock: std::sync::Arc::new(SystemClock),
-            spin: if cfg!(loom) { 0 } else { 64 },
-            idle_order: IdleOrder::Lifo,
-            autoscale: None,
-            housekeeping: None,
-            drop_timeout: None,
         }
     }
 }
@@ -90,87 +97,87 @@ impl PoolBuilder<()> {
 impl<S: 'static> PoolBuilder<S> {
     /// Maximum number of workers (at least 1).
     pub fn capacity(mut self, n: usize) -> Self {
-        self.capacity = n;
+        self.s.capacity = n;
         self
     }
 
     /// Workers kept alive even when idle (never expired). They start at build.
     pub fn min_workers(mut self, n: usize) -> Self {
-        self.min_workers = n;
+        self.s.min_workers = n;
         self
     }
 
     /// Start all `capacity` workers at build instead of on demand.
     pub fn prestart(mut self, yes: bool) -> Self {
-        self.prestart = yes;
+        self.s.prestart = yes;
         self
     }
 
     /// How many jobs may wait for a worker. 0 means a job is accepted only
     /// when a worker can take it at once.
     pub fn queue_capacity(mut self, n: usize) -> Self {
-        self.queue_cap = n;
+        self.s.queue_cap = n;
         self
     }
 
     /// With `true`, `submit` never blocks: a full pool refuses with
     /// `Overloaded` (as `try_submit` always does).
     pub fn nonblocking(mut self, yes: bool) -> Self {
-        self.nonblocking = yes;
+        self.s.nonblocking = yes;
         self
     }
 
     /// At most this many submitters may block at once; more get `Overloaded`.
     pub fn max_blocked_submitters(mut self, n: usize) -> Self {
-        self.max_blocked = Some(n);
+        self.s.max_blocked = Some(n);
         self
     }
 
     /// A blocking submit gives up with `SubmitError::Timeout` after this long.
     pub fn submit_timeout(mut self, d: Duration) -> Self {
-        self.submit_timeout = Some(d);
+        self.s.submit_timeout = Some(d);
         self
     }
 
     /// Workers above `min_workers` that stay idle this long exit (default 10 s).
     pub fn idle_expiry(mut self, d: Duration) -> Self {
-        self.expiry = Some(d);
+        self.s.expiry = Some(d);
         self
     }
 
     /// Idle workers never expire.
     pub fn keep_idle_workers(mut self) -> Self {
-        self.expiry = None;
+        self.s.expiry = None;
         self
     }
 
     /// Prefix of worker thread names (`{prefix}-{n}`).
     pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
-        self.thread_name = prefix.into();
+        self.s.thread_name = prefix.into();
         self
     }
 
     /// Stack size of worker threads.
     pub fn stack_size(mut self, bytes: usize) -> Self {
-        self.stack_size = Some(bytes);
+        self.s.stack_size = Some(bytes);
         self
     }
 
     /// Called on each worker thread when it starts, with the worker's number.
     pub fn on_thread_start(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
-        self.on_start = Some(std::sync::Arc::new(f));
+        self.s.on_start = Some(std::sync::Arc::new(f));
         self
     }
 
     /// Called on each worker thread just before it exits.
     pub fn on_thread_exit(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
-        self.on_exit = Some(std::sync::Arc::new(f));
+        self.s.on_exit = Some(std::sync::Arc::new(f));
         self
     }
 
     /// Called with the message of every panic a worker catches.
     pub fn panic_handler(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
-        self.on_panic = Some(std::sync::Arc::new(f));
+        self.s.on_panic = Some(std::sync::Arc::new(f));
         self
     }
 
@@ -180,38 +187,20 @@ impl<S: 'static> PoolBuilder<S> {
     /// that worker exits and the panic handler is told.
     pub fn worker_state<T: 'static>(self, factory: impl Fn() -> T + Send + Sync + 'static) -> PoolBuilder<T> {
         PoolBuilder {
-            capacity: self.capacity,
-            min_workers: self.min_workers,
-            prestart: self.prestart,
-            queue_cap: self.queue_cap,
-            nonblocking: self.nonblocking,
-            max_blocked: self.max_blocked,
-            submit_timeout: self.submit_timeout,
-            expiry: self.expiry,
-            thread_name: self.thread_name,
-            stack_size: self.stack_size,
+            s: self.s,
             factory: std::sync::Arc::new(factory),
-            on_start: self.on_start,
-            on_exit: self.on_exit,
-            on_panic: self.on_panic,
-            clock: self.clock,
-            spin: self.spin,
-            idle_order: self.idle_order,
-            autoscale: self.autoscale,
-            housekeeping: self.housekeeping,
-            drop_timeout: self.drop_timeout,
         }
     }
 
     /// The time source (a `ManualClock` in tests).
     pub fn clock(mut self, clock: std::sync::Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.s.clock = clock;
         self
     }
 
     /// Which idle worker takes the next job (default LIFO).
     pub fn idle_order(mut self, order: IdleOrder) -> Self {
-        self.idle_order = order;
+        self.s.idle_order = order;
         self
     }
 
@@ -219,7 +208,7 @@ impl<S: 'static> PoolBuilder<S> {
     /// parking (0 parks at once). Spinning saves a wake-up per job when jobs
     /// are short; at most one worker spins at a time.
     pub fn spin(mut self, rounds: u32) -> Self {
-        self.spin = rounds;
+        self.s.spin = rounds;
         self
     }
 
@@ -227,7 +216,7 @@ impl<S: 'static> PoolBuilder<S> {
     /// capacity given to the builder is the starting point, clamped to
     /// `[policy.min, policy.max]`.
     pub fn autoscale(mut self, policy: ScalePolicy) -> Self {
-        self.autoscale = Some(policy);
+        self.s.autoscale = Some(policy);
         self
     }
 
@@ -237,38 +226,38 @@ impl<S: 'static> PoolBuilder<S> {
     /// Default: a quarter of the expiry or the sample interval, within
     /// [1 ms, 1 s].
     pub fn housekeeping_interval(mut self, d: Duration) -> Self {
-        self.housekeeping = Some(d);
+        self.s.housekeeping = Some(d);
         self
     }
 
     /// How long dropping the last handle to the pool waits for queued and
     /// running jobs (default: until they are done).
     pub fn drop_timeout(mut self, d: Duration) -> Self {
-        self.drop_timeout = Some(d);
+        self.s.drop_timeout = Some(d);
         self
     }
 
     /// Validates the settings and starts the pool.
     pub fn build(self) -> Result<Pool<S>, BuildError> {
-        if self.capacity == 0 {
+        if self.s.capacity == 0 {
             return Err(BuildError::ZeroCapacity);
         }
-        if self.min_workers > self.capacity {
+        if self.s.min_workers > self.s.capacity {
             return Err(BuildError::MinAboveCapacity {
-                min: self.min_workers,
-                capacity: self.capacity,
+                min: self.s.min_workers,
+                capacity: self.s.capacity,
             });
         }
-        if self.expiry.is_some_and(|d| d.is_zero()) {
+        if self.s.expiry.is_some_and(|d| d.is_zero()) {
             return Err(BuildError::ZeroExpiry);
         }
-        let mut capacity = self.capacity;
-        if let Some(p) = &self.autoscale {
+        let mut capacity = self.s.capacity;
+        if let Some(p) = &self.s.autoscale {
             p.validate()?;
             capacity = capacity.clamp(p.min, p.max);
         }
-        let tick = self.housekeeping.unwrap_or_else(|| {
-            let base = match (self.expiry, &self.autoscale) {
+        let tick = self.s.housekeeping.unwrap_or_else(|| {
+            let base = match (self.s.expiry, &self.s.autoscale) {
                 (_, Some(p)) => p.sample_interval,
                 (Some(e), None) => e / 4,
                 (None, None) => Duration::from_secs(1),
@@ -276,25 +265,29 @@ impl<S: 'static> PoolBuilder<S> {
             base.clamp(Duration::from_millis(1), Duration::from_secs(1))
         });
         let config = Config {
-            queue_cap: self.queue_cap,
-            min_workers: self.min_workers,
-            nonblocking: self.nonblocking,
-            max_blocked: self.max_blocked,
-            submit_timeout: self.submit_timeout,
-            expiry: self.expiry,
-            thread_name: self.thread_name,
-            stack_size: self.stack_size,
+            queue_cap: self.s.queue_cap,
+            min_workers: self.s.min_workers,
+            nonblocking: self.s.nonblocking,
+            max_blocked: self.s.max_blocked,
+            submit_timeout: self.s.submit_timeout,
+            expiry: self.s.expiry,
+            thread_name: self.s.thread_name,
+            stack_size: self.s.stack_size,
             factory: self.factory,
-            on_start: self.on_start,
-            on_exit: self.on_exit,
-            on_panic: self.on_panic,
-            clock: self.clock,
-            spin: self.spin,
+            on_start: self.s.on_start,
+            on_exit: self.s.on_exit,
+            on_panic: self.s.on_panic,
+            clock: self.s.clock,
+            spin: self.s.spin,
             max_spinners: 1,
-            autoscale: self.autoscale,
+            autoscale: self.s.autoscale,
         };
-        let shared = Arc::new(Shared::new(config, capacity, self.idle_order));
-        let warm = if self.prestart { capacity } else { self.min_workers };
-        Pool::start(shared, warm, tick, self.drop_timeout)
+        let shared = Arc::new(Shared::new(config, capacity, self.s.idle_order));
+        let warm = if self.s.prestart {
+            capacity
+        } else {
+            self.s.min_workers
+        };
+        Pool::start(shared, warm, tick, self.s.drop_timeout)
     }
 }

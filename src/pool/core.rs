@@ -412,15 +412,7 @@ impl<S: 'static> Shared<S> {
         }
         for _ in 0..d.spawn {
             if Shared::spawn_worker(this).is_err() {
-                let mut st = lock(&this.state);
-                st.workers -= 1;
-                st.threads -= 1;
-                st.pending_wakes -= 1;
-                this.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
-                this.publish(&st);
-                if st.threads == 0 {
-                    this.exited.notify_all();
-                }
+                this.spawn_failed();
             }
         }
         for t in d.cancel {
@@ -428,6 +420,18 @@ impl<S: 'static> Shared<S> {
         }
         if d.notify_submitters {
             this.not_full.notify_all();
+        }
+    }
+
+    /// Undoes the counts of a worker whose thread the OS refused to start.
+    fn spawn_failed(&self) {
+        let mut st = lock(&self.state);
+        st.workers -= 1;
+        st.threads -= 1;
+        st.pending_wakes -= 1;
+        self.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
+        if st.threads == 0 {
+            self.exited.notify_all();
         }
     }
 
@@ -566,15 +570,7 @@ impl<S: 'static> Shared<S> {
                 this.publish(&st);
             }
             if let Err(e) = Shared::spawn_worker(this) {
-                let mut st = lock(&this.state);
-                st.workers -= 1;
-                st.threads -= 1;
-                st.pending_wakes -= 1;
-                this.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
-                this.publish(&st);
-                if st.threads == 0 {
-                    this.exited.notify_all();
-                }
+                this.spawn_failed();
                 return Err(e);
             }
         }

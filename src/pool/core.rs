@@ -27,7 +27,8 @@ use crate::sync::{
 use super::autoscale::{AutoscaleState, ScalePolicy};
 use super::clock::Clock;
 use super::error::{SubmitError, TuneError};
-use super::handle::{Abort, Ended, Job};
+use super::handle::{Abort, Ended};
+use super::job::JobBox;
 use super::worker_queue::{new_queue, IdleOrder, IdleWorker, WorkerQueue};
 
 pub(crate) type Factory<S> = std::sync::Arc<dyn Fn() -> S + Send + Sync>;
@@ -57,8 +58,8 @@ pub(crate) struct Config<S> {
 }
 
 /// A job waiting in the queue.
-pub(crate) struct Task<S> {
-    pub(crate) job: Box<dyn Job<S>>,
+pub(crate) struct Task<S: 'static> {
+    pub(crate) job: JobBox<S>,
     pub(crate) deadline: Option<Instant>,
 }
 
@@ -114,7 +115,7 @@ impl Parker {
     }
 }
 
-impl<S> State<S> {
+impl<S: 'static> State<S> {
     pub(crate) fn idle_len(&self) -> usize {
         self.idle.len()
     }
@@ -122,11 +123,11 @@ impl<S> State<S> {
 
 /// A worker's batch: jobs it took from a long queue in one go. Only its
 /// worker pops from the front; others take the jobs back under `state`.
-pub(crate) struct Batch<S> {
+pub(crate) struct Batch<S: 'static> {
     jobs: Mutex<VecDeque<Task<S>>>,
 }
 
-pub(crate) struct State<S> {
+pub(crate) struct State<S: 'static> {
     pub(crate) queue: VecDeque<Task<S>>,
     idle: Box<dyn WorkerQueue>,
     pub(crate) capacity: usize,
@@ -208,7 +209,7 @@ pub(crate) struct Outcomes {
 }
 
 impl Counters {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             shards: std::array::from_fn(|_| Shard::new()),
             resizes: AtomicU64::new(0),
@@ -240,7 +241,7 @@ impl Counters {
     }
 }
 
-pub(crate) struct Shared<S> {
+pub(crate) struct Shared<S: 'static> {
     pub(crate) state: Mutex<State<S>>,
     not_full: Condvar,
     exited: Condvar,

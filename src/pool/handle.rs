@@ -37,11 +37,11 @@ pub(crate) enum Abort {
 ///
 /// Both count the outcome in `counters` *before* telling the handle, so a
 /// caller that has seen an outcome also sees it in the pool's stats.
-pub(crate) trait Job<S>: Send {
+pub(crate) trait Job<S>: Send + Sized {
     /// Runs the job on a worker (unless its handle cancelled it first).
-    fn run(self: Box<Self>, state: &mut S, counters: &Counters) -> Ended;
+    fn run(self, state: &mut S, counters: &Counters) -> Ended;
     /// Removes the job without running it.
-    fn abort(self: Box<Self>, why: Abort, counters: &Counters) -> Ended;
+    fn abort(self, why: Abort, counters: &Counters) -> Ended;
 }
 
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
@@ -61,7 +61,7 @@ impl<S, F> Job<S> for ExecJob<F>
 where
     F: FnOnce(&mut S) + Send,
 {
-    fn run(self: Box<Self>, state: &mut S, counters: &Counters) -> Ended {
+    fn run(self, state: &mut S, counters: &Counters) -> Ended {
         let f = self.0;
         let ended = match catch_unwind(AssertUnwindSafe(|| f(state))) {
             Ok(()) => Ended::Completed,
@@ -70,7 +70,7 @@ where
         counters.count(&ended);
         ended
     }
-    fn abort(self: Box<Self>, why: Abort, counters: &Counters) -> Ended {
+    fn abort(self, why: Abort, counters: &Counters) -> Ended {
         let ended = match why {
             Abort::Expired => Ended::Expired,
             Abort::Cancelled => Ended::Cancelled,
@@ -191,7 +191,7 @@ where
     F: FnOnce(&mut S) -> T + Send,
     T: Send,
 {
-    fn run(mut self: Box<Self>, state: &mut S, counters: &Counters) -> Ended {
+    fn run(mut self, state: &mut S, counters: &Counters) -> Ended {
         let (Some(f), Some(slot)) = (self.f.take(), self.slot.take()) else {
             counters.count(&Ended::Cancelled);
             return Ended::Cancelled;
@@ -218,7 +218,7 @@ where
         }
     }
 
-    fn abort(mut self: Box<Self>, why: Abort, counters: &Counters) -> Ended {
+    fn abort(mut self, why: Abort, counters: &Counters) -> Ended {
         self.f = None;
         let Some(slot) = self.slot.take() else {
             counters.count(&Ended::Cancelled);

@@ -27,6 +27,7 @@ pub mod clock;
 pub(crate) mod core;
 mod error;
 mod handle;
+mod job;
 mod multi;
 mod worker_queue;
 
@@ -44,6 +45,7 @@ pub use self::worker_queue::IdleOrder;
 
 use self::core::{Shared, Task, Wait};
 use self::handle::{ExecJob, HandleJob};
+use self::job::JobBox;
 
 /// A point-in-time view of the pool's gauges and counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -243,7 +245,7 @@ impl<S: 'static> Pool<S> {
         let (job, handle) = HandleJob::new(f);
         (
             Task {
-                job: Box::new(job),
+                job: JobBox::new(job),
                 deadline: opts.deadline,
             },
             handle,
@@ -301,7 +303,7 @@ impl<S: 'static> Pool<S> {
         F: FnOnce(&mut S) + Send + 'static,
     {
         let task = Task {
-            job: Box::new(ExecJob(f)),
+            job: JobBox::new(ExecJob(f)),
             deadline: None,
         };
         self.push_task(task, self.default_wait()).map_err(|(_, e)| e)
@@ -313,7 +315,7 @@ impl<S: 'static> Pool<S> {
         F: FnOnce(&mut S) + Send + 'static,
     {
         let task = Task {
-            job: Box::new(ExecJob(f)),
+            job: JobBox::new(ExecJob(f)),
             deadline: None,
         };
         self.push_task(task, Wait::No).map_err(|(_, e)| e)

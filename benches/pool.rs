@@ -7,9 +7,9 @@ use std::hint::black_box;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-#[path = "../examples/common/latch.rs"]
-mod latch;
-use latch::Latch;
+#[path = "../examples/common/baseline.rs"]
+mod baseline;
+use baseline::{ChannelPool, Latch};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use facepool::pool::{Pool, SubmitError};
@@ -45,31 +45,18 @@ fn throughput(c: &mut Criterion) {
             }
         })
     });
-    let (tx, rx) = crossbeam_channel::unbounded::<Box<dyn FnOnce() + Send>>();
-    let workers: Vec<_> = (0..THREADS)
-        .map(|_| {
-            let rx = rx.clone();
-            std::thread::spawn(move || {
-                while let Ok(f) = rx.recv() {
-                    f();
-                }
-            })
-        })
-        .collect();
+    let baseline = ChannelPool::new(THREADS, None);
     g.bench_function(BenchmarkId::new("crossbeam_pool", "execute"), |b| {
         b.iter(|| {
             let latch = Latch::new(N);
             for _ in 0..N {
                 let l = latch.clone();
-                tx.send(Box::new(move || l.count_down())).unwrap();
+                baseline.execute(move || l.count_down());
             }
             latch.wait();
         })
     });
-    drop(tx);
-    for w in workers {
-        w.join().unwrap();
-    }
+    drop(baseline);
     g.finish();
 }
 

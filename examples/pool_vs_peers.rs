@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-#[path = "common/latch.rs"]
-mod latch;
+#[path = "common/baseline.rs"]
+mod baseline;
+use baseline::{ChannelPool, Latch};
 use facepool::pool::Pool;
-use latch::Latch;
 use serde::Serialize;
 
 // ---- a counting allocator, switched on only for the memory measurement ----
@@ -194,32 +194,16 @@ fn run(system: &str, work: Work, n: usize) -> (Duration, &'static str) {
             )
         }
         "crossbeam" => {
-            let (tx, rx) = if work == Work::Burst {
-                crossbeam_channel::bounded::<Box<dyn FnOnce() + Send>>(BOUND)
-            } else {
-                crossbeam_channel::unbounded::<Box<dyn FnOnce() + Send>>()
-            };
-            let workers: Vec<_> = (0..THREADS)
-                .map(|_| {
-                    let rx = rx.clone();
-                    std::thread::spawn(move || {
-                        while let Ok(f) = rx.recv() {
-                            f();
-                        }
-                    })
-                })
-                .collect();
+            let bound = if work == Work::Burst { Some(BOUND) } else { None };
+            let pool = ChannelPool::new(THREADS, bound);
             let t = Instant::now();
             for _ in 0..n {
                 let l = latch.clone();
-                tx.send(Box::new(move || job(work, &l))).expect("send");
+                pool.execute(move || job(work, &l));
             }
             latch.wait();
             let elapsed = t.elapsed();
-            drop(tx);
-            for w in workers {
-                w.join().expect("worker");
-            }
+            drop(pool);
             (
                 elapsed,
                 if work == Work::Burst {

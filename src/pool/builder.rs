@@ -279,7 +279,6 @@ impl<S: 'static> PoolBuilder<S> {
             on_panic: self.s.on_panic,
             clock: self.s.clock,
             spin: self.s.spin,
-            max_spinners: 1,
             autoscale: self.s.autoscale,
         };
         let shared = Arc::new(Shared::new(config, capacity, self.s.idle_order));

@@ -51,9 +51,6 @@ pub(crate) struct Config<S> {
     pub(crate) on_panic: Option<PanicHook>,
     pub(crate) clock: std::sync::Arc<dyn Clock>,
     pub(crate) spin: u32,
-    /// Workers allowed to spin at once (more burn CPU for little gain on
-    /// small machines).
-    pub(crate) max_spinners: usize,
     pub(crate) autoscale: Option<ScalePolicy>,
 }
 
@@ -314,8 +311,9 @@ impl<S: 'static> Shared<S> {
         }
     }
 
-    /// Mirrors the queue length for the spinning worker.
-    fn publish(&self, st: &State<S>) {
+    /// Mirrors the queue length for the spinning worker; call after every
+    /// change to the queue.
+    fn mirror_queue_len(&self, st: &State<S>) {
         self.queued.store(st.queue.len(), Ordering::Relaxed);
     }
 
@@ -381,7 +379,7 @@ impl<S: 'static> Shared<S> {
         st.queue.push_back(task);
         let mut d = Deferred::new();
         this.dispatch(&mut st, &mut d);
-        this.publish(&st);
+        this.mirror_queue_len(&st);
         drop(st);
         Shared::apply(this, d);
         Ok(())
@@ -456,10 +454,15 @@ impl<S: 'static> Shared<S> {
         self.coarse_now.load(Ordering::Relaxed)
     }
 
+    /// `t` as nanoseconds since the pool's epoch (the unit of the coarse clock).
+    fn nanos_since_epoch(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// Reads the clock and refreshes the cached coarse time.
     pub(crate) fn refresh_clock(&self) -> Instant {
         let now = self.config.clock.now();
-        let ns = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let ns = self.nanos_since_epoch(now);
         self.coarse_now.fetch_max(ns, Ordering::Relaxed);
         now
     }
@@ -494,7 +497,7 @@ impl<S: 'static> Shared<S> {
             }
         }
         st.held -= moved;
-        self.publish(st);
+        self.mirror_queue_len(st);
         moved
     }
 
@@ -526,30 +529,27 @@ impl<S: 'static> Shared<S> {
                 d.exit.push(w.parker);
             }
         }
-        this.publish(&st);
         drop(st);
         Shared::apply(this, d);
         Ok(())
     }
 
     /// Retires idle workers above the minimum that have been idle at least
-    /// the expiry. Returns how many were retired.
-    pub(crate) fn reap_idle(this: &Arc<Self>) -> usize {
-        let now = this.refresh_clock();
-        let Some(expiry) = this.config.expiry else {
+    /// the expiry as of `now`. Returns how many were retired.
+    pub(crate) fn reap_idle(&self, now: Instant) -> usize {
+        let Some(expiry) = self.config.expiry else {
             return 0;
         };
-        let mut st = lock(&this.state);
-        let keep = this.keep_warm(&st);
+        let mut st = lock(&self.state);
+        let keep = self.keep_warm(&st);
         let surplus = st.workers.saturating_sub(keep);
-        let now_ns = u64::try_from(now.saturating_duration_since(this.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let now_ns = self.nanos_since_epoch(now);
         let Some(cutoff) = now_ns.checked_sub(u64::try_from(expiry.as_nanos()).unwrap_or(u64::MAX)) else {
             return 0;
         };
         let retired = st.idle.retire_expired(cutoff, surplus);
         let n = retired.len();
         st.workers -= n;
-        this.publish(&st);
         drop(st);
         for w in retired {
             w.parker.send(Signal::Exit);
@@ -568,7 +568,6 @@ impl<S: 'static> Shared<S> {
                 st.workers += 1;
                 st.threads += 1;
                 st.pending_wakes += 1;
-                this.publish(&st);
             }
             if let Err(e) = Shared::spawn_worker(this) {
                 this.spawn_failed();
@@ -598,7 +597,7 @@ impl<S: 'static> Shared<S> {
         }
         st.blocked_unnotified = 0;
         d.notify_submitters = true;
-        this.publish(&st);
+        this.mirror_queue_len(&st);
         drop(st);
         Shared::apply(this, d);
     }
@@ -626,7 +625,7 @@ impl<S: 'static> Shared<S> {
         self.reclaim_held(&mut st);
         let cancel: Vec<Task<S>> = st.queue.drain(..).collect();
         let running = st.running;
-        self.publish(&st);
+        self.mirror_queue_len(&st);
         drop(st);
         for t in cancel {
             t.job.abort(Abort::Cancelled, &self.counters);
@@ -642,7 +641,6 @@ impl<S: 'static> Shared<S> {
                 return Ok(());
             }
             st.closed = false;
-            this.publish(&st);
             this.keep_warm(&st)
         };
         Shared::start_workers(this, warm)
@@ -672,6 +670,10 @@ impl<S: 'static> Shared<S> {
 /// A spinning worker yields its core once every this many polls (a yield
 /// is a system call; with nothing else runnable it is pure overhead).
 const YIELD_EVERY: u32 = 16;
+
+/// Workers allowed to spin at once (measured: a second spinner burns CPU
+/// the submitter needs, for no gain on 2 cores).
+const MAX_SPINNERS: usize = 1;
 
 /// The most jobs a worker takes from the queue in one lock acquisition.
 const MAX_BATCH: usize = 32;
@@ -752,7 +754,6 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
             let mut st = lock(&shared.state);
             st.pending_wakes -= 1;
             st.workers -= 1;
-            shared.publish(&st);
             drop(st);
             finish_thread(&shared, id);
             return;
@@ -781,7 +782,7 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
                 st.held += extra;
             }
             st.running += 1;
-            shared.publish(&st);
+            shared.mirror_queue_len(&st);
             drop(st);
             run_task(&shared, task, &mut state);
             let mut ran_held = 0;
@@ -808,7 +809,7 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
         if st.closed {
             break Leave::Own;
         }
-        if !spun && st.spinning < shared.config.max_spinners && shared.config.spin > 0 {
+        if !spun && st.spinning < MAX_SPINNERS && shared.config.spin > 0 {
             // Stay awake briefly: with short jobs the next one usually
             // arrives within microseconds, and a wake-up costs more.
             st.spinning += 1;
@@ -833,7 +834,6 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
             parker: parker.clone(),
             since,
         });
-        shared.publish(&st);
         drop(st);
         let signal = parker.park();
         st = lock(&shared.state);
@@ -850,7 +850,6 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
     // Someone else may now be needed for what waits (e.g. after a shrink).
     let mut d = Deferred::new();
     shared.dispatch(&mut st, &mut d);
-    shared.publish(&st);
     drop(st);
     Shared::apply(&shared, d);
     guarded(&shared, "worker state drop", move || drop(state));
@@ -864,19 +863,17 @@ fn finish_thread<S: 'static>(shared: &Shared<S>, id: usize) {
     let mut st = lock(&shared.state);
     st.threads -= 1;
     let last = st.threads == 0;
+    let mut cancel = Vec::new();
     if last && st.closed && !st.queue.is_empty() {
         // Every worker has gone while jobs wait in a closed pool (only
         // possible if threads could not be started): they will never run.
-        let cancel: Vec<Task<S>> = st.queue.drain(..).collect();
-        shared.publish(&st);
-        drop(st);
-        for t in cancel {
-            t.job.abort(Abort::Cancelled, &shared.counters);
-        }
-        st = lock(&shared.state);
+        cancel.extend(st.queue.drain(..));
+        shared.mirror_queue_len(&st);
     }
-    shared.publish(&st);
     drop(st);
+    for t in cancel {
+        t.job.abort(Abort::Cancelled, &shared.counters);
+    }
     if last {
         shared.exited.notify_all();
     }

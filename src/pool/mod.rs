@@ -429,8 +429,8 @@ impl<S: 'static> Pool<S> {
 }
 
 fn housekeep<S: 'static>(shared: &Arc<Shared<S>>) -> (usize, Decision) {
-    let retired = Shared::reap_idle(shared);
     let now = shared.refresh_clock();
+    let retired = shared.reap_idle(now);
     let decision = {
         let mut st = shared.lock_state();
         let (capacity, waiting, closed) = (st.capacity, st.queue.len(), st.closed);

@@ -1,10 +1,17 @@
 //! facepool: a runtime for high-concurrency face comparison.
 //!
-//! This crate's foundation is [`pool`], a bounded worker pool in the style of
-//! Go's `ants` with result handles, deadlines, per-worker state, live resize,
-//! idle expiry, panic isolation, graceful shutdown and autoscaling on queue
-//! watermarks. It builds alone with `default-features = false`.
+//! The runtime, usable alone with `default-features = false`:
+//! - [`pool`]: a bounded worker pool in the style of Go's `ants`, with result
+//!   handles, deadlines, per-worker state, live resize, idle expiry, panic
+//!   isolation, graceful shutdown and autoscaling on queue watermarks;
+//! - [`batch`]: a Nagle-style micro-batcher that gathers items from many
+//!   callers into one downstream call and splits the results back, and the
+//!   batch-completion synchronizer ([`batch::map_completed`]);
+//! - [`guard`]: rate limit, timeout, retry with backoff, circuit breaker and
+//!   degrade, as small wrappers around any call.
 #![warn(missing_docs)]
 
+pub mod batch;
+pub mod guard;
 pub mod pool;
 pub(crate) mod sync;

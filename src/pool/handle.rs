@@ -80,26 +80,30 @@ where
     }
 }
 
-enum Phase<T> {
+enum Phase<T, E> {
     Pending,
     Running,
-    Finished(Result<T, JobError>),
+    Finished(Result<T, E>),
     Taken,
 }
 
-struct SlotInner<T> {
-    phase: Phase<T>,
+struct SlotInner<T, E> {
+    phase: Phase<T, E>,
     waker: Option<Waker>,
     joiners: u32,
 }
 
-/// Where a job's outcome is delivered to its handle.
-pub(crate) struct Slot<T> {
-    inner: Mutex<SlotInner<T>>,
+/// Where one unit of work's outcome is delivered to its handle: a job's
+/// (here) or a batched item's (in `batch/`).
+///
+/// The outcome is decided once: `start` moves it from pending to running,
+/// or `decide_unstarted` ends it before it started; whoever comes first wins.
+pub(crate) struct Slot<T, E = JobError> {
+    inner: Mutex<SlotInner<T, E>>,
     done: Condvar,
 }
 
-impl<T> Slot<T> {
+impl<T, E> Slot<T, E> {
     pub(crate) fn new() -> Self {
         Self {
             inner: Mutex::new(SlotInner {
@@ -111,8 +115,8 @@ impl<T> Slot<T> {
         }
     }
 
-    /// Pending -> Running. False if the job was already decided.
-    fn start(&self) -> bool {
+    /// Pending -> Running. False if the outcome was already decided.
+    pub(crate) fn start(&self) -> bool {
         let mut g = lock(&self.inner);
         if matches!(g.phase, Phase::Pending) {
             g.phase = Phase::Running;
@@ -122,8 +126,8 @@ impl<T> Slot<T> {
         }
     }
 
-    /// Pending -> Finished(err). False if the job had already started or ended.
-    fn decide_unstarted(&self, err: JobError) -> bool {
+    /// Pending -> Finished(err). False if it had already started or ended.
+    pub(crate) fn decide_unstarted(&self, err: E) -> bool {
         let mut g = lock(&self.inner);
         if !matches!(g.phase, Phase::Pending) {
             return false;
@@ -133,13 +137,14 @@ impl<T> Slot<T> {
         true
     }
 
-    fn finish(&self, r: Result<T, JobError>) {
+    /// Delivers the outcome of started work.
+    pub(crate) fn finish(&self, r: Result<T, E>) {
         let mut g = lock(&self.inner);
         g.phase = Phase::Finished(r);
         self.wake(g);
     }
 
-    fn wake(&self, mut g: crate::sync::MutexGuard<'_, SlotInner<T>>) {
+    fn wake(&self, mut g: crate::sync::MutexGuard<'_, SlotInner<T, E>>) {
         let waker = g.waker.take();
         let joiners = g.joiners > 0;
         drop(g);
@@ -151,21 +156,69 @@ impl<T> Slot<T> {
         }
     }
 
-    fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         matches!(lock(&self.inner).phase, Phase::Finished(_) | Phase::Taken)
     }
 
-    fn was_cancelled(&self) -> bool {
-        matches!(lock(&self.inner).phase, Phase::Finished(Err(JobError::Cancelled)))
+    /// Whether it ended in an error that `pred` accepts.
+    pub(crate) fn ended_with(&self, pred: impl Fn(&E) -> bool) -> bool {
+        matches!(&lock(&self.inner).phase, Phase::Finished(Err(e)) if pred(e))
     }
 
-    fn take(g: &mut SlotInner<T>) -> Option<Result<T, JobError>> {
+    fn take(g: &mut SlotInner<T, E>) -> Option<Result<T, E>> {
         if matches!(g.phase, Phase::Finished(_)) {
             if let Phase::Finished(r) = std::mem::replace(&mut g.phase, Phase::Taken) {
                 return Some(r);
             }
         }
         None
+    }
+
+    /// Waits for the outcome and takes it. `None` if another waiter took it.
+    pub(crate) fn join(&self) -> Option<Result<T, E>> {
+        let mut g = lock(&self.inner);
+        loop {
+            if let Some(r) = Self::take(&mut g) {
+                return Some(r);
+            }
+            if matches!(g.phase, Phase::Taken) {
+                return None;
+            }
+            g.joiners += 1;
+            g = wait(&self.done, g);
+            g.joiners -= 1;
+        }
+    }
+
+    /// Waits until `deadline` at most. `None` on time-out.
+    pub(crate) fn join_until(&self, deadline: Instant) -> Option<Result<T, E>> {
+        let mut g = lock(&self.inner);
+        loop {
+            if let Some(r) = Self::take(&mut g) {
+                return Some(r);
+            }
+            let now = Instant::now();
+            if now >= deadline || matches!(g.phase, Phase::Taken) {
+                return None;
+            }
+            g.joiners += 1;
+            let (g2, _) = wait_timeout(&self.done, g, deadline - now);
+            g = g2;
+            g.joiners -= 1;
+        }
+    }
+
+    /// Takes the outcome if it is there, else registers `cx`'s waker.
+    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<T, E>> {
+        let mut g = lock(&self.inner);
+        if let Some(r) = Self::take(&mut g) {
+            return Poll::Ready(r);
+        }
+        match &g.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => g.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }
 
@@ -269,41 +322,18 @@ pub struct JobHandle<T> {
 impl<T> JobHandle<T> {
     /// Waits for the job's outcome.
     pub fn join(mut self) -> Result<T, JobError> {
-        let Some(slot) = self.slot.take() else {
-            return Err(JobError::Cancelled);
-        };
-        let mut g = lock(&slot.inner);
-        loop {
-            if let Some(r) = Slot::take(&mut g) {
-                return r;
-            }
-            g.joiners += 1;
-            g = wait(&slot.done, g);
-            g.joiners -= 1;
-        }
+        self.slot
+            .take()
+            .and_then(|slot| slot.join())
+            .unwrap_or(Err(JobError::Cancelled))
     }
 
     /// Waits at most `timeout`; on time-out the handle is given back.
     pub fn join_timeout(self, timeout: Duration) -> Result<Result<T, JobError>, Self> {
-        let deadline = Instant::now() + timeout;
         let Some(slot) = self.slot.as_ref() else {
             return Ok(Err(JobError::Cancelled));
         };
-        let mut g = lock(&slot.inner);
-        loop {
-            if let Some(r) = Slot::take(&mut g) {
-                return Ok(r);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                drop(g);
-                return Err(self);
-            }
-            g.joiners += 1;
-            let (g2, _) = wait_timeout(&slot.done, g, deadline - now);
-            g = g2;
-            g.joiners -= 1;
-        }
+        slot.join_until(Instant::now() + timeout).ok_or(self)
     }
 
     /// Whether the job has ended (done, panicked, expired or cancelled).
@@ -321,7 +351,9 @@ impl<T> JobHandle<T> {
 
     /// Whether the job ended by cancellation.
     pub fn is_cancelled(&self) -> bool {
-        self.slot.as_ref().is_some_and(|s| s.was_cancelled())
+        self.slot
+            .as_ref()
+            .is_some_and(|s| s.ended_with(|e| *e == JobError::Cancelled))
     }
 
     /// Lets the job run to completion with nobody waiting for its result.
@@ -357,16 +389,8 @@ impl<T> Future for JobHandle<T> {
         let Some(slot) = self.slot.as_ref() else {
             panic!("JobHandle polled after completion");
         };
-        let mut g = lock(&slot.inner);
-        if let Some(r) = Slot::take(&mut g) {
-            drop(g);
-            self.slot = None;
-            return Poll::Ready(r);
-        }
-        match &g.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => g.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        let r = std::task::ready!(slot.poll_take(cx));
+        self.slot = None;
+        Poll::Ready(r)
     }
 }

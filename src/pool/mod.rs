@@ -26,7 +26,7 @@ mod builder;
 pub mod clock;
 pub(crate) mod core;
 mod error;
-mod handle;
+pub(crate) mod handle;
 mod job;
 mod multi;
 mod worker_queue;
@@ -271,6 +271,24 @@ impl<S: 'static> Pool<S> {
         let (task, handle) = Self::make_task(f, opts);
         self.push_task(task, self.default_wait()).map_err(|(_, e)| e)?;
         Ok(handle)
+    }
+
+    /// Submits, blocking as long as the pool is full whatever the pool's
+    /// own submit mode (used where a refusal would only be retried).
+    pub(crate) fn submit_blocking<F, T>(&self, f: F) -> Result<JobHandle<T>, SubmitError>
+    where
+        F: FnOnce(&mut S) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (task, handle) = Self::make_task(f, JobOptions::default());
+        self.push_task(task, Wait::Block(None)).map_err(|(_, e)| e)?;
+        Ok(handle)
+    }
+
+    /// How many jobs the pool holds at most: running plus waiting.
+    pub(crate) fn window(&self) -> usize {
+        let capacity = self.shared().lock_state().capacity;
+        capacity.saturating_add(self.shared().config.queue_cap)
     }
 
     /// Submits without ever blocking: `Overloaded` at once if the pool is full.

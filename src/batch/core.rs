@@ -503,6 +503,12 @@ std::thread_local! {
 
 /// Whether the calling thread is one of `shared`'s batch threads.
 pub(crate) fn on_batch_thread<I, O>(shared: &Shared<I, O>) -> bool {
+    // loom runs its model threads as coroutines on one OS thread, where a
+    // std thread-local would be shared; the models never drop a batcher
+    // from a handler.
+    if cfg!(loom) {
+        return false;
+    }
     CURRENT.with(|c| c.get() == shared as *const Shared<I, O> as usize)
 }
 
@@ -514,7 +520,9 @@ where
     E: std::fmt::Display,
     F: Fn(usize) -> Result<H, E> + Send + Sync + ?Sized,
 {
-    CURRENT.with(|c| c.set(&*shared as *const Shared<I, O> as usize));
+    if !cfg!(loom) {
+        CURRENT.with(|c| c.set(&*shared as *const Shared<I, O> as usize));
+    }
     let made = catch_unwind(AssertUnwindSafe(|| factory(index)));
     let mut handler = match made {
         Ok(Ok(h)) => {

@@ -372,3 +372,81 @@ fn handles_are_futures() {
     });
     assert_eq!(out, (Ok(40), Ok(42)));
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("downstream flaked")]
+struct Flaky;
+
+#[test]
+fn guards_compose_inside_a_batch_handler() {
+    use facepool::guard::{
+        or_degrade, BreakerConfig, BreakerError, CircuitBreaker, Jitter, RateLimit, Retry, RetryError,
+        RetryPolicy,
+    };
+    use std::sync::atomic::AtomicBool;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let down = Arc::new(AtomicBool::new(false));
+    let breaker = CircuitBreaker::new(BreakerConfig {
+        min_calls: 2,
+        failure_rate: 0.5,
+        cool_down: HOUR,
+        ..BreakerConfig::default()
+    })
+    .unwrap();
+    let retry = Retry::new(RetryPolicy {
+        max_attempts: 3,
+        base: Duration::ZERO,
+        max_backoff: Duration::ZERO,
+        multiplier: 1.0,
+        jitter: Jitter::None,
+    });
+    let limit = Arc::new(RateLimit::per_second(1e6, 1000).unwrap());
+    let (c2, d2) = (calls.clone(), down.clone());
+    let b: Batcher<u32, u32> = Batcher::builder(policy(1, Duration::ZERO))
+        .build(move |_| {
+            let (breaker, retry, limit, calls, down) = (
+                breaker.clone(),
+                retry.clone(),
+                limit.clone(),
+                c2.clone(),
+                d2.clone(),
+            );
+            // Outermost first: breaker -> retry -> rate limit -> call.
+            Ok::<_, String>(
+                move |items: Vec<u32>| -> Result<Vec<u32>, BreakerError<RetryError<Flaky>>> {
+                    breaker.call(|| {
+                        retry.call(
+                            |_| true,
+                            |attempt| {
+                                limit.acquire(items.len());
+                                calls.fetch_add(1, Ordering::SeqCst);
+                                if down.load(Ordering::SeqCst) || attempt == 1 {
+                                    Err(Flaky)
+                                } else {
+                                    Ok(items.iter().map(|x| x * 2).collect())
+                                }
+                            },
+                        )
+                    })
+                },
+            )
+        })
+        .unwrap();
+    // The first attempt flakes, the retry succeeds.
+    assert_eq!(b.submit(1).unwrap().join(), Ok(2));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // The downstream goes down: three attempts, then the breaker opens.
+    down.store(true, Ordering::SeqCst);
+    let e = b.submit(2).unwrap().join().unwrap_err();
+    assert!(e.to_string().contains("gave up after 3 attempt(s)"), "{e}");
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    // Open: the downstream is not called at all, and the caller degrades.
+    let r = b.submit(3).unwrap().join();
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    let answer = or_degrade(r, |_| 0);
+    assert!(answer.is_degraded(), "{answer:?}");
+    assert!(
+        matches!(answer, facepool::guard::Answer::Degraded { ref reason, .. } if reason.contains("circuit open"))
+    );
+}

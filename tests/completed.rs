@@ -158,7 +158,9 @@ fn calls_cancelled_by_the_pool_are_reported() {
     let p2 = pool.clone();
     // Drive the iterator on another thread; shut the pool down under it.
     let consumer = std::thread::spawn(move || it.by_ref().collect::<Vec<_>>());
-    wait_until("the first call runs", || started.load(Ordering::SeqCst) == 1);
+    wait_until("one call runs and two wait", || {
+        started.load(Ordering::SeqCst) == 1 && p2.stats().waiting == 2
+    });
     let report = p2.shutdown_now(Duration::from_millis(10));
     assert_eq!(report.cancelled, 2);
     tx.send(()).unwrap();

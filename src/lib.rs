@@ -12,6 +12,10 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+#[cfg(feature = "face")]
+pub mod face;
 pub mod guard;
 pub mod pool;
+#[cfg(feature = "face")]
+pub mod service;
 pub(crate) mod sync;

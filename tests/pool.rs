@@ -289,7 +289,7 @@ fn handles_are_futures() {
         }
         t
     });
-    assert_eq!(total, (0..50).sum());
+    assert_eq!(total, (0..50).sum::<i32>());
 }
 
 #[test]

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Fetches the real models and test photos from their packages, by exact
+# version, checks their sha256, and exposes them under assets/ (git-ignored).
+# Downloads are cached in ${XDG_CACHE_HOME:-$HOME/.cache}/facepool, so a
+# second run (also from a fresh clone) costs nothing.
+#
+#   assets/models/fr_feature.onnx   face embedding (MobileFaceNet-style, 512-d)
+#   assets/models/fr_detect.onnx    UltraFace RFB-320 face detector
+#   assets/models/fr_landmark.onnx  68-point landmarks
+#   assets/photos/johns/<person>/*.jpg  5 people x 11 aligned 150x150 chips
+#   assets/photos/faces/*.jpg       full photos (bald_guys.jpg: a group)
+#
+# Sources:
+#   npm     faceplugin-face-recognition-js@0.0.1 (MIT)
+#   Debian  dlib 19.24+dfsg-1, dlib_19.24+dfsg.orig.tar.bz2, examples/ (public domain)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/facepool"
+OUT=assets
+NPM_URL="https://registry.npmjs.org/faceplugin-face-recognition-js/-/faceplugin-face-recognition-js-0.0.1.tgz"
+NPM_SHA=7ea06031d9a3f83753254fcff60506a07b81b46fc84d4ee024cd041f260ec1ba
+DLIB_URL="http://deb.debian.org/debian/pool/main/d/dlib/dlib_19.24+dfsg.orig.tar.bz2"
+DLIB_SHA=66b4263822a2ff91a3e769e501c7d7927a13089e178c1427ec19cb0475823cf6
+
+# file  sha256
+MODELS="fr_feature.onnx 87aacdfe57510db2af90c0251df680e8eec88f122ee94712121d09bcaaaf3581
+fr_detect.onnx 6c0256ccd3164f844736a401faf936ec2930764a87ae39442180887d0c5c8854
+fr_landmark.onnx f10b0ba1d2a8a099adefede1ebf3733e44fe370715e7303dbeb7f59c02142258"
+
+STAMP="$OUT/.fetched-v1"
+
+say() { printf 'fetch-assets: %s\n' "$*" >&2; }
+
+check() { # file sha256
+    [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
+}
+
+models_ok() {
+    while read -r f sum; do
+        check "$OUT/models/$f" "$sum" || return 1
+    done <<< "$MODELS"
+}
+
+if [ -f "$STAMP" ] && models_ok && [ "$(find "$OUT/photos/johns" -name '*.jpg' | wc -l)" -eq 55 ]; then
+    exit 0
+fi
+
+# download URL SHA256 DEST: fetch once into the cache, verify every time.
+download() {
+    local url=$1 sum=$2 dest=$3
+    if ! check "$dest" "$sum"; then
+        say "downloading $url"
+        mkdir -p "$(dirname "$dest")"
+        curl -fsSL --retry 3 -o "$dest.part" "$url"
+        mv "$dest.part" "$dest"
+    fi
+    if ! check "$dest" "$sum"; then
+        say "checksum mismatch for $dest (expected $sum); removing it"
+        rm -f "$dest"
+        exit 1
+    fi
+}
+
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+command -v bzip2 >/dev/null || { apt-get update -qq && apt-get install -y -qq bzip2; }
+
+download "$NPM_URL" "$NPM_SHA" "$CACHE/faceplugin-face-recognition-js-0.0.1.tgz"
+download "$DLIB_URL" "$DLIB_SHA" "$CACHE/dlib_19.24+dfsg.orig.tar.bz2"
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+mkdir -p "$OUT/models" "$OUT/photos"
+tar -xzf "$CACHE/faceplugin-face-recognition-js-0.0.1.tgz" -C "$tmp" \
+    package/model/fr_feature.onnx package/model/fr_detect.onnx package/model/fr_landmark.onnx
+while read -r f sum; do
+    if ! check "$tmp/package/model/$f" "$sum"; then
+        say "checksum mismatch for $f inside the npm package"
+        exit 1
+    fi
+    cp "$tmp/package/model/$f" "$OUT/models/$f"
+done <<< "$MODELS"
+
+tar -xjf "$CACHE/dlib_19.24+dfsg.orig.tar.bz2" -C "$tmp" \
+    dlib-19.24+dfsg/examples/johns dlib-19.24+dfsg/examples/faces
+rm -rf "$OUT/photos/johns" "$OUT/photos/faces"
+cp -r "$tmp/dlib-19.24+dfsg/examples/johns" "$OUT/photos/johns"
+mkdir -p "$OUT/photos/faces"
+cp "$tmp"/dlib-19.24+dfsg/examples/faces/*.jpg "$OUT/photos/faces/"
+
+n=$(find "$OUT/photos/johns" -name '*.jpg' | wc -l)
+if [ "$n" -ne 55 ]; then
+    say "expected 55 labelled photos, found $n"
+    exit 1
+fi
+touch "$STAMP"
+say "assets ready under $OUT/"

@@ -1,0 +1,367 @@
+//! `compare`: are two face images the same person?
+//!
+//! ```text
+//! compare A.jpg B.jpg
+//! compare --pairs pairs.csv --json
+//! ```
+//!
+//! Exit codes: 0 when every pair was compared, 1 when some inputs failed
+//! (each is reported), 2 for usage errors.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use facepool::face::FaceMode;
+use facepool::service::{
+    FaceConfig, FaceService, ImageSource, PendingFace, PendingImage, ServiceError, Verdict,
+};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "Compare face images: are they the same person?")]
+struct Args {
+    /// Two images to compare (or use --pairs).
+    images: Vec<PathBuf>,
+    /// A CSV file of pairs: `a,b` or `a,b,label` per line (label 1/0 or
+    /// same/different); relative paths are relative to the file.
+    #[arg(long)]
+    pairs: Option<PathBuf>,
+    /// One JSON object per pair (and a summary line with --pairs).
+    #[arg(long)]
+    json: bool,
+    /// Folder of the fetched assets (default: ./assets, or next to the binary).
+    #[arg(long)]
+    assets: Option<PathBuf>,
+    /// The embedding model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The face detector model.
+    #[arg(long)]
+    detector: Option<PathBuf>,
+    /// How faces are found: aligned (face chips), detect, or auto.
+    #[arg(long, default_value = "auto")]
+    faces: FaceMode,
+    /// Similarity at or above which two faces are the same person.
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// Pool workers for decoding and detection (default: cores - 1).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Most faces per model run.
+    #[arg(long)]
+    batch_max: Option<usize>,
+    /// Most time a face waits for its batch, ms.
+    #[arg(long)]
+    batch_delay_ms: Option<f64>,
+}
+
+/// One pair to compare, as given.
+struct Pair {
+    a: String,
+    b: String,
+    label: Option<bool>,
+    /// A problem with the line itself.
+    error: Option<String>,
+    dir: PathBuf,
+}
+
+fn parse_label(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "same" | "true" | "yes" => Ok(true),
+        "0" | "different" | "false" | "no" => Ok(false),
+        other => Err(format!("label {other:?} is not 1/0 or same/different")),
+    }
+}
+
+fn read_pairs(path: &Path) -> Result<Vec<Pair>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut pairs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let mut p = Pair {
+            a: f.first().unwrap_or(&"").to_string(),
+            b: f.get(1).unwrap_or(&"").to_string(),
+            label: None,
+            error: None,
+            dir: dir.clone(),
+        };
+        match f.len() {
+            2 => {}
+            3 => match parse_label(f[2]) {
+                Ok(l) => p.label = Some(l),
+                // A header line names its columns: skip it.
+                Err(_) if n == 0 && f[0].eq_ignore_ascii_case("a") => continue,
+                Err(e) => p.error = Some(format!("line {}: {e}", n + 1)),
+            },
+            k => p.error = Some(format!("line {}: {k} fields, expected a,b or a,b,label", n + 1)),
+        }
+        pairs.push(p);
+    }
+    Ok(pairs)
+}
+
+fn resolve(dir: &Path, p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        dir.join(path)
+    }
+}
+
+fn find_assets(given: Option<PathBuf>) -> PathBuf {
+    if let Some(p) = given {
+        return p;
+    }
+    let mut candidates = vec![PathBuf::from("assets")];
+    if let Ok(exe) = std::env::current_exe() {
+        candidates.extend(exe.ancestors().skip(1).map(|d| d.join("assets")));
+    }
+    candidates
+        .into_iter()
+        .find(|c| c.join("models/fr_feature.onnx").is_file())
+        .unwrap_or_else(|| PathBuf::from("assets"))
+}
+
+fn config(args: &Args) -> FaceConfig {
+    let assets = find_assets(args.assets.clone());
+    let mut c = FaceConfig::from_assets(&assets);
+    if let Some(m) = &args.model {
+        c.model = m.clone();
+    }
+    if let Some(d) = &args.detector {
+        c.detector = d.clone();
+    }
+    c.find.mode = args.faces;
+    if let Some(t) = args.threshold {
+        c.threshold = t;
+    }
+    if let Some(t) = args.threads {
+        c.workers = t.max(1);
+    }
+    if let Some(b) = args.batch_max {
+        c.batch_max = b.max(1);
+    }
+    if let Some(d) = args.batch_delay_ms {
+        c.batch_delay = Duration::from_secs_f64(d.max(0.0) / 1e3);
+    }
+    c
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+fn verdict_json(p: &Pair, v: &Verdict) -> serde_json::Value {
+    let t = &v.timings;
+    let mut o = json!({
+        "a": p.a, "b": p.b,
+        "similarity": (f64::from(v.similarity) * 1e4).round() / 1e4,
+        "same": v.same,
+        "threshold": (f64::from(v.threshold) * 1e4).round() / 1e4,
+        "faces": [v.paths[0].to_string(), v.paths[1].to_string()],
+        "timings_ms": {
+            "queue": ms(t.queue), "prepare": ms(t.prepare), "batch_wait": ms(t.batch_wait),
+            "inference": ms(t.inference), "total": ms(t.total),
+        },
+    });
+    if let Some(l) = p.label {
+        o["label"] = json!(l);
+    }
+    o
+}
+
+/// A pair in flight: its images being prepared, then its faces embedded.
+enum Stage {
+    Preparing(Result<(PendingImage, PendingImage), ServiceError>),
+    Embedding(Result<(PendingFace, PendingFace), ServiceError>),
+}
+
+struct InFlight {
+    pair: Pair,
+    started: Instant,
+    stage: Stage,
+}
+
+fn start(svc: &FaceService, pair: Pair) -> InFlight {
+    let started = Instant::now();
+    let stage = match &pair.error {
+        Some(e) => Stage::Preparing(Err(ServiceError::Face(facepool::face::FaceError::Io {
+            path: String::new(),
+            message: e.clone(),
+        }))),
+        None => {
+            let a = ImageSource::Path(resolve(&pair.dir, &pair.a));
+            let b = ImageSource::Path(resolve(&pair.dir, &pair.b));
+            Stage::Preparing(svc.prepare(a).and_then(|a| Ok((a, svc.prepare(b)?))))
+        }
+    };
+    InFlight { pair, started, stage }
+}
+
+fn to_embedding(svc: &FaceService, f: InFlight) -> InFlight {
+    let stage = match f.stage {
+        Stage::Preparing(Ok((a, b))) => {
+            // Both images' jobs were submitted; wait for both before failing.
+            let (ea, eb) = (svc.embed_first(a), svc.embed_first(b));
+            Stage::Embedding(ea.and_then(|a| Ok((a, eb?))))
+        }
+        Stage::Preparing(Err(e)) => Stage::Embedding(Err(e)),
+        done => done,
+    };
+    InFlight { stage, ..f }
+}
+
+fn finish(svc: &FaceService, f: InFlight) -> (Pair, Result<Verdict, ServiceError>) {
+    let r = match f.stage {
+        Stage::Embedding(Ok((a, b))) => {
+            let (ra, rb) = (svc.finish(a), svc.finish(b));
+            match (ra, rb) {
+                (Ok((ra, ta)), Ok((rb, tb))) => Ok(svc.verdict(&ra, &rb, ta, tb, f.started.elapsed())),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        }
+        Stage::Embedding(Err(e)) | Stage::Preparing(Err(e)) => Err(e),
+        Stage::Preparing(Ok(p)) => {
+            return finish(
+                svc,
+                to_embedding(
+                    svc,
+                    InFlight {
+                        stage: Stage::Preparing(Ok(p)),
+                        ..f
+                    },
+                ),
+            )
+        }
+    };
+    (f.pair, r)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let pairs = match (&args.pairs, args.images.len()) {
+        (Some(file), 0) => match read_pairs(file) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("compare: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, 2) => vec![Pair {
+            a: args.images[0].display().to_string(),
+            b: args.images[1].display().to_string(),
+            label: None,
+            error: None,
+            dir: PathBuf::new(),
+        }],
+        _ => {
+            eprintln!("compare: give two images, or --pairs FILE (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let svc = match FaceService::start(config(&args)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("compare: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let total = pairs.len();
+    let bar = if args.pairs.is_some() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let t0 = Instant::now();
+    let (mut failed, mut labelled, mut correct) = (0usize, 0usize, 0usize);
+    let mut out = std::io::stdout().lock();
+    if !args.json {
+        let _ = writeln!(out, "{:>10}  {:<9}  pair", "similarity", "verdict");
+    }
+    // Two stages in flight, in input order: images being prepared on the
+    // pool, and faces waiting in the batcher (so runs are shared by pairs).
+    const PREPARING: usize = 32;
+    const EMBEDDING: usize = 32;
+    let mut todo = pairs.into_iter();
+    let (mut preparing, mut embedding): (VecDeque<InFlight>, VecDeque<InFlight>) =
+        (VecDeque::new(), VecDeque::new());
+    loop {
+        while preparing.len() < PREPARING {
+            match todo.next() {
+                Some(p) => preparing.push_back(start(&svc, p)),
+                None => break,
+            }
+        }
+        if embedding.len() < EMBEDDING {
+            if let Some(f) = preparing.pop_front() {
+                embedding.push_back(to_embedding(&svc, f));
+                continue;
+            }
+        }
+        let Some(f) = embedding.pop_front() else { break };
+        let (pair, r) = finish(&svc, f);
+        bar.inc(1);
+        match r {
+            Ok(v) => {
+                if let Some(l) = pair.label {
+                    labelled += 1;
+                    correct += usize::from(l == v.same);
+                }
+                if args.json {
+                    let _ = writeln!(out, "{}", verdict_json(&pair, &v));
+                } else {
+                    let verdict = if v.same { "same" } else { "different" };
+                    let _ = writeln!(
+                        out,
+                        "{:>10.4}  {:<9}  {} , {}",
+                        v.similarity, verdict, pair.a, pair.b
+                    );
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if args.json {
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        json!({"a": pair.a, "b": pair.b, "error": e.to_string()})
+                    );
+                } else {
+                    let _ = writeln!(out, "{:>10}  {:<9}  {} , {}: {e}", "-", "error", pair.a, pair.b);
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    if args.pairs.is_some() {
+        let accuracy = (labelled > 0).then(|| (correct as f64 / labelled as f64 * 1e4).round() / 1e4);
+        let per_sec = ((total as f64 / secs.max(1e-9)) * 100.0).round() / 100.0;
+        if args.json {
+            let mut s = json!({"pairs": total, "failed": failed, "pairs_per_sec": per_sec});
+            if let Some(a) = accuracy {
+                s["accuracy"] = json!(a);
+            }
+            let _ = writeln!(out, "{}", json!({ "summary": s }));
+        } else {
+            let acc = accuracy.map_or(String::new(), |a| format!(", accuracy {:.2} %", a * 100.0));
+            let _ = writeln!(out, "{total} pairs, {failed} failed{acc}, {per_sec} pairs/s");
+        }
+    }
+    svc.shutdown(Duration::from_secs(30));
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

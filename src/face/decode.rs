@@ -1,0 +1,119 @@
+//! Image decoding with limits checked before pixels are allocated, EXIF
+//! orientation applied, and every colour type converted to 8-bit RGB.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+use super::FaceError;
+
+/// Limits on what will be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest encoded file, bytes.
+    pub max_file_bytes: u64,
+    /// Largest width, pixels.
+    pub max_width: u32,
+    /// Largest height, pixels.
+    pub max_height: u32,
+    /// Largest width × height.
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    /// 32 MiB files, 8192 × 8192 at most, 40 megapixels.
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 32 << 20,
+            max_width: 8192,
+            max_height: 8192,
+            max_pixels: 40_000_000,
+        }
+    }
+}
+
+/// The smallest side accepted (a face chip smaller than this is useless).
+pub const MIN_SIDE: u32 = 16;
+
+fn decode_err(e: image::ImageError) -> FaceError {
+    match e {
+        image::ImageError::Unsupported(u) => FaceError::Unsupported(u.to_string()),
+        image::ImageError::Limits(l) => FaceError::TooLarge {
+            width: 0,
+            height: 0,
+            why: l.to_string(),
+        },
+        other => FaceError::Decode(other.to_string()),
+    }
+}
+
+/// Decodes `bytes` (JPEG, PNG, WebP, BMP, or the first frame of a GIF) to
+/// RGB, applying EXIF orientation. Dimensions are checked against `limits`
+/// from the header, before the pixels are allocated.
+pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, FaceError> {
+    let size = bytes.len() as u64;
+    if size > limits.max_file_bytes {
+        return Err(FaceError::FileTooLarge {
+            size,
+            limit: limits.max_file_bytes,
+        });
+    }
+    if bytes.is_empty() {
+        return Err(FaceError::Unsupported("empty file".into()));
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| FaceError::Decode(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(FaceError::Unsupported("unrecognised file signature".into()));
+    }
+    let mut l = image::Limits::default();
+    l.max_image_width = Some(limits.max_width);
+    l.max_image_height = Some(limits.max_height);
+    // Decoded RGBA at 16 bits per channel is the most a decoder holds.
+    l.max_alloc = Some(limits.max_pixels.saturating_mul(8));
+    reader.limits(l);
+    let mut decoder = reader.into_decoder().map_err(decode_err)?;
+    let (width, height) = decoder.dimensions();
+    check_dimensions(width, height, limits)?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
+    img.apply_orientation(orientation);
+    Ok(img.to_rgb8())
+}
+
+fn check_dimensions(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), FaceError> {
+    let too_large = |why: String| FaceError::TooLarge { width, height, why };
+    if width > limits.max_width || height > limits.max_height {
+        return Err(too_large(format!(
+            "at most {}x{}",
+            limits.max_width, limits.max_height
+        )));
+    }
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(too_large(format!("at most {} pixels", limits.max_pixels)));
+    }
+    if width < MIN_SIDE || height < MIN_SIDE {
+        return Err(FaceError::TooSmall { width, height });
+    }
+    Ok(())
+}
+
+/// Reads and decodes a file, refusing it by size before reading it whole.
+pub fn decode_file(path: &std::path::Path, limits: &DecodeLimits) -> Result<RgbImage, FaceError> {
+    let io = |e: std::io::Error| FaceError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > limits.max_file_bytes {
+        return Err(FaceError::FileTooLarge {
+            size,
+            limit: limits.max_file_bytes,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    decode(&bytes, limits)
+}

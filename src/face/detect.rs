@@ -1,0 +1,288 @@
+//! Face detection (UltraFace RFB-320) with non-maximum suppression, and the
+//! 68-point landmark model reduced to the 5 alignment points.
+
+use std::path::Path;
+
+use image::imageops::{self, FilterType};
+use image::RgbImage;
+
+use super::model::{self, Plan, State};
+use super::FaceError;
+
+const DET_W: u32 = 320;
+const DET_H: u32 = 240;
+const LM_SIDE: u32 = 64;
+
+/// One detected face, in image pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Detection {
+    /// Left, top, right, bottom.
+    pub bbox: [f32; 4],
+    /// Face score in [0, 1].
+    pub score: f32,
+}
+
+impl Detection {
+    /// Area in pixels².
+    pub fn area(&self) -> f32 {
+        (self.bbox[2] - self.bbox[0]).max(0.0) * (self.bbox[3] - self.bbox[1]).max(0.0)
+    }
+}
+
+/// Intersection over union of two boxes.
+pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
+}
+
+/// Greedy non-maximum suppression: keeps the best-scoring boxes, dropping
+/// any that overlaps a kept one by more than `max_iou`.
+pub fn nms(mut dets: Vec<Detection>, max_iou: f32) -> Vec<Detection> {
+    dets.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<Detection> = Vec::new();
+    for d in dets {
+        if kept.iter().all(|k| iou(&k.bbox, &d.bbox) <= max_iou) {
+            kept.push(d);
+        }
+    }
+    kept
+}
+
+/// The detection and landmark models, loaded once and shared.
+#[derive(Clone)]
+pub struct DetectModels {
+    detector: Plan,
+    landmarks: Option<Plan>,
+}
+
+impl std::fmt::Debug for DetectModels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DetectModels")
+            .field("landmarks", &self.landmarks.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DetectModels {
+    /// Loads the detector, and the landmark model if a path is given.
+    pub fn load(detector: &Path, landmarks: Option<&Path>) -> Result<Self, FaceError> {
+        Ok(Self {
+            detector: model::load(detector, &[1, 3, DET_H as usize, DET_W as usize])?,
+            landmarks: landmarks
+                .map(|p| model::load(p, &[1, 1, LM_SIDE as usize, LM_SIDE as usize]))
+                .transpose()?,
+        })
+    }
+
+    /// Run states for one thread.
+    pub fn detector(&self) -> Result<Detector, FaceError> {
+        Ok(Detector {
+            det: model::spawn(&self.detector)?,
+            lm: self.landmarks.as_ref().map(model::spawn).transpose()?,
+        })
+    }
+}
+
+/// One thread's detector and landmark states.
+pub struct Detector {
+    det: State,
+    lm: Option<State>,
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detector")
+            .field("landmarks", &self.lm.is_some())
+            .finish()
+    }
+}
+
+/// Where the 5 alignment points came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointsFrom {
+    /// The 68-point landmark model.
+    Landmarks,
+    /// Fixed proportions of the detection box (no landmark model, or its
+    /// answer was implausible).
+    BoxFallback,
+}
+
+impl Detector {
+    /// Faces scoring at least `min_score`, after NMS at `max_iou`, largest first.
+    pub fn detect(
+        &mut self,
+        img: &RgbImage,
+        min_score: f32,
+        max_iou: f32,
+    ) -> Result<Vec<Detection>, FaceError> {
+        let small = imageops::resize(img, DET_W, DET_H, FilterType::Triangle);
+        let plane = (DET_W * DET_H) as usize;
+        let mut data = vec![0.0f32; 3 * plane];
+        for (i, p) in small.pixels().enumerate() {
+            for c in 0..3 {
+                data[c * plane + i] = (f32::from(p.0[c]) - 127.0) / 128.0;
+            }
+        }
+        let outs = model::run(&mut self.det, &[1, 3, DET_H as usize, DET_W as usize], data)?;
+        let find = |last: usize| outs.iter().find(|(s, _)| s.last() == Some(&last)).map(|(_, v)| v);
+        let (Some(scores), Some(boxes)) = (find(2), find(4)) else {
+            return Err(FaceError::BadOutput(
+                "detector outputs are not [.,2] scores and [.,4] boxes".into(),
+            ));
+        };
+        let n = (scores.len() / 2).min(boxes.len() / 4);
+        let (w, h) = (img.width() as f32, img.height() as f32);
+        let mut dets = Vec::new();
+        for i in 0..n {
+            let score = scores[2 * i + 1];
+            if score.is_nan() || score < min_score {
+                continue;
+            }
+            let b = &boxes[4 * i..4 * i + 4];
+            let bbox = [
+                b[0].clamp(0.0, 1.0) * w,
+                b[1].clamp(0.0, 1.0) * h,
+                b[2].clamp(0.0, 1.0) * w,
+                b[3].clamp(0.0, 1.0) * h,
+            ];
+            if bbox[2] - bbox[0] >= 4.0 && bbox[3] - bbox[1] >= 4.0 {
+                dets.push(Detection { bbox, score });
+            }
+        }
+        let mut kept = nms(dets, max_iou);
+        kept.sort_by(|a, b| b.area().total_cmp(&a.area()));
+        Ok(kept)
+    }
+
+    /// The 5 alignment points (eyes, nose, mouth corners) of a detected face.
+    pub fn five_points(&mut self, img: &RgbImage, det: &Detection) -> ([[f32; 2]; 5], PointsFrom) {
+        if let Some(p) = self.landmark_points(img, det) {
+            return (p, PointsFrom::Landmarks);
+        }
+        (box_points(&det.bbox), PointsFrom::BoxFallback)
+    }
+
+    fn landmark_points(&mut self, img: &RgbImage, det: &Detection) -> Option<[[f32; 2]; 5]> {
+        let lm = self.lm.as_mut()?;
+        let [x0, y0, x1, y1] = det.bbox;
+        let (bw, bh) = (x1 - x0, y1 - y0);
+        let (cx, cy) = (x0.max(0.0) as u32, y0.max(0.0) as u32);
+        let cw = (bw as u32).min(img.width().saturating_sub(cx)).max(1);
+        let ch = (bh as u32).min(img.height().saturating_sub(cy)).max(1);
+        let crop = imageops::crop_imm(img, cx, cy, cw, ch).to_image();
+        let small = imageops::resize(&crop, LM_SIDE, LM_SIDE, FilterType::Triangle);
+        let data: Vec<f32> = small
+            .pixels()
+            .map(|p| {
+                let [r, g, b] = p.0.map(f32::from);
+                (0.299 * r + 0.587 * g + 0.114 * b) / 256.0
+            })
+            .collect();
+        let outs = model::run(lm, &[1, 1, LM_SIDE as usize, LM_SIDE as usize], data).ok()?;
+        let v = &outs.first()?.1;
+        if v.len() != 136 {
+            return None;
+        }
+        let pt = |i: usize| {
+            [
+                v[2 * i] * cw as f32 + cx as f32,
+                v[2 * i + 1] * ch as f32 + cy as f32,
+            ]
+        };
+        let mean = |ids: &[usize]| {
+            let s = ids.iter().fold([0.0, 0.0], |a, i| {
+                let p = pt(*i);
+                [a[0] + p[0], a[1] + p[1]]
+            });
+            [s[0] / ids.len() as f32, s[1] / ids.len() as f32]
+        };
+        // 68-point convention: eyes 36-41 and 42-47, nose tip 30, mouth
+        // corners 48 and 54 (with the inner corners 60 and 64).
+        let points = [
+            mean(&[37, 38, 40, 41]),
+            mean(&[43, 44, 46, 47]),
+            pt(30),
+            mean(&[48, 60]),
+            mean(&[54, 64]),
+        ];
+        plausible(&points, &det.bbox).then_some(points)
+    }
+}
+
+/// Whether 5 points look like a face inside its box: all inside (with a
+/// margin), left eye left of the right eye, eyes above the nose above the
+/// mouth.
+fn plausible(p: &[[f32; 2]; 5], bbox: &[f32; 4]) -> bool {
+    let (w, h) = (bbox[2] - bbox[0], bbox[3] - bbox[1]);
+    let inside = p.iter().all(|q| {
+        q[0].is_finite()
+            && q[1].is_finite()
+            && q[0] >= bbox[0] - 0.2 * w
+            && q[0] <= bbox[2] + 0.2 * w
+            && q[1] >= bbox[1] - 0.2 * h
+            && q[1] <= bbox[3] + 0.2 * h
+    });
+    let eyes_y = (p[0][1] + p[1][1]) / 2.0;
+    let mouth_y = (p[3][1] + p[4][1]) / 2.0;
+    inside && p[0][0] < p[1][0] && p[3][0] < p[4][0] && eyes_y < p[2][1] && p[2][1] < mouth_y
+}
+
+/// The documented fallback: the 5 points at the proportions of the ArcFace
+/// template within a face box (the box is assumed to frame the face from
+/// brow to chin).
+pub fn box_points(bbox: &[f32; 4]) -> [[f32; 2]; 5] {
+    let (w, h) = (bbox[2] - bbox[0], bbox[3] - bbox[1]);
+    let rel = [
+        [0.31, 0.40],
+        [0.69, 0.40],
+        [0.50, 0.60],
+        [0.35, 0.80],
+        [0.65, 0.80],
+    ];
+    rel.map(|r| [bbox[0] + r[0] * w, bbox[1] + r[1] * h])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(b: [f32; 4], score: f32) -> Detection {
+        Detection { bbox: b, score }
+    }
+
+    #[test]
+    fn iou_and_nms() {
+        let a = [0.0, 0.0, 10.0, 10.0];
+        assert_eq!(iou(&a, &a), 1.0);
+        assert_eq!(iou(&a, &[20.0, 20.0, 30.0, 30.0]), 0.0);
+        assert!((iou(&a, &[5.0, 0.0, 15.0, 10.0]) - 1.0 / 3.0).abs() < 1e-6);
+        let kept = nms(
+            vec![
+                det([0.0, 0.0, 10.0, 10.0], 0.8),
+                det([1.0, 0.0, 11.0, 10.0], 0.9),
+                det([50.0, 50.0, 60.0, 60.0], 0.7),
+            ],
+            0.4,
+        );
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].score, 0.9);
+        assert_eq!(kept[1].score, 0.7);
+    }
+
+    #[test]
+    fn box_fallback_points_are_plausible() {
+        let b = [10.0, 20.0, 110.0, 140.0];
+        assert!(plausible(&box_points(&b), &b));
+        let mut swapped = box_points(&b);
+        swapped.swap(0, 1);
+        assert!(!plausible(&swapped, &b));
+    }
+}

@@ -1,0 +1,196 @@
+//! Face embeddings: the [`Embedder`] trait and its tract CPU backend.
+
+use std::path::Path;
+
+use super::align::FACE_SIZE;
+use super::model::{self, Plan, State};
+use super::FaceError;
+
+/// Floats in one model input (3 × 112 × 112).
+pub const INPUT_LEN: usize = 3 * FACE_SIZE * FACE_SIZE;
+
+/// An aligned face as the model's input: NCHW, `(x - 127) / 128`.
+#[derive(Clone, PartialEq)]
+pub struct FaceInput(pub Box<[f32]>);
+
+impl std::fmt::Debug for FaceInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FaceInput({} floats)", self.0.len())
+    }
+}
+
+/// An L2-normalised embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding(pub Vec<f32>);
+
+impl Embedding {
+    /// Normalises `v` to unit length; an error for NaN, infinite or zero vectors.
+    pub fn normalised(mut v: Vec<f32>) -> Result<Self, FaceError> {
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if !norm.is_finite() || norm < 1e-6 {
+            return Err(FaceError::BadOutput(format!("embedding norm is {norm}")));
+        }
+        v.iter_mut().for_each(|x| *x /= norm);
+        Ok(Self(v))
+    }
+
+    /// Cosine similarity with another embedding (a dot product, both being
+    /// normalised); in [-1, 1].
+    pub fn cosine(&self, other: &Self) -> f32 {
+        cosine(&self.0, &other.0)
+    }
+}
+
+/// Dot product of two unit vectors, clamped to [-1, 1].
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>().clamp(-1.0, 1.0)
+}
+
+/// A face-embedding model: a batch of aligned faces in, one normalised
+/// vector per face out. One instance per inference thread (`&mut self`).
+pub trait Embedder: Send {
+    /// Length of the embeddings.
+    fn dim(&self) -> usize;
+    /// Batch sizes this backend runs natively (larger batches are split).
+    fn batch_sizes(&self) -> &[usize];
+    /// Embeds every face; the outer error fails the whole batch, an inner
+    /// one only its face (a NaN or zero output).
+    fn embed(&mut self, faces: &[FaceInput]) -> Result<Vec<Result<Embedding, FaceError>>, FaceError>;
+}
+
+/// The embedding model loaded once: one optimised plan per batch size,
+/// shareable between inference threads.
+#[derive(Clone)]
+pub struct TractModel {
+    plans: Vec<(usize, Plan)>,
+    dim: usize,
+}
+
+impl std::fmt::Debug for TractModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: Vec<usize> = self.plans.iter().map(|p| p.0).collect();
+        f.debug_struct("TractModel")
+            .field("batch_sizes", &sizes)
+            .field("dim", &self.dim)
+            .finish()
+    }
+}
+
+impl TractModel {
+    /// Loads the model at `path` with a plan for each of `batch_sizes`
+    /// (1 is always added: every batch can be split into plans that exist).
+    pub fn load(path: &Path, batch_sizes: &[usize]) -> Result<Self, FaceError> {
+        let mut sizes: Vec<usize> = batch_sizes.iter().copied().filter(|b| *b > 0).collect();
+        sizes.push(1);
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut plans = Vec::with_capacity(sizes.len());
+        for b in sizes {
+            plans.push((b, model::load(path, &[b, 3, FACE_SIZE, FACE_SIZE])?));
+        }
+        let mut m = Self { plans, dim: 0 };
+        // Learn the embedding size from one run, and check the model works.
+        let mut e = m.embedder()?;
+        let probe = FaceInput(vec![0.0; INPUT_LEN].into_boxed_slice());
+        let dim = e
+            .run_plan(0, std::slice::from_ref(&probe))?
+            .first()
+            .map_or(0, |v| v.len());
+        if dim == 0 {
+            return Err(FaceError::BadOutput(
+                "the model returned an empty embedding".into(),
+            ));
+        }
+        m.dim = dim;
+        Ok(m)
+    }
+
+    /// An embedder for one inference thread (its own run states).
+    pub fn embedder(&self) -> Result<TractEmbedder, FaceError> {
+        let states = self
+            .plans
+            .iter()
+            .map(|(_, p)| model::spawn(p))
+            .collect::<Result<Vec<State>, _>>()?;
+        Ok(TractEmbedder {
+            sizes: self.plans.iter().map(|p| p.0).collect(),
+            states,
+            dim: self.dim,
+        })
+    }
+
+    /// Length of the embeddings.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+}
+
+/// The tract CPU backend for one inference thread.
+pub struct TractEmbedder {
+    sizes: Vec<usize>,
+    states: Vec<State>,
+    dim: usize,
+}
+
+impl TractEmbedder {
+    /// Runs the plan at `index` (its batch size must equal `faces.len()`),
+    /// returning the raw rows.
+    fn run_plan(&mut self, index: usize, faces: &[FaceInput]) -> Result<Vec<Vec<f32>>, FaceError> {
+        let b = self.sizes[index];
+        debug_assert_eq!(b, faces.len());
+        let mut data = Vec::with_capacity(b * INPUT_LEN);
+        for f in faces {
+            if f.0.len() != INPUT_LEN {
+                return Err(FaceError::BadOutput(format!(
+                    "face input has {} floats, not {INPUT_LEN}",
+                    f.0.len()
+                )));
+            }
+            data.extend_from_slice(&f.0);
+        }
+        let outputs = model::run(&mut self.states[index], &[b, 3, FACE_SIZE, FACE_SIZE], data)?;
+        let Some((shape, flat)) = outputs.into_iter().next() else {
+            return Err(FaceError::BadOutput("the model has no output".into()));
+        };
+        // The model's last Reshape is hard-coded to [1, -1]: at batch b it
+        // returns [1, b × dim], row-major identical to [b, dim].
+        if flat.is_empty() || flat.len() % b != 0 {
+            return Err(FaceError::BadOutput(format!(
+                "output of shape {shape:?} for a batch of {b}"
+            )));
+        }
+        let dim = flat.len() / b;
+        if self.dim != 0 && dim != self.dim {
+            return Err(FaceError::BadOutput(format!(
+                "output of {dim} per face, expected {}",
+                self.dim
+            )));
+        }
+        Ok(flat.chunks(dim).map(<[f32]>::to_vec).collect())
+    }
+}
+
+impl Embedder for TractEmbedder {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn batch_sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+
+    fn embed(&mut self, faces: &[FaceInput]) -> Result<Vec<Result<Embedding, FaceError>>, FaceError> {
+        let mut out = Vec::with_capacity(faces.len());
+        let mut rest = faces;
+        while !rest.is_empty() {
+            // The largest plan that fits what is left (1 always exists).
+            let index = self.sizes.iter().rposition(|b| *b <= rest.len()).unwrap_or(0);
+            let (now, later) = rest.split_at(self.sizes[index].min(rest.len()));
+            for row in self.run_plan(index, now)? {
+                out.push(Embedding::normalised(row));
+            }
+            rest = later;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,182 @@
+//! The face pipeline: decode with limits, find and align faces, embed them
+//! with a face-embedding model, compare embeddings.
+//!
+//! This module knows nothing of the pool or the batcher; `FaceService`
+//! wires them together.
+
+pub mod align;
+pub mod decode;
+pub mod detect;
+pub mod embed;
+mod error;
+mod model;
+
+use image::RgbImage;
+
+pub use self::align::{Similarity, ARCFACE_TEMPLATE, FACE_SIZE};
+pub use self::decode::{decode, decode_file, DecodeLimits};
+pub use self::detect::{DetectModels, Detection, Detector, PointsFrom};
+pub use self::embed::{cosine, Embedder, Embedding, FaceInput, TractEmbedder, TractModel, INPUT_LEN};
+pub use self::error::FaceError;
+
+/// Verify threshold on the cosine similarity of the default model's
+/// embeddings: calibrated on the 55 labelled photos (see README), where
+/// same-person pairs score 0.45 and above and different-person pairs 0.36
+/// and below; 0.40 sits in that gap.
+pub const DEFAULT_THRESHOLD: f32 = 0.40;
+
+/// How faces are found in an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaceMode {
+    /// The image is already a face chip (dlib-style, like the labelled
+    /// photos): map it onto the model's frame, no detection.
+    Aligned,
+    /// Detect faces, find their landmarks, align each.
+    Detect,
+    /// `Aligned` for small square images that look like chips, else `Detect`.
+    Auto,
+}
+
+impl std::str::FromStr for FaceMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "aligned" => Ok(Self::Aligned),
+            "detect" => Ok(Self::Detect),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!("unknown face mode {other:?} (aligned, detect, auto)")),
+        }
+    }
+}
+
+/// Which path an image took to its face.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FacePath {
+    /// Treated as an aligned chip.
+    Aligned,
+    /// Detected with this score, aligned from these points.
+    Detected {
+        /// Detector score.
+        score: f32,
+        /// Where the alignment points came from.
+        points: PointsFrom,
+    },
+}
+
+impl std::fmt::Display for FacePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Aligned => f.write_str("aligned"),
+            Self::Detected {
+                points: PointsFrom::Landmarks,
+                ..
+            } => f.write_str("detected"),
+            Self::Detected {
+                points: PointsFrom::BoxFallback,
+                ..
+            } => f.write_str("detected (box points)"),
+        }
+    }
+}
+
+/// One face ready for the embedding model.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The model input.
+    pub input: FaceInput,
+    /// How it was found.
+    pub path: FacePath,
+    /// Its box in the image, when detected.
+    pub bbox: Option<[f32; 4]>,
+}
+
+/// Settings of face finding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FindOptions {
+    /// How faces are found.
+    pub mode: FaceMode,
+    /// Lowest detector score kept.
+    pub min_score: f32,
+    /// NMS overlap limit.
+    pub max_iou: f32,
+    /// Every face (largest first) instead of the largest only.
+    pub all_faces: bool,
+}
+
+impl Default for FindOptions {
+    fn default() -> Self {
+        Self {
+            mode: FaceMode::Auto,
+            min_score: 0.7,
+            max_iou: 0.3,
+            all_faces: false,
+        }
+    }
+}
+
+/// Whether an image looks like an aligned face chip: square (within 5 %)
+/// and at most 256 pixels a side.
+pub fn looks_like_chip(img: &RgbImage) -> bool {
+    let (w, h) = (img.width() as f32, img.height() as f32);
+    (w - h).abs() <= 0.05 * w.max(h) && w.max(h) <= 256.0
+}
+
+fn input_of(face: &RgbImage) -> FaceInput {
+    let mut v = vec![0.0; INPUT_LEN];
+    align::to_input(face, &mut v);
+    FaceInput(v.into_boxed_slice())
+}
+
+/// Finds the faces of a decoded image and prepares them for the model.
+/// `detector` is needed unless the mode resolves to `Aligned`.
+pub fn find_faces(
+    img: &RgbImage,
+    detector: Option<&mut Detector>,
+    opts: &FindOptions,
+) -> Result<Vec<Prepared>, FaceError> {
+    let aligned = match opts.mode {
+        FaceMode::Aligned => true,
+        FaceMode::Detect => false,
+        FaceMode::Auto => looks_like_chip(img),
+    };
+    if aligned {
+        let face = align::warp(img, &Similarity::dlib_chip(img.width()))
+            .ok_or_else(|| FaceError::BadOutput("degenerate chip mapping".into()))?;
+        return Ok(vec![Prepared {
+            input: input_of(&face),
+            path: FacePath::Aligned,
+            bbox: None,
+        }]);
+    }
+    let Some(detector) = detector else {
+        return Err(FaceError::Model("no face detector loaded".into()));
+    };
+    let dets = detector.detect(img, opts.min_score, opts.max_iou)?;
+    let take = if opts.all_faces {
+        dets.len()
+    } else {
+        dets.len().min(1)
+    };
+    let mut out = Vec::with_capacity(take);
+    for d in dets.into_iter().take(take) {
+        let (points, from) = detector.five_points(img, &d);
+        let Some(t) = Similarity::estimate(&points, &ARCFACE_TEMPLATE) else {
+            continue;
+        };
+        let Some(face) = align::warp(img, &t) else {
+            continue;
+        };
+        out.push(Prepared {
+            input: input_of(&face),
+            path: FacePath::Detected {
+                score: d.score,
+                points: from,
+            },
+            bbox: Some(d.bbox),
+        });
+    }
+    if out.is_empty() {
+        return Err(FaceError::NoFace);
+    }
+    Ok(out)
+}

@@ -1,0 +1,67 @@
+//! Loading ONNX models into tract plans with concrete input shapes.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use super::FaceError;
+
+/// An optimised tract plan, shared between threads (each runs its own state).
+pub(crate) type Plan = Arc<TypedSimplePlan>;
+/// One thread's running state of a plan.
+pub(crate) type State = TypedSimpleState;
+
+fn model_err(path: &Path, e: impl std::fmt::Display) -> FaceError {
+    FaceError::Model(format!("{}: {e}", path.display()))
+}
+
+/// Loads `path` with its first input fixed to `shape` (f32), optimised.
+/// A missing, corrupt or incompatible file is an error, never a panic.
+pub(crate) fn load(path: &Path, shape: &[usize]) -> Result<Plan, FaceError> {
+    if !path.is_file() {
+        return Err(model_err(path, "no such file (run scripts/fetch-assets.sh)"));
+    }
+    let build = || -> TractResult<Plan> {
+        tract_onnx::onnx()
+            .model_for_path(path)?
+            .with_input_fact(0, f32::fact(shape).into())?
+            .into_optimized()?
+            .into_runnable()
+    };
+    match catch_unwind(AssertUnwindSafe(build)) {
+        Ok(Ok(plan)) => Ok(plan),
+        Ok(Err(e)) => Err(model_err(path, format!("{e:#}"))),
+        Err(_) => Err(model_err(
+            path,
+            "the model loader panicked (not a usable ONNX model)",
+        )),
+    }
+}
+
+/// A state to run `plan` on this thread.
+pub(crate) fn spawn(plan: &Plan) -> Result<State, FaceError> {
+    plan.spawn().map_err(|e| FaceError::Model(format!("{e:#}")))
+}
+
+/// One model output: its shape and its values, flat.
+pub(crate) type Output = (Vec<usize>, Vec<f32>);
+
+/// Runs one input through `state`; returns every output as a flat f32 vector
+/// with its shape.
+pub(crate) fn run(state: &mut State, shape: &[usize], data: Vec<f32>) -> Result<Vec<Output>, FaceError> {
+    let input = Tensor::from_shape(shape, &data).map_err(|e| FaceError::Model(format!("{e:#}")))?;
+    let outputs = catch_unwind(AssertUnwindSafe(|| state.run(tvec!(input.into_tvalue()))))
+        .map_err(|_| FaceError::Model("the model panicked while running".into()))?
+        .map_err(|e| FaceError::Model(format!("{e:#}")))?;
+    outputs
+        .iter()
+        .map(|o| {
+            let view = o
+                .to_plain_array_view::<f32>()
+                .map_err(|e| FaceError::BadOutput(format!("{e:#}")))?;
+            Ok((view.shape().to_vec(), view.iter().copied().collect()))
+        })
+        .collect()
+}

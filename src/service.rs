@@ -1,0 +1,385 @@
+//! `FaceService`: the pool, the batcher and the face pipeline wired into
+//! verify (1:1).
+//!
+//! Decoding, detection and alignment run as pool jobs (each worker owns a
+//! detector state). The caller's thread then hands the faces to the batcher,
+//! whose inference threads each own an embedding state, and waits for them.
+//! No pool worker ever waits for the batcher.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::batch::{self, BatchError, BatchPolicy, Batcher};
+use crate::face::{
+    self, DecodeLimits, DetectModels, Detector, Embedder, Embedding, FaceError, FaceInput, FacePath,
+    FindOptions, Prepared, TractModel,
+};
+use crate::pool::{self, JobError, Pool};
+
+/// Why a service call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServiceError {
+    /// An image gave no face or no embedding.
+    #[error(transparent)]
+    Face(#[from] FaceError),
+    /// The pool refused the work.
+    #[error("pool: {0}")]
+    Pool(#[from] pool::SubmitError),
+    /// A pool job ended without a value.
+    #[error("pool job: {0}")]
+    Job(#[from] JobError),
+    /// The batcher refused the face.
+    #[error("batcher: {0}")]
+    Batch(#[from] batch::SubmitError),
+    /// The face's batch failed.
+    #[error("inference: {0}")]
+    Inference(#[from] BatchError),
+}
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A model could not be loaded.
+    #[error(transparent)]
+    Face(#[from] FaceError),
+    /// The pool could not start.
+    #[error("pool: {0}")]
+    Pool(#[from] pool::BuildError),
+    /// The batcher could not start.
+    #[error("batcher: {0}")]
+    Batch(#[from] batch::BuildError),
+}
+
+/// Settings of a [`FaceService`].
+#[derive(Debug, Clone)]
+pub struct FaceConfig {
+    /// The embedding model (ONNX).
+    pub model: PathBuf,
+    /// The face detector (UltraFace ONNX).
+    pub detector: PathBuf,
+    /// The 68-point landmark model; without it alignment uses box proportions.
+    pub landmarks: Option<PathBuf>,
+    /// How faces are found.
+    pub find: FindOptions,
+    /// Cosine similarity at or above which two faces are the same person.
+    pub threshold: f32,
+    /// Pool workers for decoding, detection and alignment.
+    pub workers: usize,
+    /// Inference threads (each owns an embedding state).
+    pub inference_threads: usize,
+    /// Batch sizes the embedding model gets a plan for.
+    pub batch_sizes: Vec<usize>,
+    /// Most faces per model run.
+    pub batch_max: usize,
+    /// Most time a face waits for its batch to fill.
+    pub batch_delay: Duration,
+    /// Decode limits.
+    pub limits: DecodeLimits,
+}
+
+impl FaceConfig {
+    /// The defaults, with the models under `assets` (as fetched by
+    /// `scripts/fetch-assets.sh`), and threads budgeted against the cores:
+    /// one inference thread, and a pool worker for each other core.
+    pub fn from_assets(assets: &Path) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Self {
+            model: assets.join("models/fr_feature.onnx"),
+            detector: assets.join("models/fr_detect.onnx"),
+            landmarks: Some(assets.join("models/fr_landmark.onnx")),
+            find: FindOptions::default(),
+            threshold: face::DEFAULT_THRESHOLD,
+            workers: cores.saturating_sub(1).max(1),
+            inference_threads: 1,
+            batch_sizes: vec![1],
+            batch_max: 32,
+            batch_delay: Duration::from_millis(2),
+            limits: DecodeLimits::default(),
+        }
+    }
+}
+
+/// An image to compare.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    /// A file on disk.
+    Path(PathBuf),
+    /// Encoded bytes.
+    Bytes(Arc<[u8]>),
+}
+
+/// Time spent per stage of one comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Timings {
+    /// Waiting for a pool worker (the longer of the two images).
+    pub queue: Duration,
+    /// Decoding, detection and alignment (the longer of the two images).
+    pub prepare: Duration,
+    /// Waiting for a batch (submission to the start of its model run).
+    pub batch_wait: Duration,
+    /// The model run of the batch.
+    pub inference: Duration,
+    /// The whole comparison.
+    pub total: Duration,
+}
+
+/// A face embedded, with how it got there.
+#[derive(Debug, Clone)]
+pub struct FaceResult {
+    /// The embedding.
+    pub embedding: Embedding,
+    /// How the face was found.
+    pub path: FacePath,
+}
+
+/// The outcome of verifying two images.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// Cosine similarity of the two faces.
+    pub similarity: f32,
+    /// Whether it reaches the threshold.
+    pub same: bool,
+    /// The threshold used.
+    pub threshold: f32,
+    /// How each face was found.
+    pub paths: [FacePath; 2],
+    /// Per-stage timings.
+    pub timings: Timings,
+}
+
+/// An embedding as the batch handler returns it, with its run's timing.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    /// The face's embedding, or why the model gave none for it.
+    pub embedding: Result<Embedding, FaceError>,
+    /// When its batch's model run started.
+    pub started: Instant,
+    /// How long the run took.
+    pub inference: Duration,
+    /// Faces in the run.
+    pub batch: usize,
+}
+
+struct Prep {
+    faces: Vec<Prepared>,
+    queue: Duration,
+    prepare: Duration,
+}
+
+/// Pending preparation of one image (a pool job).
+pub struct PendingImage {
+    handle: pool::JobHandle<Result<Prep, FaceError>>,
+    submitted: Instant,
+}
+
+/// Pending embedding of one image's face (a batch item).
+pub struct PendingFace {
+    handle: batch::BatchHandle<Embedded>,
+    path: FacePath,
+    queue: Duration,
+    prepare: Duration,
+    submitted: Instant,
+}
+
+type WorkerState = Result<Detector, FaceError>;
+
+/// The face service: verify two images through the pool and the batcher.
+#[derive(Clone)]
+pub struct FaceService {
+    pool: Pool<WorkerState>,
+    batcher: Batcher<FaceInput, Embedded>,
+    config: Arc<FaceConfig>,
+    dim: usize,
+}
+
+impl std::fmt::Debug for FaceService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaceService")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FaceService {
+    /// Loads the models and starts the pool and the batcher.
+    pub fn start(config: FaceConfig) -> Result<Self, StartError> {
+        let model = TractModel::load(&config.model, &config.batch_sizes)?;
+        let dim = model.dim();
+        let det = DetectModels::load(&config.detector, config.landmarks.as_deref())?;
+        let pool = Pool::builder()
+            .capacity(config.workers.max(1))
+            .min_workers(config.workers.max(1))
+            .thread_name("face-prep")
+            .worker_state(move || det.detector())
+            .build()?;
+        let policy = BatchPolicy {
+            max_items: config.batch_max.max(1),
+            max_weight: None,
+            max_delay: config.batch_delay,
+            in_flight: config.inference_threads.max(1),
+        };
+        let batcher = Batcher::builder(policy)
+            .queue_capacity(4096)
+            .blocking(Some(Duration::from_secs(60)))
+            .thread_name("face-infer")
+            .build(move |_| {
+                let mut e = model.embedder()?;
+                Ok::<_, FaceError>(move |faces: Vec<FaceInput>| -> Result<Vec<Embedded>, FaceError> {
+                    let started = Instant::now();
+                    let out = e.embed(&faces)?;
+                    let inference = started.elapsed();
+                    let batch = faces.len();
+                    Ok(out
+                        .into_iter()
+                        .map(|embedding| Embedded {
+                            embedding,
+                            started,
+                            inference,
+                            batch,
+                        })
+                        .collect())
+                })
+            })?;
+        Ok(Self {
+            pool,
+            batcher,
+            config: Arc::new(config),
+            dim,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &FaceConfig {
+        &self.config
+    }
+
+    /// Length of the embeddings.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The pool's counters (decode / detect / align jobs).
+    pub fn pool_stats(&self) -> pool::PoolStats {
+        self.pool.stats()
+    }
+
+    /// The batcher's counters (model runs).
+    pub fn batch_stats(&self) -> batch::BatchStats {
+        self.batcher.stats()
+    }
+
+    /// Starts decoding and finding the faces of an image on the pool.
+    pub fn prepare(&self, src: ImageSource) -> Result<PendingImage, ServiceError> {
+        let cfg = self.config.clone();
+        let submitted = Instant::now();
+        let handle = self.pool.submit(move |det: &mut WorkerState| {
+            let started = Instant::now();
+            let queue = started - submitted;
+            let img = match &src {
+                ImageSource::Path(p) => face::decode_file(p, &cfg.limits)?,
+                ImageSource::Bytes(b) => face::decode(b, &cfg.limits)?,
+            };
+            let faces =
+                face::find_faces(&img, det.as_mut().ok(), &cfg.find).map_err(|e| match (e, &*det) {
+                    // Say why there was no detector, not just that there was none.
+                    (FaceError::Model(m), Err(why)) if m.starts_with("no face detector") => why.clone(),
+                    (e, _) => e,
+                })?;
+            Ok(Prep {
+                faces,
+                queue,
+                prepare: started.elapsed(),
+            })
+        })?;
+        Ok(PendingImage { handle, submitted })
+    }
+
+    /// Waits for an image's preparation and hands its first (largest) face
+    /// to the batcher. Call from the caller's thread, never a pool worker.
+    pub fn embed_first(&self, img: PendingImage) -> Result<PendingFace, ServiceError> {
+        let prep = img.handle.join()??;
+        let Some(face) = prep.faces.into_iter().next() else {
+            return Err(FaceError::NoFace.into());
+        };
+        let submitted = Instant::now();
+        let handle = self.batcher.submit(face.input)?;
+        let _ = img.submitted;
+        Ok(PendingFace {
+            handle,
+            path: face.path,
+            queue: prep.queue,
+            prepare: prep.prepare,
+            submitted,
+        })
+    }
+
+    /// Waits for a face's embedding.
+    pub fn finish(&self, face: PendingFace) -> Result<(FaceResult, Timings), ServiceError> {
+        let e = face.handle.join()?;
+        let embedding = e.embedding?;
+        let timings = Timings {
+            queue: face.queue,
+            prepare: face.prepare,
+            batch_wait: e.started.saturating_duration_since(face.submitted),
+            inference: e.inference,
+            total: Duration::ZERO,
+        };
+        Ok((
+            FaceResult {
+                embedding,
+                path: face.path,
+            },
+            timings,
+        ))
+    }
+
+    /// Embeds the largest face of one image.
+    pub fn embed(&self, src: ImageSource) -> Result<(FaceResult, Timings), ServiceError> {
+        let t0 = Instant::now();
+        let p = self.prepare(src)?;
+        let (r, mut t) = self.finish(self.embed_first(p)?)?;
+        t.total = t0.elapsed();
+        Ok((r, t))
+    }
+
+    /// Compares the largest faces of two images (1:1 verify).
+    pub fn verify(&self, a: ImageSource, b: ImageSource) -> Result<Verdict, ServiceError> {
+        let t0 = Instant::now();
+        let (pa, pb) = (self.prepare(a)?, self.prepare(b)?);
+        let (fa, fb) = (self.embed_first(pa)?, self.embed_first(pb)?);
+        let ((ra, ta), (rb, tb)) = (self.finish(fa)?, self.finish(fb)?);
+        Ok(self.verdict(&ra, &rb, ta, tb, t0.elapsed()))
+    }
+
+    /// The verdict on two embedded faces.
+    pub fn verdict(
+        &self,
+        a: &FaceResult,
+        b: &FaceResult,
+        ta: Timings,
+        tb: Timings,
+        total: Duration,
+    ) -> Verdict {
+        let similarity = a.embedding.cosine(&b.embedding);
+        Verdict {
+            similarity,
+            same: similarity >= self.config.threshold,
+            threshold: self.config.threshold,
+            paths: [a.path, b.path],
+            timings: Timings {
+                queue: ta.queue.max(tb.queue),
+                prepare: ta.prepare.max(tb.prepare),
+                batch_wait: ta.batch_wait.max(tb.batch_wait),
+                inference: ta.inference.max(tb.inference),
+                total,
+            },
+        }
+    }
+
+    /// Stops the pool and the batcher, finishing what was accepted.
+    pub fn shutdown(&self, timeout: Duration) {
+        self.pool.shutdown(timeout);
+        self.batcher.shutdown(timeout);
+    }
+}

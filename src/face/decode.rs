@@ -64,8 +64,14 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, FaceError
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| FaceError::Decode(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(FaceError::Unsupported("unrecognised file signature".into()));
+    match reader.format() {
+        None => return Err(FaceError::Unsupported("unrecognised file signature".into())),
+        Some(image::ImageFormat::Jpeg) if truncated_jpeg(bytes) => {
+            return Err(FaceError::Decode(
+                "truncated JPEG: no end-of-image marker after the scan".into(),
+            ))
+        }
+        Some(_) => {}
     }
     let mut l = image::Limits::default();
     l.max_image_width = Some(limits.max_width);
@@ -82,6 +88,18 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, FaceError
     let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
     img.apply_orientation(orientation);
     Ok(img.to_rgb8())
+}
+
+/// A JPEG whose last scan (SOS marker) is not followed by an end-of-image
+/// marker was cut short. The decoder would fill the missing part with grey
+/// and return a half image; a face from it would be wrong, not an error.
+fn truncated_jpeg(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == marker);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi < sos,
+        (Some(_), None) => true,
+        _ => false,
+    }
 }
 
 fn check_dimensions(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), FaceError> {

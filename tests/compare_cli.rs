@@ -1,0 +1,101 @@
+//! The `compare` binary end to end on the real models: single pairs, pair
+//! files with labels and relative paths, JSON output, and exit codes.
+#![cfg(feature = "cli")]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn assets() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets")
+}
+
+fn compare(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_compare"))
+        .args(args)
+        .arg("--assets")
+        .arg(assets())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn photo(person: &str, n: usize) -> String {
+    let dir = assets().join("photos/johns").join(person);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files[n].display().to_string()
+}
+
+#[test]
+fn two_images_json() {
+    let (a, b, c) = (
+        photo("John_Savage", 0),
+        photo("John_Savage", 1),
+        photo("John_Simm", 0),
+    );
+    let (code, out, err) = compare(&["--json", &a, &b]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["a"], a.as_str());
+    assert_eq!(v["same"], true);
+    assert!(v["similarity"].as_f64().unwrap() > v["threshold"].as_f64().unwrap());
+    assert!(v["timings_ms"]["inference"].as_f64().unwrap() > 0.0);
+    let (code, out, _) = compare(&["--json", &a, &c]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["same"], false);
+}
+
+#[test]
+fn pair_files_with_labels_relative_paths_and_failures() {
+    let dir = std::env::temp_dir().join(format!("facepool-pairs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (person, n, name) in [
+        ("John_Savage", 0, "a.jpg"),
+        ("John_Savage", 1, "b.jpg"),
+        ("John_Simm", 0, "c.jpg"),
+    ] {
+        std::fs::copy(photo(person, n), dir.join(name)).unwrap();
+    }
+    std::fs::write(dir.join("bad.jpg"), b"not an image").unwrap();
+    std::fs::write(
+        dir.join("pairs.csv"),
+        "a,b,label\na.jpg,b.jpg,same\na.jpg,c.jpg,0\nb.jpg,c.jpg,different\na.jpg,bad.jpg,1\nmissing.jpg,a.jpg\na.jpg,b.jpg,maybe\n",
+    )
+    .unwrap();
+    let pairs = dir.join("pairs.csv").display().to_string();
+    let (code, out, err) = compare(&["--pairs", &pairs, "--json"]);
+    assert_eq!(code, 1, "some inputs failed: exit 1 ({err})");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 7, "{out}");
+    assert_eq!(lines[0]["same"], true);
+    assert_eq!(lines[1]["same"], false);
+    assert_eq!(lines[2]["same"], false);
+    for (i, what) in [(3, "image"), (4, "missing.jpg"), (5, "label")] {
+        let e = lines[i]["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("line {i}: {}", lines[i]));
+        assert!(e.contains(what), "line {i}: {e}");
+    }
+    let s = &lines[6]["summary"];
+    assert_eq!((s["pairs"].as_u64(), s["failed"].as_u64()), (Some(6), Some(3)));
+    assert_eq!(s["accuracy"].as_f64(), Some(1.0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(compare(&["only-one.jpg"]).0, 2);
+    assert_eq!(compare(&["--faces", "sideways", "a.jpg", "b.jpg"]).0, 2);
+    assert_eq!(compare(&["--pairs", "/nonexistent/pairs.csv"]).0, 2);
+    let (code, _, err) = compare(&["--model", "/nonexistent/model.onnx", "a.jpg", "b.jpg"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("model"), "{err}");
+}

@@ -8,6 +8,7 @@
 #   assets/models/fr_detect.onnx    UltraFace RFB-320 face detector
 #   assets/models/fr_landmark.onnx  68-point landmarks
 #   assets/photos/johns/<person>/*.jpg  5 people x 11 aligned 150x150 chips
+#   assets/photos/johns/pairs.csv   all 1485 pairs of them, labelled same (1) / different (0)
 #   assets/photos/faces/*.jpg       full photos (bald_guys.jpg: a group)
 #
 # Sources:
@@ -28,7 +29,7 @@ MODELS="fr_feature.onnx 87aacdfe57510db2af90c0251df680e8eec88f122ee94712121d09bc
 fr_detect.onnx 6c0256ccd3164f844736a401faf936ec2930764a87ae39442180887d0c5c8854
 fr_landmark.onnx f10b0ba1d2a8a099adefede1ebf3733e44fe370715e7303dbeb7f59c02142258"
 
-STAMP="$OUT/.fetched-v1"
+STAMP="$OUT/.fetched-v2"
 
 say() { printf 'fetch-assets: %s\n' "$*" >&2; }
 
@@ -42,7 +43,8 @@ models_ok() {
     done <<< "$MODELS"
 }
 
-if [ -f "$STAMP" ] && models_ok && [ "$(find "$OUT/photos/johns" -name '*.jpg' | wc -l)" -eq 55 ]; then
+if [ -f "$STAMP" ] && models_ok && [ -f "$OUT/photos/johns/pairs.csv" ] \
+    && [ "$(find "$OUT/photos/johns" -name '*.jpg' | wc -l)" -eq 55 ]; then
     exit 0
 fi
 
@@ -94,5 +96,12 @@ if [ "$n" -ne 55 ]; then
     say "expected 55 labelled photos, found $n"
     exit 1
 fi
+# Every pair of the labelled photos, paths relative to the file.
+(cd "$OUT/photos/johns" && find . -name '*.jpg' | sed 's|^\./||' | LC_ALL=C sort) > "$tmp/photos.txt"
+awk -F/ '{ p[NR] = $0; who[NR] = $1 }
+    END { for (i = 1; i <= NR; i++) for (j = i + 1; j <= NR; j++)
+              printf "%s,%s,%d\n", p[i], p[j], (who[i] == who[j]) }' "$tmp/photos.txt" \
+    > "$OUT/photos/johns/pairs.csv"
+rm -f "$OUT"/.fetched-v*
 touch "$STAMP"
 say "assets ready under $OUT/"

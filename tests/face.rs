@@ -25,6 +25,7 @@ fn photos() -> Vec<(String, RgbImage)> {
     let mut people: Vec<_> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
         .collect();
     people.sort();
     let mut out = Vec::new();
@@ -439,4 +440,53 @@ fn transformed_photos_still_verify() {
             );
         }
     }
+}
+
+/// A JPEG of `img` carrying an EXIF orientation tag.
+fn jpeg_with_orientation(img: &RgbImage, orientation: u16) -> Vec<u8> {
+    let mut plain = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut plain, 95)
+        .encode_image(img)
+        .unwrap();
+    let mut tiff = b"II*\0".to_vec();
+    tiff.extend_from_slice(&8u32.to_le_bytes());
+    tiff.extend_from_slice(&1u16.to_le_bytes());
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes());
+    tiff.extend_from_slice(&3u16.to_le_bytes());
+    tiff.extend_from_slice(&1u32.to_le_bytes());
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0]);
+    tiff.extend_from_slice(&0u32.to_le_bytes());
+    let mut app1 = vec![0xFF, 0xE1];
+    app1.extend_from_slice(&((2 + 6 + tiff.len()) as u16).to_be_bytes());
+    app1.extend_from_slice(b"Exif\0\0");
+    app1.extend_from_slice(&tiff);
+    let mut out = plain[..2].to_vec();
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&plain[2..]);
+    out
+}
+
+#[test]
+fn exif_orientation_is_applied() {
+    let photos = photos();
+    let upright = &photos[0].1;
+    // A phone photo stored sideways: pixels rotated 90 degrees one way, the
+    // EXIF tag (6: rotate 90 clockwise to display) says how to undo it.
+    let stored = image::imageops::rotate270(upright);
+    let bytes = jpeg_with_orientation(&stored, 6);
+    let img = face::decode(&bytes, &DecodeLimits::default()).unwrap();
+    assert_eq!((img.width(), img.height()), (upright.width(), upright.height()));
+    let m = model(&[1]);
+    let mut e = m.embedder().unwrap();
+    let a = embed_all(&mut e, &[aligned_input(upright)]).remove(0);
+    let b = embed_all(&mut e, &[aligned_input(&img)]).remove(0);
+    let ignored = embed_all(&mut e, &[aligned_input(&stored)]).remove(0);
+    println!(
+        "with orientation applied {:.4}, stored sideways {:.4}",
+        a.cosine(&b),
+        a.cosine(&ignored)
+    );
+    assert!(a.cosine(&b) > 0.95);
+    assert!(a.cosine(&b) > a.cosine(&ignored) + 0.2);
 }

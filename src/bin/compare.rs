@@ -77,7 +77,19 @@ fn parse_label(s: &str) -> Result<bool, String> {
     }
 }
 
+/// Largest pairs file read (a line per pair; far more than anyone runs).
+const MAX_PAIRS_FILE: u64 = 256 << 20;
+
 fn read_pairs(path: &Path) -> Result<Vec<Pair>, String> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .len();
+    if size > MAX_PAIRS_FILE {
+        return Err(format!(
+            "{} is {size} bytes, more than {MAX_PAIRS_FILE}",
+            path.display()
+        ));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut pairs = Vec::new();

@@ -51,6 +51,9 @@ struct Args {
     /// Pool workers for decoding and detection (default: cores - 1).
     #[arg(long)]
     threads: Option<usize>,
+    /// Inference threads, each with its own model state (default 1).
+    #[arg(long)]
+    inference_threads: Option<usize>,
     /// Most faces per model run.
     #[arg(long)]
     batch_max: Option<usize>,
@@ -159,6 +162,9 @@ fn config(args: &Args) -> FaceConfig {
     }
     if let Some(t) = args.threads {
         c.workers = t.max(1);
+    }
+    if let Some(t) = args.inference_threads {
+        c.inference_threads = t.max(1);
     }
     if let Some(b) = args.batch_max {
         c.batch_max = b.max(1);

@@ -35,14 +35,15 @@ impl Default for DecodeLimits {
 /// The smallest side accepted (a face chip smaller than this is useless).
 pub const MIN_SIDE: u32 = 16;
 
-fn decode_err(e: image::ImageError) -> FaceError {
+fn decode_err(e: image::ImageError, limits: &DecodeLimits) -> FaceError {
     match e {
         image::ImageError::Unsupported(u) => FaceError::Unsupported(u.to_string()),
-        image::ImageError::Limits(l) => FaceError::TooLarge {
-            width: 0,
-            height: 0,
-            why: l.to_string(),
-        },
+        // The decoder checks the header's dimensions against the same
+        // limits (some formats read past the header before we could).
+        image::ImageError::Limits(l) => FaceError::TooLarge(format!(
+            "{l} (at most {}x{}, {} pixels)",
+            limits.max_width, limits.max_height, limits.max_pixels
+        )),
         other => FaceError::Decode(other.to_string()),
     }
 }
@@ -79,13 +80,13 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, FaceError
     // Decoded RGBA at 16 bits per channel is the most a decoder holds.
     l.max_alloc = Some(limits.max_pixels.saturating_mul(8));
     reader.limits(l);
-    let mut decoder = reader.into_decoder().map_err(decode_err)?;
+    let mut decoder = reader.into_decoder().map_err(|e| decode_err(e, limits))?;
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height, limits)?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| decode_err(e, limits))?;
     img.apply_orientation(orientation);
     Ok(img.to_rgb8())
 }
@@ -103,7 +104,7 @@ fn truncated_jpeg(bytes: &[u8]) -> bool {
 }
 
 fn check_dimensions(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), FaceError> {
-    let too_large = |why: String| FaceError::TooLarge { width, height, why };
+    let too_large = |why: String| FaceError::TooLarge(format!("{width}x{height}, {why}"));
     if width > limits.max_width || height > limits.max_height {
         return Err(too_large(format!(
             "at most {}x{}",

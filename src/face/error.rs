@@ -13,15 +13,8 @@ pub enum FaceError {
     },
     /// The image's dimensions exceed a limit (checked before any pixel is
     /// allocated, so decompression bombs are refused).
-    #[error("image is {width}x{height}, beyond the limits ({why})")]
-    TooLarge {
-        /// Declared width.
-        width: u32,
-        /// Declared height.
-        height: u32,
-        /// Which limit.
-        why: String,
-    },
+    #[error("image too large: {0}")]
+    TooLarge(String),
     /// The image is too small to hold a face.
     #[error("image is {width}x{height}, too small for a face")]
     TooSmall {

@@ -42,3 +42,23 @@ pub(crate) fn wait_timeout<'a, T>(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     (g, r.timed_out())
 }
+
+/// Waits on `cv` once, but not past `deadline` when one is given. Returns
+/// the guard and whether the deadline had already passed (then nothing was
+/// waited). Callers loop on their own condition around it.
+pub(crate) fn wait_until<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    deadline: Option<std::time::Instant>,
+) -> (MutexGuard<'a, T>, bool) {
+    match deadline {
+        None => (wait(cv, guard), false),
+        Some(d) => {
+            let now = std::time::Instant::now();
+            if now >= d {
+                return (guard, true);
+            }
+            (wait_timeout(cv, guard, d - now).0, false)
+        }
+    }
+}

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use crate::pool::handle::panic_message;
 use crate::pool::Clock;
-use crate::sync::{lock, wait, wait_timeout, Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering};
+use crate::sync::{
+    lock, wait, wait_timeout, wait_until, Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering,
+};
 
 use super::error::{BatchError, SubmitError};
 use super::handle::ItemSlot;
@@ -454,15 +456,10 @@ impl<I, O> Shared<I, O> {
     pub(crate) fn wait_exited(&self, deadline: Option<Instant>) -> usize {
         let mut st = lock(&self.state);
         while st.threads > 0 {
-            match deadline {
-                None => st = wait(&self.threads_cv, st),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break;
-                    }
-                    st = wait_timeout(&self.threads_cv, st, d - now).0;
-                }
+            let (g, passed) = wait_until(&self.threads_cv, st, deadline);
+            st = g;
+            if passed {
+                break;
             }
         }
         st.threads

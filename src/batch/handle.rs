@@ -31,7 +31,7 @@ impl<O> BatchHandle<O> {
     pub fn join(mut self) -> Result<O, BatchError> {
         self.slot
             .take()
-            .and_then(|slot| slot.join())
+            .and_then(|slot| slot.join_until(None))
             .unwrap_or(Err(BatchError::Abandoned))
     }
 
@@ -41,7 +41,7 @@ impl<O> BatchHandle<O> {
         let Some(slot) = self.slot.as_ref() else {
             return Ok(Err(BatchError::Abandoned));
         };
-        slot.join_until(Instant::now() + timeout).ok_or(self)
+        slot.join_until(Some(Instant::now() + timeout)).ok_or(self)
     }
 
     /// Whether the item has its outcome.

@@ -21,7 +21,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::sync::{
-    lock, thread, wait, wait_timeout, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
+    lock, thread, wait, wait_timeout, wait_until, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard,
+    Ordering,
 };
 
 use super::autoscale::{AutoscaleState, ScalePolicy};
@@ -607,15 +608,10 @@ impl<S: 'static> Shared<S> {
     pub(crate) fn wait_exited(&self, deadline: Option<Instant>) -> usize {
         let mut st = lock(&self.state);
         while st.threads > 0 {
-            match deadline {
-                None => st = wait(&self.exited, st),
-                Some(dl) => {
-                    let now = Instant::now();
-                    if now >= dl {
-                        break;
-                    }
-                    st = wait_timeout(&self.exited, st, dl - now).0;
-                }
+            let (g, passed) = wait_until(&self.exited, st, deadline);
+            st = g;
+            if passed {
+                break;
             }
         }
         if st.threads == 0 {

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::sync::{lock, wait, wait_timeout, Arc, Condvar, Mutex};
+use crate::sync::{lock, wait_until, Arc, Condvar, Mutex};
 
 use super::core::Counters;
 use super::error::JobError;
@@ -174,8 +174,9 @@ impl<T, E> Slot<T, E> {
         None
     }
 
-    /// Waits for the outcome and takes it. `None` if another waiter took it.
-    pub(crate) fn join(&self) -> Option<Result<T, E>> {
+    /// Waits for the outcome (at most until `deadline`, if given) and takes
+    /// it. `None` on time-out, or if another waiter took it.
+    pub(crate) fn join_until(&self, deadline: Option<Instant>) -> Option<Result<T, E>> {
         let mut g = lock(&self.inner);
         loop {
             if let Some(r) = Self::take(&mut g) {
@@ -185,26 +186,12 @@ impl<T, E> Slot<T, E> {
                 return None;
             }
             g.joiners += 1;
-            g = wait(&self.done, g);
-            g.joiners -= 1;
-        }
-    }
-
-    /// Waits until `deadline` at most. `None` on time-out.
-    pub(crate) fn join_until(&self, deadline: Instant) -> Option<Result<T, E>> {
-        let mut g = lock(&self.inner);
-        loop {
-            if let Some(r) = Self::take(&mut g) {
-                return Some(r);
-            }
-            let now = Instant::now();
-            if now >= deadline || matches!(g.phase, Phase::Taken) {
-                return None;
-            }
-            g.joiners += 1;
-            let (g2, _) = wait_timeout(&self.done, g, deadline - now);
+            let (g2, passed) = wait_until(&self.done, g, deadline);
             g = g2;
             g.joiners -= 1;
+            if passed {
+                return None;
+            }
         }
     }
 
@@ -324,7 +311,7 @@ impl<T> JobHandle<T> {
     pub fn join(mut self) -> Result<T, JobError> {
         self.slot
             .take()
-            .and_then(|slot| slot.join())
+            .and_then(|slot| slot.join_until(None))
             .unwrap_or(Err(JobError::Cancelled))
     }
 
@@ -333,7 +320,7 @@ impl<T> JobHandle<T> {
         let Some(slot) = self.slot.as_ref() else {
             return Ok(Err(JobError::Cancelled));
         };
-        slot.join_until(Instant::now() + timeout).ok_or(self)
+        slot.join_until(Some(Instant::now() + timeout)).ok_or(self)
     }
 
     /// Whether the job has ended (done, panicked, expired or cancelled).

@@ -170,7 +170,6 @@ struct Prep {
 /// Pending preparation of one image (a pool job).
 pub struct PendingImage {
     handle: pool::JobHandle<Result<Prep, FaceError>>,
-    submitted: Instant,
 }
 
 /// Pending embedding of one image's face (a batch item).
@@ -292,7 +291,7 @@ impl FaceService {
                 prepare: started.elapsed(),
             })
         })?;
-        Ok(PendingImage { handle, submitted })
+        Ok(PendingImage { handle })
     }
 
     /// Waits for an image's preparation and hands its first (largest) face
@@ -304,7 +303,6 @@ impl FaceService {
         };
         let submitted = Instant::now();
         let handle = self.batcher.submit(face.input)?;
-        let _ = img.submitted;
         Ok(PendingFace {
             handle,
             path: face.path,

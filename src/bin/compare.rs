@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use facepool::face::FaceMode;
-use facepool::service::{
-    FaceConfig, FaceService, ImageSource, PendingFace, PendingImage, ServiceError, Verdict,
-};
+use facepool::service::{FaceConfig, FaceService, ImageSource, PendingFace, PendingImage, Verdict};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -198,70 +196,51 @@ fn verdict_json(p: &Pair, v: &Verdict) -> serde_json::Value {
     o
 }
 
-/// A pair in flight: its images being prepared, then its faces embedded.
-enum Stage {
-    Preparing(Result<(PendingImage, PendingImage), ServiceError>),
-    Embedding(Result<(PendingFace, PendingFace), ServiceError>),
-}
-
-struct InFlight {
+/// A pair in flight, at stage `S`: its two images being prepared, then its
+/// two faces being embedded. A failure is kept as its message, to report in
+/// input order.
+struct InFlight<S> {
     pair: Pair,
     started: Instant,
-    stage: Stage,
+    stage: Result<S, String>,
 }
 
-fn start(svc: &FaceService, pair: Pair) -> InFlight {
+fn start(svc: &FaceService, pair: Pair) -> InFlight<(PendingImage, PendingImage)> {
     let started = Instant::now();
     let stage = match &pair.error {
-        Some(e) => Stage::Preparing(Err(ServiceError::Face(facepool::face::FaceError::Io {
-            path: String::new(),
-            message: e.clone(),
-        }))),
+        Some(e) => Err(e.clone()),
         None => {
             let a = ImageSource::Path(resolve(&pair.dir, &pair.a));
             let b = ImageSource::Path(resolve(&pair.dir, &pair.b));
-            Stage::Preparing(svc.prepare(a).and_then(|a| Ok((a, svc.prepare(b)?))))
+            svc.prepare(a)
+                .and_then(|a| Ok((a, svc.prepare(b)?)))
+                .map_err(|e| e.to_string())
         }
     };
     InFlight { pair, started, stage }
 }
 
-fn to_embedding(svc: &FaceService, f: InFlight) -> InFlight {
-    let stage = match f.stage {
-        Stage::Preparing(Ok((a, b))) => {
-            // Both images' jobs were submitted; wait for both before failing.
-            let (ea, eb) = (svc.embed_first(a), svc.embed_first(b));
-            Stage::Embedding(ea.and_then(|a| Ok((a, eb?))))
-        }
-        Stage::Preparing(Err(e)) => Stage::Embedding(Err(e)),
-        done => done,
-    };
-    InFlight { stage, ..f }
+fn to_embedding(
+    svc: &FaceService,
+    f: InFlight<(PendingImage, PendingImage)>,
+) -> InFlight<(PendingFace, PendingFace)> {
+    let stage = f.stage.and_then(|(a, b)| {
+        // Both images' jobs were submitted; wait for both before failing.
+        let (ea, eb) = (svc.embed_first(a), svc.embed_first(b));
+        ea.and_then(|a| Ok((a, eb?))).map_err(|e| e.to_string())
+    });
+    InFlight {
+        pair: f.pair,
+        started: f.started,
+        stage,
+    }
 }
 
-fn finish(svc: &FaceService, f: InFlight) -> (Pair, Result<Verdict, ServiceError>) {
-    let r = match f.stage {
-        Stage::Embedding(Ok((a, b))) => {
-            let (ra, rb) = (svc.finish(a), svc.finish(b));
-            match (ra, rb) {
-                (Ok((ra, ta)), Ok((rb, tb))) => Ok(svc.verdict(&ra, &rb, ta, tb, f.started.elapsed())),
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            }
-        }
-        Stage::Embedding(Err(e)) | Stage::Preparing(Err(e)) => Err(e),
-        Stage::Preparing(Ok(p)) => {
-            return finish(
-                svc,
-                to_embedding(
-                    svc,
-                    InFlight {
-                        stage: Stage::Preparing(Ok(p)),
-                        ..f
-                    },
-                ),
-            )
-        }
-    };
+fn finish(svc: &FaceService, f: InFlight<(PendingFace, PendingFace)>) -> (Pair, Result<Verdict, String>) {
+    let r = f.stage.and_then(|(a, b)| match (svc.finish(a), svc.finish(b)) {
+        (Ok((ra, ta)), Ok((rb, tb))) => Ok(svc.verdict(&ra, &rb, ta, tb, f.started.elapsed())),
+        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+    });
     (f.pair, r)
 }
 
@@ -311,7 +290,7 @@ fn main() -> ExitCode {
     const PREPARING: usize = 32;
     const EMBEDDING: usize = 32;
     let mut todo = pairs.into_iter();
-    let (mut preparing, mut embedding): (VecDeque<InFlight>, VecDeque<InFlight>) =
+    let (mut preparing, mut embedding): (VecDeque<InFlight<_>>, VecDeque<InFlight<_>>) =
         (VecDeque::new(), VecDeque::new());
     loop {
         while preparing.len() < PREPARING {

@@ -450,3 +450,35 @@ fn guards_compose_inside_a_batch_handler() {
         matches!(answer, facepool::guard::Answer::Degraded { ref reason, .. } if reason.contains("circuit open"))
     );
 }
+
+#[test]
+fn a_full_queue_makes_room_by_dropping_dead_items() {
+    let clock = Arc::new(ManualClock::new());
+    let (gate, started) = (Gate::new(), Arc::new(AtomicUsize::new(0)));
+    let b = gated(
+        Batcher::builder(policy(1, Duration::ZERO)).queue_capacity(2).clock(clock.clone()),
+        gate.clone(),
+        started.clone(),
+    );
+    let busy = b.submit(0).unwrap();
+    wait_until("the call starts", || started.load(Ordering::SeqCst) == 1);
+    let kept = b.submit(1).unwrap();
+    let late = b.submit_with(2, ItemOptions::deadline(clock.now() + MS)).unwrap();
+    // Full, and nothing in it is dead: refused.
+    assert_eq!(b.try_submit(3).unwrap_err(), SubmitError::Overloaded);
+    // The deadline passes: its item is removed to make room.
+    clock.advance(2 * MS);
+    let third = b.try_submit(3).unwrap();
+    assert_eq!(late.join(), Err(BatchError::Expired));
+    // A dropped handle: its item is removed to make room.
+    drop(third);
+    let fourth = b.try_submit(4).unwrap();
+    assert_eq!(b.try_submit(5).unwrap_err(), SubmitError::Overloaded);
+    gate.open();
+    assert_eq!(busy.join(), Ok(0));
+    assert_eq!(kept.join(), Ok(1));
+    assert_eq!(fourth.join(), Ok(4));
+    let s = b.stats();
+    assert_eq!((s.expired, s.abandoned, s.rejected), (1, 1, 2));
+    balanced(&s);
+}

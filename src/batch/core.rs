@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::pool::handle::panic_message;
 use crate::pool::Clock;
 use crate::sync::{
-    lock, wait, wait_timeout, wait_until, Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering,
+    lock, wait, wait_timeout, wait_until, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
 };
 
 use super::error::{BatchError, SubmitError};
@@ -135,6 +135,8 @@ pub(crate) struct Shared<I, O> {
     pub(crate) policy: BatchPolicy,
     pub(crate) queue_cap: usize,
     pub(crate) clock: std::sync::Arc<dyn Clock>,
+    /// Bumped by every handle dropped before its item was sent (see `purge`).
+    pub(crate) abandoned_hint: Arc<AtomicUsize>,
 }
 
 impl<I, O> Shared<I, O> {
@@ -160,6 +162,7 @@ impl<I, O> Shared<I, O> {
             policy,
             queue_cap,
             clock,
+            abandoned_hint: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -248,9 +251,15 @@ impl<I, O> Shared<I, O> {
     }
 
     /// Removes entries that expired or whose handle was dropped. Returns how
-    /// much weight was freed.
+    /// much weight was freed. Scans the queue only when something in it can
+    /// be dead (a handle was dropped since the last scan, or the earliest
+    /// deadline has passed), so refusals under overload stay cheap.
     fn purge(&self, st: &mut State<I, O>) -> usize {
         let now = self.clock.now();
+        let dropped = self.abandoned_hint.swap(0, Ordering::AcqRel) > 0;
+        if !dropped && st.earliest_deadline.is_none_or(|d| d >= now) {
+            return 0;
+        }
         let before = st.weight;
         let mut freed = 0;
         st.queue.retain(|e| {

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::pool::handle::Slot;
-use crate::sync::Arc;
+use crate::sync::{Arc, AtomicUsize, Ordering};
 
 use super::error::BatchError;
 
@@ -20,11 +20,16 @@ pub(crate) type ItemSlot<O> = Slot<O, BatchError>;
 #[must_use = "dropping a BatchHandle abandons the item if it has not been sent"]
 pub struct BatchHandle<O> {
     slot: Option<Arc<ItemSlot<O>>>,
+    /// The batcher's count of handles dropped before their item was sent.
+    abandoned: Arc<AtomicUsize>,
 }
 
 impl<O> BatchHandle<O> {
-    pub(crate) fn new(slot: Arc<ItemSlot<O>>) -> Self {
-        Self { slot: Some(slot) }
+    pub(crate) fn new(slot: Arc<ItemSlot<O>>, abandoned: Arc<AtomicUsize>) -> Self {
+        Self {
+            slot: Some(slot),
+            abandoned,
+        }
     }
 
     /// Waits for the item's result.
@@ -53,8 +58,11 @@ impl<O> BatchHandle<O> {
 impl<O> Drop for BatchHandle<O> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            // Counted as abandoned by whoever removes it from the queue.
-            slot.decide_unstarted(BatchError::Abandoned);
+            // Counted as abandoned by whoever removes it from the queue;
+            // the hint tells a full queue that there is something to remove.
+            if slot.decide_unstarted(BatchError::Abandoned) {
+                self.abandoned.fetch_add(1, Ordering::AcqRel);
+            }
         }
     }
 }

@@ -348,8 +348,9 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
 
     fn push(&self, item: I, opts: ItemOptions, wait: Wait) -> Result<BatchHandle<O>, SubmitError> {
         let weight = self.inner.weigher.as_ref().map_or(1, |w| w(&item)).max(1);
-        let slot = self.inner.shared.push(item, weight, opts.deadline, wait)?;
-        Ok(BatchHandle::new(slot))
+        let shared = &self.inner.shared;
+        let slot = shared.push(item, weight, opts.deadline, wait)?;
+        Ok(BatchHandle::new(slot, shared.abandoned_hint.clone()))
     }
 
     /// Submits an item. Refuses with `Overloaded` when the queue is full,

@@ -279,12 +279,13 @@ impl FaceService {
                 ImageSource::Path(p) => face::decode_file(p, &cfg.limits)?,
                 ImageSource::Bytes(b) => face::decode(b, &cfg.limits)?,
             };
-            let faces =
-                face::find_faces(&img, det.as_mut().ok(), &cfg.find).map_err(|e| match (e, &*det) {
-                    // Say why there was no detector, not just that there was none.
-                    (FaceError::Model(m), Err(why)) if m.starts_with("no face detector") => why.clone(),
-                    (e, _) => e,
-                })?;
+            let detector = match det {
+                Ok(d) => Some(d),
+                // Say why this worker has no detector, if it needs one.
+                Err(why) if cfg.find.needs_detector(&img) => return Err(why.clone()),
+                Err(_) => None,
+            };
+            let faces = face::find_faces(&img, detector, &cfg.find)?;
             Ok(Prep {
                 faces,
                 queue,

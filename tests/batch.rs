@@ -456,7 +456,9 @@ fn a_full_queue_makes_room_by_dropping_dead_items() {
     let clock = Arc::new(ManualClock::new());
     let (gate, started) = (Gate::new(), Arc::new(AtomicUsize::new(0)));
     let b = gated(
-        Batcher::builder(policy(1, Duration::ZERO)).queue_capacity(2).clock(clock.clone()),
+        Batcher::builder(policy(1, Duration::ZERO))
+            .queue_capacity(2)
+            .clock(clock.clone()),
         gate.clone(),
         started.clone(),
     );

@@ -114,6 +114,18 @@ impl Default for FindOptions {
     }
 }
 
+impl FindOptions {
+    /// Whether finding the faces of `img` takes the detector (`detect`, or
+    /// `auto` on an image that is not a chip).
+    pub fn needs_detector(&self, img: &RgbImage) -> bool {
+        match self.mode {
+            FaceMode::Aligned => false,
+            FaceMode::Detect => true,
+            FaceMode::Auto => !looks_like_chip(img),
+        }
+    }
+}
+
 /// Whether an image looks like an aligned face chip: square (within 5 %)
 /// and at most 256 pixels a side.
 pub fn looks_like_chip(img: &RgbImage) -> bool {
@@ -134,12 +146,7 @@ pub fn find_faces(
     detector: Option<&mut Detector>,
     opts: &FindOptions,
 ) -> Result<Vec<Prepared>, FaceError> {
-    let aligned = match opts.mode {
-        FaceMode::Aligned => true,
-        FaceMode::Detect => false,
-        FaceMode::Auto => looks_like_chip(img),
-    };
-    if aligned {
+    if !opts.needs_detector(img) {
         let face = align::warp(img, &Similarity::dlib_chip(img.width()))
             .ok_or_else(|| FaceError::BadOutput("degenerate chip mapping".into()))?;
         return Ok(vec![Prepared {

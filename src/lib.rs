@@ -15,6 +15,8 @@ pub mod batch;
 #[cfg(feature = "face")]
 pub mod face;
 pub mod guard;
+#[cfg(feature = "index")]
+pub mod index;
 pub mod pool;
 #[cfg(feature = "face")]
 pub mod service;

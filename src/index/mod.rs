@@ -1,0 +1,517 @@
+//! The vector index for 1:N identify: exact cosine top-k over L2-normalised
+//! vectors, several vectors per person, and a versioned, checksummed file.
+//!
+//! Vectors are normalised once on insert; a search is a dot product with
+//! every row. Rows live in chunks of [`CHUNK_ROWS`] contiguous vectors, each
+//! behind an `Arc`: a search clones the list of chunks under a read lock (a
+//! few pointer copies) and scans without holding any lock, so searches run
+//! while people are enrolled and removed. A writer changes a chunk in place
+//! when no search holds it, and copies it first when one does.
+//!
+//! Large scans are split across rayon's threads (call inside
+//! `ThreadPool::install` to choose the pool); a batch of queries is scored
+//! with one matrix product per chunk.
+//!
+//! The index knows nothing of images or models.
+
+mod file;
+mod scan;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use rayon::prelude::*;
+
+pub use file::{FORMAT_VERSION, MAGIC};
+pub use scan::dot;
+
+/// Vectors per chunk: the unit of copy-on-write and of parallel work.
+pub const CHUNK_ROWS: usize = 1024;
+
+/// Largest vector length the index accepts.
+pub const MAX_DIM: usize = 65_536;
+
+/// Longest id or metadata string, in bytes.
+pub const MAX_TEXT: usize = 64 * 1024;
+
+/// Below this many multiply-adds a search runs on the calling thread only.
+const PARALLEL_MIN_WORK: usize = 1 << 21;
+
+/// Why an index operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// A vector or query of the wrong length.
+    #[error("vector has {got} values, the index holds {expected}")]
+    WrongDim {
+        /// The index's dimension.
+        expected: usize,
+        /// The vector's length.
+        got: usize,
+    },
+    /// A dimension the index does not support.
+    #[error("dimension {0} is outside 1..={MAX_DIM}")]
+    BadDim(usize),
+    /// A vector that cannot be normalised (NaN, infinite or zero).
+    #[error("vector cannot be normalised: {0}")]
+    BadVector(String),
+    /// An empty or oversized id or metadata string.
+    #[error("{0}")]
+    BadText(String),
+    /// Nothing to insert.
+    #[error("no vectors given for {0:?}")]
+    NoVectors(String),
+    /// The file is not a facepool index.
+    #[error("{path}: not a facepool index (bad magic)")]
+    NotAnIndex {
+        /// The file.
+        path: String,
+    },
+    /// The file was written by another format version.
+    #[error("{path}: index format version {found}, this build reads version {FORMAT_VERSION}")]
+    Version {
+        /// The file.
+        path: String,
+        /// Its version.
+        found: u32,
+    },
+    /// The file is truncated or corrupted.
+    #[error("{path}: corrupt index: {reason}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One person: an external id, optional metadata, one or more vectors.
+#[derive(Debug)]
+pub(crate) struct Person {
+    /// Unique for the life of the index (ids can be re-enrolled).
+    key: u64,
+    id: Arc<str>,
+    meta: Option<Arc<str>>,
+}
+
+/// Up to [`CHUNK_ROWS`] vectors, contiguous, with their owners.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Chunk {
+    rows: Vec<f32>,
+    owners: Vec<Arc<Person>>,
+}
+
+/// One person found by a search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Match {
+    /// The person's id.
+    pub id: Arc<str>,
+    /// Cosine similarity of the query with the person's closest vector.
+    pub similarity: f32,
+    /// The metadata stored with the person.
+    pub meta: Option<Arc<str>>,
+}
+
+/// What a search returns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SearchOptions {
+    /// Most people per query.
+    pub k: usize,
+    /// Only people at or above this similarity.
+    pub min_similarity: Option<f32>,
+}
+
+impl SearchOptions {
+    /// The best `k` people, whatever their similarity.
+    pub fn top(k: usize) -> Self {
+        Self {
+            k,
+            min_similarity: None,
+        }
+    }
+
+    /// Only people at or above `min`.
+    pub fn above(self, min: f32) -> Self {
+        Self {
+            min_similarity: Some(min),
+            ..self
+        }
+    }
+}
+
+/// Sizes of an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexInfo {
+    /// Vector length.
+    pub dim: usize,
+    /// People (distinct ids).
+    pub people: usize,
+    /// Vectors.
+    pub vectors: usize,
+    /// Bytes of vector storage plus per-vector bookkeeping.
+    pub bytes: usize,
+}
+
+#[derive(Default)]
+struct State {
+    chunks: Vec<Arc<Chunk>>,
+    people: HashMap<Arc<str>, Arc<Person>>,
+    vectors: usize,
+}
+
+struct Inner {
+    dim: usize,
+    state: RwLock<State>,
+    next_key: AtomicU64,
+}
+
+/// An exact cosine index; cheap to clone (clones share the data).
+#[derive(Clone)]
+pub struct Index {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("info", &self.info()).finish()
+    }
+}
+
+/// Copies `v`, scaled to unit length.
+pub fn normalised(v: &[f32]) -> Result<Vec<f32>, IndexError> {
+    let norm = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
+    if !norm.is_finite() || norm < 1e-12 {
+        return Err(IndexError::BadVector(format!("norm is {norm}")));
+    }
+    Ok(v.iter().map(|x| (f64::from(*x) / norm) as f32).collect())
+}
+
+fn check_text(what: &str, s: &str, allow_empty: bool) -> Result<(), IndexError> {
+    if s.is_empty() && !allow_empty {
+        return Err(IndexError::BadText(format!("{what} is empty")));
+    }
+    if s.len() > MAX_TEXT {
+        return Err(IndexError::BadText(format!(
+            "{what} is {} bytes (most {MAX_TEXT})",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Index {
+    /// An empty index of vectors of length `dim`.
+    pub fn new(dim: usize) -> Result<Self, IndexError> {
+        if dim == 0 || dim > MAX_DIM {
+            return Err(IndexError::BadDim(dim));
+        }
+        Ok(Self::from_state(dim, State::default(), 0))
+    }
+
+    fn from_state(dim: usize, state: State, next_key: u64) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                dim,
+                state: RwLock::new(state),
+                next_key: AtomicU64::new(next_key),
+            }),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.inner.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.inner.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Vector length.
+    pub fn dim(&self) -> usize {
+        self.inner.dim
+    }
+
+    /// Number of people.
+    pub fn len(&self) -> usize {
+        self.read().people.len()
+    }
+
+    /// Whether no one is enrolled.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of vectors.
+    pub fn vectors(&self) -> usize {
+        self.read().vectors
+    }
+
+    /// Sizes.
+    pub fn info(&self) -> IndexInfo {
+        let s = self.read();
+        IndexInfo {
+            dim: self.inner.dim,
+            people: s.people.len(),
+            vectors: s.vectors,
+            bytes: s.vectors * Self::bytes_per_vector(self.inner.dim),
+        }
+    }
+
+    /// Bytes each vector takes in memory: its floats and its owner pointer.
+    pub fn bytes_per_vector(dim: usize) -> usize {
+        dim * std::mem::size_of::<f32>() + std::mem::size_of::<Arc<Person>>()
+    }
+
+    /// Whether `id` is enrolled.
+    pub fn contains(&self, id: &str) -> bool {
+        self.read().people.contains_key(id)
+    }
+
+    /// The ids, sorted.
+    pub fn ids(&self) -> Vec<Arc<str>> {
+        let mut v: Vec<Arc<str>> = self.read().people.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The metadata of `id` (`None` if absent or without metadata).
+    pub fn meta(&self, id: &str) -> Option<Arc<str>> {
+        self.read().people.get(id).and_then(|p| p.meta.clone())
+    }
+
+    /// Number of vectors enrolled for `id`.
+    pub fn count(&self, id: &str) -> usize {
+        let s = self.read();
+        let Some(key) = s.people.get(id).map(|p| p.key) else {
+            return 0;
+        };
+        s.chunks
+            .iter()
+            .map(|c| c.owners.iter().filter(|p| p.key == key).count())
+            .sum()
+    }
+
+    fn check(&self, v: &[f32]) -> Result<Vec<f32>, IndexError> {
+        if v.len() != self.inner.dim {
+            return Err(IndexError::WrongDim {
+                expected: self.inner.dim,
+                got: v.len(),
+            });
+        }
+        normalised(v)
+    }
+
+    fn person(&self, id: &str, meta: Option<&str>) -> Result<Arc<Person>, IndexError> {
+        check_text("id", id, false)?;
+        if let Some(m) = meta {
+            check_text("metadata", m, true)?;
+        }
+        Ok(Arc::new(Person {
+            key: self.inner.next_key.fetch_add(1, Ordering::Relaxed),
+            id: id.into(),
+            meta: meta.map(Into::into),
+        }))
+    }
+
+    /// Adds one vector to `id`, enrolling it if new (several vectors per
+    /// person: a search returns the person once, with its best score).
+    pub fn insert(&self, id: &str, vector: &[f32]) -> Result<(), IndexError> {
+        self.insert_many([(id, vector)])
+    }
+
+    /// Adds vectors to their ids under one lock (a bulk load); nothing is
+    /// added if any vector or id is bad.
+    pub fn insert_many<'a, I>(&self, items: I) -> Result<(), IndexError>
+    where
+        I: IntoIterator<Item = (&'a str, &'a [f32])>,
+    {
+        let mut rows = Vec::new();
+        for (id, v) in items {
+            check_text("id", id, false)?;
+            rows.push((id, self.check(v)?));
+        }
+        let mut s = self.write();
+        let mut fresh: HashMap<&str, Arc<Person>> = HashMap::new();
+        for (id, _) in &rows {
+            if !s.people.contains_key(*id) && !fresh.contains_key(id) {
+                fresh.insert(id, self.person(id, None)?);
+            }
+        }
+        for (id, p) in fresh {
+            s.people.insert(id.into(), p);
+        }
+        for (id, v) in rows {
+            let Some(p) = s.people.get(id).cloned() else {
+                continue;
+            };
+            Self::append(&mut s, &v, p);
+        }
+        Ok(())
+    }
+
+    /// Enrolls `id` with exactly these vectors and metadata, replacing any
+    /// it had (an update). Searches see the old or the new person, never
+    /// both and never neither.
+    pub fn upsert(&self, id: &str, vectors: &[&[f32]], meta: Option<&str>) -> Result<(), IndexError> {
+        if vectors.is_empty() {
+            return Err(IndexError::NoVectors(id.to_owned()));
+        }
+        let rows = vectors
+            .iter()
+            .map(|v| self.check(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let p = self.person(id, meta)?;
+        let mut s = self.write();
+        if let Some(old) = s.people.remove(id) {
+            Self::drop_rows(&mut s, old.key);
+        }
+        s.people.insert(p.id.clone(), p.clone());
+        for v in rows {
+            Self::append(&mut s, &v, p.clone());
+        }
+        Ok(())
+    }
+
+    /// Removes `id` and all its vectors; returns how many vectors went.
+    pub fn remove(&self, id: &str) -> usize {
+        let mut s = self.write();
+        match s.people.remove(id) {
+            Some(p) => Self::drop_rows(&mut s, p.key),
+            None => 0,
+        }
+    }
+
+    fn append(s: &mut State, v: &[f32], p: Arc<Person>) {
+        let full = s.chunks.last().is_none_or(|c| c.owners.len() >= CHUNK_ROWS);
+        if full {
+            s.chunks.push(Arc::new(Chunk {
+                rows: Vec::with_capacity(CHUNK_ROWS * v.len()),
+                owners: Vec::with_capacity(CHUNK_ROWS),
+            }));
+        }
+        if let Some(last) = s.chunks.last_mut() {
+            // Copies the chunk only if a search is scanning it right now.
+            let c = Arc::make_mut(last);
+            c.rows.extend_from_slice(v);
+            c.owners.push(p);
+            s.vectors += 1;
+        }
+    }
+
+    fn drop_rows(s: &mut State, key: u64) -> usize {
+        let mut gone = 0;
+        for chunk in &mut s.chunks {
+            if !chunk.owners.iter().any(|p| p.key == key) {
+                continue;
+            }
+            let c = Arc::make_mut(chunk);
+            let dim = c.rows.len() / c.owners.len().max(1);
+            let mut rows = Vec::with_capacity(c.rows.len());
+            let mut owners = Vec::with_capacity(c.owners.len());
+            for (row, p) in c.rows.chunks_exact(dim).zip(&c.owners) {
+                if p.key == key {
+                    gone += 1;
+                } else {
+                    rows.extend_from_slice(row);
+                    owners.push(p.clone());
+                }
+            }
+            *c = Chunk { rows, owners };
+        }
+        s.chunks.retain(|c| !c.owners.is_empty());
+        s.vectors -= gone;
+        gone
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Chunk>> {
+        self.read().chunks.clone()
+    }
+
+    /// The best `k` people for `query`, best first.
+    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<Match>, IndexError> {
+        let mut r = self.search_batch(&[query], SearchOptions::top(k))?;
+        Ok(r.pop().unwrap_or_default())
+    }
+
+    /// Searches several queries in one scan of the index; one list of
+    /// matches per query, in order.
+    pub fn search_batch(
+        &self,
+        queries: &[&[f32]],
+        opts: SearchOptions,
+    ) -> Result<Vec<Vec<Match>>, IndexError> {
+        let dim = self.inner.dim;
+        let mut flat = Vec::with_capacity(queries.len() * dim);
+        for q in queries {
+            flat.extend(self.check(q)?);
+        }
+        let min = opts.min_similarity.unwrap_or(f32::NEG_INFINITY);
+        if queries.is_empty() || opts.k == 0 {
+            return Ok(vec![Vec::new(); queries.len()]);
+        }
+        let chunks = self.snapshot();
+        let rows: usize = chunks.iter().map(|c| c.owners.len()).sum();
+        let nq = queries.len();
+        let scan = if rows.saturating_mul(nq).saturating_mul(dim) < PARALLEL_MIN_WORK {
+            let mut scan = scan::Scan::new(nq, opts.k, min);
+            for c in &chunks {
+                scan.chunk(c, &flat, dim);
+            }
+            scan
+        } else {
+            chunks
+                .par_iter()
+                .fold(
+                    || scan::Scan::new(nq, opts.k, min),
+                    |mut scan, c| {
+                        scan.chunk(c, &flat, dim);
+                        scan
+                    },
+                )
+                .reduce(|| scan::Scan::new(nq, opts.k, min), scan::Scan::merge)
+        };
+        Ok(scan.tops.into_iter().map(scan::TopK::into_matches).collect())
+    }
+
+    /// Writes the index to `path` atomically: a temporary file in the same
+    /// directory, flushed to disk, then renamed over `path`. Searches and
+    /// writes go on meanwhile; the file holds the index as it was when the
+    /// save began.
+    pub fn save(&self, path: &Path) -> Result<(), IndexError> {
+        let chunks = self.snapshot();
+        file::save(path, self.inner.dim, &chunks)
+    }
+
+    /// Reads an index written by [`save`](Self::save), checking its format,
+    /// sizes and checksum before trusting any of it.
+    pub fn load(path: &Path) -> Result<Self, IndexError> {
+        let (dim, rows) = file::load(path)?;
+        let mut state = State::default();
+        let mut next_key = 0u64;
+        for chunk in &rows {
+            for p in &chunk.owners {
+                if !state.people.contains_key(&p.id) {
+                    next_key = next_key.max(p.key + 1);
+                    state.people.insert(p.id.clone(), p.clone());
+                }
+            }
+            state.vectors += chunk.owners.len();
+        }
+        state.chunks = rows.into_iter().map(Arc::new).collect();
+        Ok(Self::from_state(dim, state, next_key))
+    }
+}

@@ -1,0 +1,199 @@
+//! The search kernels: dot products over contiguous rows, a top-k collector
+//! that keeps each person once, and the scan of one chunk.
+
+use std::sync::Arc;
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use super::{Chunk, Match, Person};
+
+/// Below this many queries a scan computes dot products row by row (the
+/// scan is memory-bound); from it on, a matrix product (compute-bound,
+/// using the CPU's vector units through `matrixmultiply`).
+pub(crate) const GEMM_MIN_QUERIES: usize = 8;
+
+/// Queries per matrix product: the score tile (`QUERY_BLOCK` × chunk rows)
+/// stays in the L2 cache.
+const QUERY_BLOCK: usize = 128;
+
+/// Dot product of two equally long slices. Sixteen independent sums let the
+/// compiler vectorise the loop without reordering any one sum.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (xa, xb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = xa
+        .remainder()
+        .iter()
+        .zip(xb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in xa.zip(xb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The best `k` people for one query, each person once with its best score.
+#[derive(Clone)]
+pub(crate) struct TopK {
+    k: usize,
+    min: f32,
+    items: Vec<(f32, Arc<Person>)>,
+    /// Lowest kept score once `items` is full, else `min`: the bar a new
+    /// score must pass.
+    floor: f32,
+}
+
+impl TopK {
+    pub(crate) fn new(k: usize, min: f32) -> Self {
+        Self {
+            k,
+            min,
+            items: Vec::with_capacity(k.min(1024)),
+            floor: min,
+        }
+    }
+
+    /// The bar a score must pass to matter.
+    #[inline]
+    pub(crate) fn floor(&self) -> f32 {
+        self.floor
+    }
+
+    /// Offers a score (call only when it passes [`floor`](Self::floor), or
+    /// when merging).
+    pub(crate) fn offer(&mut self, score: f32, who: &Arc<Person>) {
+        if self.k == 0 || score.is_nan() || score < self.min {
+            return;
+        }
+        if let Some(slot) = self.items.iter_mut().find(|(_, p)| p.key == who.key) {
+            if score > slot.0 {
+                slot.0 = score;
+                self.refloor();
+            }
+            return;
+        }
+        if self.items.len() < self.k {
+            self.items.push((score, who.clone()));
+            if self.items.len() == self.k {
+                self.refloor();
+            }
+        } else if score > self.floor {
+            if let Some(low) = self.lowest() {
+                self.items[low] = (score, who.clone());
+            }
+            self.refloor();
+        }
+    }
+
+    fn lowest(&self) -> Option<usize> {
+        (0..self.items.len()).min_by(|&a, &b| self.items[a].0.total_cmp(&self.items[b].0))
+    }
+
+    fn refloor(&mut self) {
+        self.floor = if self.items.len() < self.k {
+            self.min
+        } else {
+            self.lowest().map_or(self.min, |i| self.items[i].0)
+        };
+    }
+
+    /// Folds another collector of the same query into this one.
+    pub(crate) fn merge(&mut self, other: TopK) {
+        for (s, p) in &other.items {
+            self.offer(*s, p);
+        }
+    }
+
+    /// The kept people, best first (ties by id, so results are stable).
+    pub(crate) fn into_matches(self) -> Vec<Match> {
+        let mut v: Vec<Match> = self
+            .items
+            .into_iter()
+            .map(|(s, p)| Match {
+                id: p.id.clone(),
+                similarity: s.clamp(-1.0, 1.0),
+                meta: p.meta.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            b.similarity
+                .total_cmp(&a.similarity)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        v
+    }
+}
+
+/// Per-thread scratch space and results of a scan.
+pub(crate) struct Scan {
+    pub(crate) tops: Vec<TopK>,
+    scores: Vec<f32>,
+}
+
+impl Scan {
+    pub(crate) fn new(queries: usize, k: usize, min: f32) -> Self {
+        Self {
+            tops: vec![TopK::new(k, min); queries],
+            scores: Vec::new(),
+        }
+    }
+
+    /// Scores every row of `chunk` against every query (`queries` is
+    /// `n × dim`, row-major, normalised).
+    pub(crate) fn chunk(&mut self, chunk: &Chunk, queries: &[f32], dim: usize) {
+        let rows = chunk.owners.len();
+        if rows == 0 {
+            return;
+        }
+        let nq = self.tops.len();
+        if nq < GEMM_MIN_QUERIES {
+            for (r, row) in chunk.rows.chunks_exact(dim).enumerate() {
+                for (top, q) in self.tops.iter_mut().zip(queries.chunks_exact(dim)) {
+                    let s = dot(row, q);
+                    if s >= top.floor() {
+                        top.offer(s, &chunk.owners[r]);
+                    }
+                }
+            }
+            return;
+        }
+        let (Ok(rows_view), true) = (
+            ArrayView2::from_shape((rows, dim), &chunk.rows[..]),
+            queries.len() == nq * dim,
+        ) else {
+            return;
+        };
+        for (b, qblock) in queries.chunks(QUERY_BLOCK * dim).enumerate() {
+            let bq = qblock.len() / dim;
+            self.scores.resize(bq * rows, 0.0);
+            let (Ok(q_view), Ok(mut c_view)) = (
+                ArrayView2::from_shape((bq, dim), qblock),
+                ArrayViewMut2::from_shape((bq, rows), &mut self.scores[..bq * rows]),
+            ) else {
+                return;
+            };
+            general_mat_mul(1.0, &q_view, &rows_view.t(), 0.0, &mut c_view);
+            let tops = &mut self.tops[b * QUERY_BLOCK..b * QUERY_BLOCK + bq];
+            for (top, srow) in tops.iter_mut().zip(self.scores.chunks_exact(rows)) {
+                for (r, &s) in srow.iter().enumerate() {
+                    if s >= top.floor() {
+                        top.offer(s, &chunk.owners[r]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Folds another thread's results into this one.
+    pub(crate) fn merge(mut self, other: Scan) -> Scan {
+        for (a, b) in self.tops.iter_mut().zip(other.tops) {
+            a.merge(b);
+        }
+        self
+    }
+}

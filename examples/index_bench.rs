@@ -1,0 +1,189 @@
+//! Index search speed on random normalised data, against the machine's
+//! memory bandwidth.
+//!
+//! ```text
+//! cargo run --release --example index_bench -- --n 100000 --dim 512 --queries 1000 --k 10 --json
+//! ```
+//!
+//! Measures, on `--threads` threads (rayon):
+//! - `build_sec`: inserting the `n` vectors (normalising each);
+//! - `queries_per_sec`: all queries searched as one batch (one scan);
+//! - `single_queries_per_sec`: queries searched one at a time (one scan each);
+//! - `bandwidth_gbs`: the best of five parallel read passes over a buffer
+//!   the size of the index's vectors (a sum of its floats), and from it
+//!   `bound_single_queries_per_sec`: a full scan per query at that rate;
+//! - `save_sec` / `load_sec` of the index file.
+//!
+//! `--dump DIR` writes the data (`base.f32`, `queries.f32`, raw
+//! little-endian) and each query's top-1 row (`top1.u32`) for
+//! `scripts/faiss_compare.py`, which runs FAISS `IndexFlatIP` on the same
+//! data and threads and reports top-1 agreement.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use facepool::index::{Index, SearchOptions};
+use rayon::prelude::*;
+
+#[derive(Parser)]
+#[command(about = "Vector index: search speed vs. memory bandwidth")]
+struct Args {
+    /// Vectors in the index.
+    #[arg(long, default_value_t = 100_000)]
+    n: usize,
+    /// Vector length.
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    /// Queries.
+    #[arg(long, default_value_t = 1000)]
+    queries: usize,
+    /// Results per query.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Threads for scans.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Queries searched one at a time (each is a full scan).
+    #[arg(long, default_value_t = 100)]
+    single: usize,
+    /// Seed of the random data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Write the data and the top-1 rows here.
+    #[arg(long)]
+    dump: Option<PathBuf>,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn random(rng: &mut fastrand::Rng, n: usize, dim: usize) -> Vec<f32> {
+    (0..n * dim).map(|_| rng.f32() * 2.0 - 1.0).collect()
+}
+
+fn write_f32(path: &std::path::Path, v: &[f32]) -> std::io::Result<()> {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(path, bytes)
+}
+
+/// Best of five parallel read passes over `buf`, in GB/s.
+fn bandwidth(buf: &[f32]) -> f64 {
+    let part = buf.len().div_ceil(rayon::current_num_threads() * 8).max(1);
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        // Sixteen independent sums per pass, so the adds keep up with memory.
+        let s: f32 = buf
+            .par_chunks(part)
+            .map(|c| {
+                let mut acc = [0f32; 16];
+                for x in c.chunks_exact(16) {
+                    for i in 0..16 {
+                        acc[i] += x[i];
+                    }
+                }
+                acc.iter().sum::<f32>()
+            })
+            .sum();
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max(std::mem::size_of_val(buf) as f64 / secs / 1e9);
+    }
+    best
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a = Args::parse();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build()?;
+    let mut rng = fastrand::Rng::with_seed(a.seed);
+    let base = random(&mut rng, a.n, a.dim);
+    let queries = random(&mut rng, a.queries, a.dim);
+    let ids: Vec<String> = (0..a.n).map(|i| i.to_string()).collect();
+
+    let (index, build_sec) = pool.install(|| -> Result<_, facepool::index::IndexError> {
+        let t = Instant::now();
+        let index = Index::new(a.dim)?;
+        index.insert_many(ids.iter().map(String::as_str).zip(base.chunks_exact(a.dim)))?;
+        Ok((index, t.elapsed().as_secs_f64()))
+    })?;
+
+    let views: Vec<&[f32]> = queries.chunks_exact(a.dim).collect();
+    let (results, batch_sec) = pool.install(|| -> Result<_, facepool::index::IndexError> {
+        // One untimed pass warms the caches and the threads.
+        index.search_batch(&views[..views.len().min(16)], SearchOptions::top(a.k))?;
+        let t = Instant::now();
+        let r = index.search_batch(&views, SearchOptions::top(a.k))?;
+        Ok((r, t.elapsed().as_secs_f64()))
+    })?;
+    let single = a.single.min(views.len());
+    let single_sec = pool.install(|| -> Result<_, facepool::index::IndexError> {
+        let t = Instant::now();
+        for (q, want) in views[..single].iter().zip(&results) {
+            let got = index.search(q, a.k)?;
+            if got.first().map(|m| &m.id) != want.first().map(|m| &m.id) {
+                return Err(facepool::index::IndexError::BadText("a single search disagrees with the batch".into()));
+            }
+        }
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    let bw = pool.install(|| bandwidth(&base));
+    let scan_bytes = (a.n * a.dim * 4) as f64;
+
+    let tmp = std::env::temp_dir().join(format!("facepool-index-bench-{}.fpi", std::process::id()));
+    let t = Instant::now();
+    index.save(&tmp)?;
+    let save_sec = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let back = Index::load(&tmp)?;
+    let load_sec = t.elapsed().as_secs_f64();
+    let file_bytes = std::fs::metadata(&tmp)?.len();
+    std::fs::remove_file(&tmp)?;
+    if back.info() != index.info() {
+        return Err("the loaded index differs".into());
+    }
+
+    if let Some(dir) = &a.dump {
+        std::fs::create_dir_all(dir)?;
+        write_f32(&dir.join("base.f32"), &base)?;
+        write_f32(&dir.join("queries.f32"), &queries)?;
+        let top1: Vec<u8> = results
+            .iter()
+            .flat_map(|r| r.first().and_then(|m| m.id.parse::<u32>().ok()).unwrap_or(u32::MAX).to_le_bytes())
+            .collect();
+        std::fs::write(dir.join("top1.u32"), top1)?;
+    }
+
+    let qps = a.queries as f64 / batch_sec;
+    let single_qps = single as f64 / single_sec;
+    let bound = bw * 1e9 / scan_bytes;
+    let bytes_per_vector = Index::bytes_per_vector(a.dim);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "n": a.n, "dim": a.dim, "k": a.k, "threads": a.threads,
+                "queries_per_sec": qps,
+                "build_sec": build_sec,
+                "bytes_per_vector": bytes_per_vector,
+                "single_queries_per_sec": single_qps,
+                "bandwidth_gbs": bw,
+                "bound_single_queries_per_sec": bound,
+                "save_sec": save_sec,
+                "load_sec": load_sec,
+                "file_bytes": file_bytes,
+            })
+        );
+    } else {
+        println!("index: {} vectors × {} dims, k = {}, {} threads", a.n, a.dim, a.k, a.threads);
+        println!("build            {build_sec:8.3} s");
+        println!("batch of {:5}   {qps:8.0} queries/s", a.queries);
+        println!("one at a time    {single_qps:8.1} queries/s (bandwidth bound {bound:.1}, {bw:.1} GB/s)");
+        println!("memory           {bytes_per_vector} bytes/vector");
+        println!(
+            "save / load      {save_sec:.3} s / {load_sec:.3} s ({:.0} MB)",
+            file_bytes as f64 / 1e6
+        );
+    }
+    Ok(())
+}

@@ -122,7 +122,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (q, want) in views[..single].iter().zip(&results) {
             let got = index.search(q, a.k)?;
             if got.first().map(|m| &m.id) != want.first().map(|m| &m.id) {
-                return Err(facepool::index::IndexError::BadText("a single search disagrees with the batch".into()));
+                return Err(facepool::index::IndexError::BadText(
+                    "a single search disagrees with the batch".into(),
+                ));
             }
         }
         Ok(t.elapsed().as_secs_f64())
@@ -149,7 +151,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         write_f32(&dir.join("queries.f32"), &queries)?;
         let top1: Vec<u8> = results
             .iter()
-            .flat_map(|r| r.first().and_then(|m| m.id.parse::<u32>().ok()).unwrap_or(u32::MAX).to_le_bytes())
+            .flat_map(|r| {
+                r.first()
+                    .and_then(|m| m.id.parse::<u32>().ok())
+                    .unwrap_or(u32::MAX)
+                    .to_le_bytes()
+            })
             .collect();
         std::fs::write(dir.join("top1.u32"), top1)?;
     }
@@ -175,7 +182,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
         );
     } else {
-        println!("index: {} vectors × {} dims, k = {}, {} threads", a.n, a.dim, a.k, a.threads);
+        println!(
+            "index: {} vectors × {} dims, k = {}, {} threads",
+            a.n, a.dim, a.k, a.threads
+        );
         println!("build            {build_sec:8.3} s");
         println!("batch of {:5}   {qps:8.0} queries/s", a.queries);
         println!("one at a time    {single_qps:8.1} queries/s (bandwidth bound {bound:.1}, {bw:.1} GB/s)");

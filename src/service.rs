@@ -1,5 +1,5 @@
-//! `FaceService`: the pool, the batcher and the face pipeline wired into
-//! verify (1:1).
+//! `FaceService`: the pool, the batcher, the face pipeline and the index
+//! wired into verify (1:1), identify (1:N), enroll and remove.
 //!
 //! Decoding, detection and alignment run as pool jobs (each worker owns a
 //! detector state). The caller's thread then hands the faces to the batcher,
@@ -15,10 +15,11 @@ use crate::face::{
     self, DecodeLimits, DetectModels, Detector, Embedder, Embedding, FaceError, FaceInput, FacePath,
     FindOptions, Prepared, TractModel,
 };
+use crate::index::{Index, IndexError, Match};
 use crate::pool::{self, JobError, Pool};
 
 /// Why a service call failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ServiceError {
     /// An image gave no face or no embedding.
     #[error(transparent)]
@@ -35,6 +36,23 @@ pub enum ServiceError {
     /// The face's batch failed.
     #[error("inference: {0}")]
     Inference(#[from] BatchError),
+    /// The index refused the vector or the query.
+    #[error("index: {0}")]
+    Index(Arc<IndexError>),
+    /// One of several images failed (enroll is all or nothing).
+    #[error("image {index}: {error}")]
+    Image {
+        /// Position of the image in the call.
+        index: usize,
+        /// Why it failed.
+        error: Box<ServiceError>,
+    },
+}
+
+impl From<IndexError> for ServiceError {
+    fn from(e: IndexError) -> Self {
+        Self::Index(Arc::new(e))
+    }
 }
 
 /// Why a service could not start.
@@ -120,6 +138,8 @@ pub struct Timings {
     pub batch_wait: Duration,
     /// The model run of the batch.
     pub inference: Duration,
+    /// The index search (identify only).
+    pub search: Duration,
     /// The whole comparison.
     pub total: Duration,
 }
@@ -144,6 +164,21 @@ pub struct Verdict {
     pub threshold: f32,
     /// How each face was found.
     pub paths: [FacePath; 2],
+    /// Per-stage timings.
+    pub timings: Timings,
+}
+
+/// The outcome of identifying the face in an image.
+#[derive(Debug, Clone)]
+pub struct Identification {
+    /// The best match if it reaches the threshold; `None` means unknown.
+    pub best: Option<Match>,
+    /// The closest people, best first, whether or not they reach it.
+    pub matches: Vec<Match>,
+    /// The threshold used.
+    pub threshold: f32,
+    /// How the face was found.
+    pub path: FacePath,
     /// Per-stage timings.
     pub timings: Timings,
 }
@@ -183,13 +218,15 @@ pub struct PendingFace {
 
 type WorkerState = Result<Detector, FaceError>;
 
-/// The face service: verify two images through the pool and the batcher.
+/// The face service: verify and identify images through the pool and the
+/// batcher. Clones share the pool, the batcher and the index.
 #[derive(Clone)]
 pub struct FaceService {
     pool: Pool<WorkerState>,
     batcher: Batcher<FaceInput, Embedded>,
     config: Arc<FaceConfig>,
     dim: usize,
+    index: Index,
 }
 
 impl std::fmt::Debug for FaceService {
@@ -245,6 +282,7 @@ impl FaceService {
             batcher,
             config: Arc::new(config),
             dim,
+            index: Index::new(dim).map_err(|e| FaceError::Model(e.to_string()))?,
         })
     }
 
@@ -256,6 +294,25 @@ impl FaceService {
     /// Length of the embeddings.
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// The index that identify searches and enroll fills (empty at start).
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Uses `index` from now on (for example one loaded from a file); an
+    /// error if its vectors are not this model's length.
+    pub fn set_index(&mut self, index: Index) -> Result<(), ServiceError> {
+        if index.dim() != self.dim {
+            return Err(IndexError::WrongDim {
+                expected: self.dim,
+                got: index.dim(),
+            }
+            .into());
+        }
+        self.index = index;
+        Ok(())
     }
 
     /// The pool's counters (decode / detect / align jobs).
@@ -322,6 +379,7 @@ impl FaceService {
             prepare: face.prepare,
             batch_wait: e.started.saturating_duration_since(face.submitted),
             inference: e.inference,
+            search: Duration::ZERO,
             total: Duration::ZERO,
         };
         Ok((
@@ -340,6 +398,98 @@ impl FaceService {
         let (r, mut t) = self.finish(self.embed_first(p)?)?;
         t.total = t0.elapsed();
         Ok((r, t))
+    }
+
+    /// Embeds the largest face of each image, all in flight at once (their
+    /// faces share model runs); one result per image, in order.
+    pub fn embed_all(&self, images: Vec<ImageSource>) -> Vec<Result<(FaceResult, Timings), ServiceError>> {
+        let t0 = Instant::now();
+        let prepared: Vec<_> = images.into_iter().map(|src| self.prepare(src)).collect();
+        let faces: Vec<_> = prepared
+            .into_iter()
+            .map(|p| p.and_then(|p| self.embed_first(p)))
+            .collect();
+        faces
+            .into_iter()
+            .map(|f| {
+                let (r, mut t) = self.finish(f?)?;
+                t.total = t0.elapsed();
+                Ok((r, t))
+            })
+            .collect()
+    }
+
+    /// Enrolls the largest face of each image under `id`, adding to the
+    /// faces it already has (`replace`: instead of them). All or nothing:
+    /// if any image fails, the index is left as it was and the error names
+    /// the image. Returns the number of faces `id` now has.
+    pub fn enroll(
+        &self,
+        id: &str,
+        images: Vec<ImageSource>,
+        meta: Option<&str>,
+        replace: bool,
+    ) -> Result<usize, ServiceError> {
+        if images.is_empty() {
+            return Err(IndexError::NoVectors(id.to_owned()).into());
+        }
+        let mut vectors = Vec::new();
+        for (index, r) in self.embed_all(images).into_iter().enumerate() {
+            match r {
+                Ok((face, _)) => vectors.push(face.embedding.0),
+                Err(e) => {
+                    return Err(ServiceError::Image {
+                        index,
+                        error: Box::new(e),
+                    })
+                }
+            }
+        }
+        let views: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
+        if replace || !self.index.contains(id) {
+            self.index.upsert(id, &views, meta)?;
+        } else {
+            self.index.insert_many(views.iter().map(|v| (id, *v)))?;
+        }
+        Ok(self.index.count(id))
+    }
+
+    /// Removes `id` and its faces; returns how many faces went.
+    pub fn remove(&self, id: &str) -> usize {
+        self.index.remove(id)
+    }
+
+    /// Who is the largest face of the image? The `k` closest people, and
+    /// the best of them if it reaches the verify threshold (else unknown).
+    pub fn identify(&self, src: ImageSource, k: usize) -> Result<Identification, ServiceError> {
+        let t0 = Instant::now();
+        let (face, mut t) = self.embed(src)?;
+        let id = self.identify_face(&face, k, t)?;
+        t = id.timings;
+        t.total = t0.elapsed();
+        Ok(Identification { timings: t, ..id })
+    }
+
+    /// Identify for a face already embedded (for callers that pipeline
+    /// their own requests).
+    pub fn identify_face(
+        &self,
+        face: &FaceResult,
+        k: usize,
+        timings: Timings,
+    ) -> Result<Identification, ServiceError> {
+        let started = Instant::now();
+        let matches = self.index.search(&face.embedding.0, k.max(1))?;
+        let search = started.elapsed();
+        let threshold = self.config.threshold;
+        let best = matches.first().filter(|m| m.similarity >= threshold).cloned();
+        Ok(Identification {
+            best,
+            matches: matches.into_iter().take(k).collect(),
+            threshold,
+            path: face.path,
+            timings: Timings { search, ..timings },
+        })
     }
 
     /// Compares the largest faces of two images (1:1 verify).
@@ -371,6 +521,7 @@ impl FaceService {
                 prepare: ta.prepare.max(tb.prepare),
                 batch_wait: ta.batch_wait.max(tb.batch_wait),
                 inference: ta.inference.max(tb.inference),
+                search: Duration::ZERO,
                 total,
             },
         }

@@ -1,0 +1,138 @@
+//! 1:N identify through `FaceService` on the real models and the labelled
+//! photos: enroll 5 photos per person, identify the other 6, and a person
+//! never enrolled comes back unknown.
+#![cfg(feature = "face")]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use facepool::index::Index;
+use facepool::service::{FaceConfig, FaceService, ImageSource, ServiceError};
+
+fn assets() -> PathBuf {
+    let a = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets");
+    assert!(
+        a.join("models/fr_feature.onnx").is_file(),
+        "assets missing: run scripts/fetch-assets.sh (the test command does)"
+    );
+    a
+}
+
+/// (person, its photos sorted), people sorted.
+fn people() -> Vec<(String, Vec<PathBuf>)> {
+    let root = assets().join("photos/johns");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs.into_iter()
+        .map(|d| {
+            let mut f: Vec<PathBuf> = std::fs::read_dir(&d)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            f.sort();
+            (d.file_name().unwrap().to_string_lossy().into_owned(), f)
+        })
+        .collect()
+}
+
+fn sources(paths: &[PathBuf]) -> Vec<ImageSource> {
+    paths.iter().cloned().map(ImageSource::Path).collect()
+}
+
+#[test]
+fn enroll_five_identify_six_and_strangers_are_unknown() {
+    let mut svc = FaceService::start(FaceConfig::from_assets(&assets())).unwrap();
+    let people = people();
+    assert_eq!(people.len(), 5);
+    assert!(people.iter().all(|(_, f)| f.len() == 11));
+    // The last person is never enrolled.
+    let (enrolled, stranger) = people.split_at(4);
+    for (name, photos) in enrolled {
+        let n = svc
+            .enroll(name, sources(&photos[..5]), Some("test"), false)
+            .unwrap();
+        assert_eq!(n, 5);
+    }
+    assert_eq!((svc.index().len(), svc.index().vectors()), (4, 20));
+
+    let (mut right, mut total) = (0, 0);
+    for (name, photos) in enrolled {
+        for p in &photos[5..] {
+            let id = svc.identify(ImageSource::Path(p.clone()), 3).unwrap();
+            total += 1;
+            let best = id.best.as_ref().map(|m| &*m.id);
+            if best == Some(name.as_str()) {
+                right += 1;
+            } else {
+                eprintln!("{}: {best:?}, matches {:?}", p.display(), id.matches);
+            }
+            assert_eq!(id.matches.len(), 3);
+            assert!(id.timings.total >= id.timings.search);
+        }
+    }
+    eprintln!("identify top-1: {right}/{total}");
+    assert_eq!(total, 24);
+    assert_eq!(right, total, "top-1 accuracy {right}/{total}");
+
+    for p in &stranger[0].1 {
+        let id = svc.identify(ImageSource::Path(p.clone()), 1).unwrap();
+        assert!(
+            id.best.is_none(),
+            "{} (never enrolled) identified as {:?}",
+            p.display(),
+            id.best
+        );
+        assert!(id.matches[0].similarity < id.threshold);
+    }
+
+    // The index survives a save and load, and answers the same.
+    let dir = std::env::temp_dir().join(format!("facepool-identify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("people.fpi");
+    svc.index().save(&file).unwrap();
+    let probe = ImageSource::Path(enrolled[1].1[7].clone());
+    let before = svc.identify(probe.clone(), 4).unwrap();
+    svc.set_index(Index::load(&file).unwrap()).unwrap();
+    let after = svc.identify(probe.clone(), 4).unwrap();
+    assert_eq!(before.matches, after.matches);
+    assert_eq!(after.best.unwrap().meta.as_deref(), Some("test"));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Removed people are no longer found.
+    assert_eq!(svc.remove(&enrolled[1].0), 5);
+    let gone = svc.identify(probe, 4).unwrap();
+    assert!(gone.best.is_none(), "{:?}", gone.best);
+    assert!(gone.matches.iter().all(|m| *m.id != *enrolled[1].0));
+
+    // Enroll is all or nothing: a bad image names itself and adds nothing.
+    let mut images = sources(&stranger[0].1[..2]);
+    images.insert(1, ImageSource::Bytes(Arc::from(&b"not an image"[..])));
+    let before = svc.index().vectors();
+    match svc.enroll(&stranger[0].0, images, None, false) {
+        Err(ServiceError::Image { index: 1, .. }) => {}
+        other => panic!("expected image 1 to fail: {other:?}"),
+    }
+    assert_eq!(svc.index().vectors(), before);
+    assert!(!svc.index().contains(&stranger[0].0));
+    // Replacing keeps only the new faces.
+    assert_eq!(
+        svc.enroll(&enrolled[0].0, sources(&enrolled[0].1[..2]), None, true)
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        svc.enroll(&enrolled[0].0, sources(&enrolled[0].1[2..3]), None, false)
+            .unwrap(),
+        3
+    );
+    // An index of another model's size is refused.
+    assert!(matches!(
+        svc.set_index(Index::new(7).unwrap()),
+        Err(ServiceError::Index(_))
+    ));
+    svc.shutdown(std::time::Duration::from_secs(10));
+}

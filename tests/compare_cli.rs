@@ -1,5 +1,6 @@
 //! The `compare` binary end to end on the real models: single pairs, pair
-//! files with labels and relative paths, JSON output, and exit codes.
+//! files with labels and relative paths, JSON output, exit codes, and the
+//! index subcommands (enroll, identify, remove, index-info).
 #![cfg(feature = "cli")]
 
 use std::path::PathBuf;
@@ -10,10 +11,14 @@ fn assets() -> PathBuf {
 }
 
 fn compare(args: &[&str]) -> (i32, String, String) {
+    let assets = assets().display().to_string();
+    run(&[args, &["--assets", &assets]].concat())
+}
+
+/// `compare` with exactly these arguments.
+fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_compare"))
         .args(args)
-        .arg("--assets")
-        .arg(assets())
         .output()
         .unwrap();
     (
@@ -98,4 +103,102 @@ fn usage_errors_exit_2() {
     let (code, _, err) = compare(&["--model", "/nonexistent/model.onnx", "a.jpg", "b.jpg"]);
     assert_eq!(code, 2);
     assert!(err.contains("model"), "{err}");
+}
+
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn enroll_identify_remove_and_index_info() {
+    let dir = std::env::temp_dir().join(format!("facepool-cli-index-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("people.fpi");
+    let index = file.display().to_string();
+
+    // Enroll two people (the file is created by the first).
+    for person in ["John_Savage", "John_Salley"] {
+        let photos: Vec<String> = (0..3).map(|i| photo(person, i)).collect();
+        let mut args = vec!["enroll", "--index", &index, "--id", person, "--json"];
+        args.extend(photos.iter().map(String::as_str));
+        let (code, out, err) = compare(&args);
+        assert_eq!(code, 0, "{err}");
+        let v = &json_lines(&out)[0];
+        assert_eq!((v["id"].as_str(), v["faces"].as_u64()), (Some(person), Some(3)));
+    }
+    // A bad image enrolls nothing and says which image.
+    let (code, out, _) = compare(&[
+        "enroll",
+        "--index",
+        &index,
+        "--id",
+        "x",
+        "--json",
+        &photo("John_Simm", 0),
+        "/no/such.jpg",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(json_lines(&out)[0]["image"], "/no/such.jpg");
+
+    let (code, out, err) = run(&["index-info", &index, "--ids", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v = &json_lines(&out)[0];
+    assert_eq!(
+        (v["people"].as_u64(), v["faces"].as_u64(), v["dim"].as_u64()),
+        (Some(2), Some(6), Some(512))
+    );
+    assert_eq!(v["ids"][0]["id"], "John_Salley");
+
+    // Identify: a known face, a stranger, and a file that is not an image.
+    let (known, stranger) = (photo("John_Savage", 8), photo("John_Simm", 1));
+    let (code, out, _) = compare(&[
+        "identify",
+        "--index",
+        &index,
+        "--k",
+        "2",
+        "--json",
+        &known,
+        &stranger,
+        "/etc/hostname",
+    ]);
+    assert_eq!(code, 1, "one input failed");
+    let v = json_lines(&out);
+    assert_eq!(v.len(), 3);
+    assert_eq!(
+        (v[0]["id"].as_str(), v[0]["known"].as_bool()),
+        (Some("John_Savage"), Some(true))
+    );
+    assert_eq!(v[0]["matches"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        (v[1]["id"].as_str(), v[1]["known"].as_bool()),
+        (None, Some(false))
+    );
+    assert!(v[1]["similarity"].as_f64().unwrap() < v[1]["threshold"].as_f64().unwrap());
+    assert!(v[2]["error"].as_str().unwrap().contains("not a supported image"));
+
+    // Remove, then the face is no longer known.
+    let (code, out, err) = run(&["remove", "--index", &index, "--id", "John_Savage", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_lines(&out)[0]["removed_faces"], 3);
+    let (code, _, _) = run(&["remove", "--index", &index, "--id", "John_Savage"]);
+    assert_eq!(code, 1, "removing someone absent");
+    let (code, out, _) = compare(&["identify", "--index", &index, "--json", &known]);
+    assert_eq!(code, 0);
+    assert_eq!(json_lines(&out)[0]["known"], false);
+
+    // Damaged or missing index files are clear errors.
+    let bytes = std::fs::read(&file).unwrap();
+    let cut = dir.join("cut.fpi");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let (code, _, err) = run(&["index-info", &cut.display().to_string()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("corrupt index"), "{err}");
+    let (code, _, err) = compare(&["identify", "--index", &cut.display().to_string(), &known]);
+    assert_eq!(code, 2);
+    assert!(err.contains("truncated"), "{err}");
+    let (code, _, err) = run(&["index-info", &dir.join("none.fpi").display().to_string()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("none.fpi"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,12 +1,18 @@
-//! `compare`: are two face images the same person?
+//! `compare`: are two face images the same person? Who is this?
 //!
 //! ```text
 //! compare A.jpg B.jpg
 //! compare --pairs pairs.csv --json
+//! compare enroll --index people.fpi --id NAME IMG...
+//! compare identify --index people.fpi IMG...
+//! compare remove --index people.fpi --id NAME
+//! compare index-info people.fpi
 //! ```
 //!
-//! Exit codes: 0 when every pair was compared, 1 when some inputs failed
-//! (each is reported), 2 for usage errors.
+//! Exit codes: 0 when every input was handled, 1 when some inputs failed
+//! (each is reported), 2 for usage and set-up errors.
+
+mod index;
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -16,12 +22,17 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use facepool::face::FaceMode;
-use facepool::service::{FaceConfig, FaceService, ImageSource, PendingFace, PendingImage, Verdict};
+use facepool::service::{FaceConfig, FaceService, ImageSource, PendingFace, PendingImage, Timings, Verdict};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(about = "Compare face images: are they the same person?")]
+#[command(
+    about = "Compare face images: are they the same person? Enroll people and identify faces.",
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<index::Command>,
     /// Two images to compare (or use --pairs).
     images: Vec<PathBuf>,
     /// A CSV file of pairs: `a,b` or `a,b,label` per line (label 1/0 or
@@ -31,6 +42,13 @@ struct Args {
     /// One JSON object per pair (and a summary line with --pairs).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+/// How the face service runs.
+#[derive(clap::Args, Clone)]
+struct ServiceArgs {
     /// Folder of the fetched assets (default: ./assets, or next to the binary).
     #[arg(long)]
     assets: Option<PathBuf>,
@@ -145,7 +163,7 @@ fn find_assets(given: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("assets"))
 }
 
-fn config(args: &Args) -> FaceConfig {
+fn config(args: &ServiceArgs) -> FaceConfig {
     let assets = find_assets(args.assets.clone());
     let mut c = FaceConfig::from_assets(&assets);
     if let Some(m) = &args.model {
@@ -173,22 +191,38 @@ fn config(args: &Args) -> FaceConfig {
     c
 }
 
+/// Starts the service, or says why it could not.
+fn start_service(args: &ServiceArgs) -> Result<FaceService, ExitCode> {
+    FaceService::start(config(args)).map_err(|e| {
+        eprintln!("compare: {e}");
+        ExitCode::from(2)
+    })
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
+/// A similarity to four decimals.
+fn round4(x: f32) -> f64 {
+    (f64::from(x) * 1e4).round() / 1e4
+}
+
+fn timings_json(t: &Timings) -> serde_json::Value {
+    json!({
+        "queue": ms(t.queue), "prepare": ms(t.prepare), "batch_wait": ms(t.batch_wait),
+        "inference": ms(t.inference), "search": ms(t.search), "total": ms(t.total),
+    })
+}
+
 fn verdict_json(p: &Pair, v: &Verdict) -> serde_json::Value {
-    let t = &v.timings;
     let mut o = json!({
         "a": p.a, "b": p.b,
-        "similarity": (f64::from(v.similarity) * 1e4).round() / 1e4,
+        "similarity": round4(v.similarity),
         "same": v.same,
-        "threshold": (f64::from(v.threshold) * 1e4).round() / 1e4,
+        "threshold": round4(v.threshold),
         "faces": [v.paths[0].to_string(), v.paths[1].to_string()],
-        "timings_ms": {
-            "queue": ms(t.queue), "prepare": ms(t.prepare), "batch_wait": ms(t.batch_wait),
-            "inference": ms(t.inference), "total": ms(t.total),
-        },
+        "timings_ms": timings_json(&v.timings),
     });
     if let Some(l) = p.label {
         o["label"] = json!(l);
@@ -246,6 +280,9 @@ fn finish(svc: &FaceService, f: InFlight<(PendingFace, PendingFace)>) -> (Pair, 
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(cmd) = args.command {
+        return index::run(cmd);
+    }
     let pairs = match (&args.pairs, args.images.len()) {
         (Some(file), 0) => match read_pairs(file) {
             Ok(p) => p,
@@ -266,12 +303,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let svc = match FaceService::start(config(&args)) {
+    let svc = match start_service(&args.service) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("compare: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let total = pairs.len();
     let bar = if args.pairs.is_some() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {

@@ -1,0 +1,332 @@
+//! `compare enroll | identify | remove | index-info`: 1:N identify against an
+//! index file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use facepool::index::{Index, IndexError, FORMAT_VERSION};
+use facepool::service::{FaceService, ImageSource};
+use serde_json::json;
+
+use super::{ms, round4, start_service, timings_json, ServiceArgs};
+
+/// Images identified per round (their preparations and faces are in flight
+/// together; the rest wait, so memory stays bounded).
+const ROUND: usize = 64;
+
+#[derive(clap::Subcommand)]
+pub(crate) enum Command {
+    /// Enroll a person's face images into an index file (created if absent).
+    Enroll {
+        /// The index file.
+        #[arg(long)]
+        index: PathBuf,
+        /// The person's id.
+        #[arg(long)]
+        id: String,
+        /// Text stored with the person (for example JSON).
+        #[arg(long)]
+        meta: Option<String>,
+        /// Replace the person's faces instead of adding to them.
+        #[arg(long)]
+        replace: bool,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Face images of the person (the largest face of each).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+    /// Who is in each image? The closest enrolled people, or unknown.
+    Identify {
+        /// The index file.
+        #[arg(long)]
+        index: PathBuf,
+        /// Closest people to report per image.
+        #[arg(long, default_value_t = 5)]
+        k: usize,
+        /// One JSON object per image.
+        #[arg(long)]
+        json: bool,
+        /// Images to identify.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+    /// Remove a person from an index file.
+    Remove {
+        /// The index file.
+        #[arg(long)]
+        index: PathBuf,
+        /// The person's id.
+        #[arg(long)]
+        id: String,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe an index file (and check it).
+    IndexInfo {
+        /// The index file.
+        file: PathBuf,
+        /// Also list the people and their face counts.
+        #[arg(long)]
+        ids: bool,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("compare: {e}");
+    ExitCode::from(2)
+}
+
+/// The index in `path`, or a new one of the model's size if there is no file.
+fn open_or_new(path: &Path, svc: &mut FaceService) -> Result<(), ExitCode> {
+    let index = if path.exists() {
+        Index::load(path).map_err(fail)?
+    } else {
+        Index::new(svc.dim()).map_err(fail)?
+    };
+    svc.set_index(index)
+        .map_err(|e| fail(format!("{}: {e}", path.display())))
+}
+
+pub(crate) fn run(cmd: Command) -> ExitCode {
+    match cmd {
+        Command::Enroll {
+            index,
+            id,
+            meta,
+            replace,
+            json,
+            images,
+            service,
+        } => enroll(&index, &id, meta.as_deref(), replace, json, images, &service),
+        Command::Identify {
+            index,
+            k,
+            json,
+            images,
+            service,
+        } => identify(&index, k, json, images, &service),
+        Command::Remove { index, id, json } => remove(&index, &id, json),
+        Command::IndexInfo { file, ids, json } => info(&file, ids, json),
+    }
+}
+
+fn enroll(
+    path: &Path,
+    id: &str,
+    meta: Option<&str>,
+    replace: bool,
+    as_json: bool,
+    images: Vec<PathBuf>,
+    service: &ServiceArgs,
+) -> ExitCode {
+    let mut svc = match start_service(service) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if let Err(code) = open_or_new(path, &mut svc) {
+        return code;
+    }
+    let names: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
+    let sources = images.into_iter().map(ImageSource::Path).collect();
+    let result = svc.enroll(id, sources, meta, replace);
+    let mut out = std::io::stdout().lock();
+    let code = match result {
+        Ok(faces) => match svc.index().save(path) {
+            Ok(()) => {
+                let info = svc.index().info();
+                if as_json {
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        json!({"id": id, "added": names.len(), "faces": faces,
+                               "people": info.people, "index": path.display().to_string()})
+                    );
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "enrolled {id}: {} image(s) added, {faces} face(s) in all; {} now holds {} people",
+                        names.len(),
+                        path.display(),
+                        info.people
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Err(facepool::service::ServiceError::Image { index, error }) => {
+            let image = names.get(index).map_or("?", String::as_str);
+            if as_json {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    json!({"id": id, "image": image, "error": error.to_string()})
+                );
+            } else {
+                let _ = writeln!(out, "not enrolled: {image}: {error}");
+            }
+            ExitCode::from(1)
+        }
+        Err(e) => fail(e),
+    };
+    svc.shutdown(std::time::Duration::from_secs(30));
+    code
+}
+
+fn identify(path: &Path, k: usize, as_json: bool, images: Vec<PathBuf>, service: &ServiceArgs) -> ExitCode {
+    let index = match Index::load(path) {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
+    let mut svc = match start_service(service) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if let Err(e) = svc.set_index(index) {
+        return fail(format!("{}: {e}", path.display()));
+    }
+    let mut out = std::io::stdout().lock();
+    let mut failed = 0usize;
+    for round in images.chunks(ROUND) {
+        let sources = round.iter().cloned().map(ImageSource::Path).collect();
+        for (img, r) in round.iter().zip(svc.embed_all(sources)) {
+            let image = img.display().to_string();
+            let r = r.and_then(|(face, t)| svc.identify_face(&face, k, t));
+            match r {
+                Ok(id) => {
+                    if as_json {
+                        let matches: Vec<_> = id
+                            .matches
+                            .iter()
+                            .map(|m| json!({"id": &*m.id, "similarity": round4(m.similarity)}))
+                            .collect();
+                        let _ = writeln!(
+                            out,
+                            "{}",
+                            json!({
+                                "image": image,
+                                "id": id.best.as_ref().map(|m| &*m.id),
+                                "known": id.best.is_some(),
+                                "similarity": id.matches.first().map(|m| round4(m.similarity)),
+                                "threshold": round4(id.threshold),
+                                "matches": matches,
+                                "face": id.path.to_string(),
+                                "timings_ms": timings_json(&id.timings),
+                            })
+                        );
+                    } else {
+                        let who = match (&id.best, id.matches.first()) {
+                            (Some(b), _) => format!("{} ({:.4})", b.id, b.similarity),
+                            (None, Some(m)) => format!("unknown (closest {} at {:.4})", m.id, m.similarity),
+                            (None, None) => "unknown (the index is empty)".to_owned(),
+                        };
+                        let _ = writeln!(out, "{image}: {who}  [{:.1} ms]", ms(id.timings.total));
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    if as_json {
+                        let _ = writeln!(out, "{}", json!({"image": image, "error": e.to_string()}));
+                    } else {
+                        let _ = writeln!(out, "{image}: error: {e}");
+                    }
+                }
+            }
+        }
+    }
+    svc.shutdown(std::time::Duration::from_secs(30));
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn remove(path: &Path, id: &str, as_json: bool) -> ExitCode {
+    let index = match Index::load(path) {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
+    let faces = index.remove(id);
+    if faces == 0 {
+        eprintln!("compare: {id:?} is not in {}", path.display());
+        return ExitCode::from(1);
+    }
+    if let Err(e) = index.save(path) {
+        return fail(e);
+    }
+    if as_json {
+        println!(
+            "{}",
+            json!({"id": id, "removed_faces": faces, "people": index.len()})
+        );
+    } else {
+        println!("removed {id} ({faces} face(s)); {} people left", index.len());
+    }
+    ExitCode::SUCCESS
+}
+
+fn info(path: &Path, ids: bool, as_json: bool) -> ExitCode {
+    let index = match Index::load(path) {
+        Ok(i) => i,
+        Err(
+            e @ (IndexError::Corrupt { .. } | IndexError::NotAnIndex { .. } | IndexError::Version { .. }),
+        ) => {
+            eprintln!("compare: {e}");
+            return ExitCode::from(1);
+        }
+        Err(e) => return fail(e),
+    };
+    let i = index.info();
+    let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let people: Vec<_> = if ids {
+        index
+            .ids()
+            .into_iter()
+            .map(|id| (index.count(&id), index.meta(&id), id))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if as_json {
+        let mut o = json!({
+            "file": path.display().to_string(), "format_version": FORMAT_VERSION,
+            "dim": i.dim, "people": i.people, "faces": i.vectors,
+            "file_bytes": file_bytes, "memory_bytes": i.bytes,
+        });
+        if ids {
+            o["ids"] = people
+                .iter()
+                .map(|(n, meta, id)| json!({"id": &**id, "faces": n, "meta": meta.as_deref()}))
+                .collect();
+        }
+        println!("{o}");
+    } else {
+        println!(
+            "{}: facepool index v{FORMAT_VERSION}, {} dims, {} people, {} faces, {} bytes (checksum ok)",
+            path.display(),
+            i.dim,
+            i.people,
+            i.vectors,
+            file_bytes
+        );
+        for (n, meta, id) in &people {
+            match meta {
+                Some(m) => println!("  {id}  {n} face(s)  {m}"),
+                None => println!("  {id}  {n} face(s)"),
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -350,14 +350,13 @@ pub(super) fn load(path: &Path) -> Result<(usize, Vec<Chunk>), IndexError> {
     for (c, own) in owners.chunks(CHUNK_ROWS).enumerate() {
         let bytes = &mut buf[..4 * dim * own.len()];
         r.exact(bytes).map_err(rd)?;
-        let mut rows = Vec::with_capacity(dim * own.len());
-        for (i, b) in bytes.chunks_exact(4).enumerate() {
-            let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            if !x.is_finite() {
-                let v = c * CHUNK_ROWS + i / dim;
-                return Err(corrupt(path, format!("vector {v} holds {x}")));
-            }
-            rows.push(x);
+        let rows: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if let Some(i) = rows.iter().position(|x| !x.is_finite()) {
+            let v = c * CHUNK_ROWS + i / dim;
+            return Err(corrupt(path, format!("vector {v} holds {}", rows[i])));
         }
         chunks.push(Chunk {
             rows,

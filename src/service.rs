@@ -422,7 +422,8 @@ impl FaceService {
     /// Enrolls the largest face of each image under `id`, adding to the
     /// faces it already has (`replace`: instead of them). All or nothing:
     /// if any image fails, the index is left as it was and the error names
-    /// the image. Returns the number of faces `id` now has.
+    /// the image. `meta` is stored when the person is new or replaced.
+    /// Returns the number of faces `id` now has.
     pub fn enroll(
         &self,
         id: &str,

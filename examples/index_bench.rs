@@ -14,6 +14,11 @@
 //!   `bound_single_queries_per_sec`: a full scan per query at that rate;
 //! - `save_sec` / `load_sec` of the index file.
 //!
+//! `--f16` also measures whether half-precision storage would pay: the same
+//! top-1 scan, one query at a time, over f32 rows and over f16 rows
+//! (converted to f32 in small blocks with F16C when the CPU has it), and how
+//! often the f16 top-1 agrees with the f32 one.
+//!
 //! `--dump DIR` writes the data (`base.f32`, `queries.f32`, raw
 //! little-endian) and each query's top-1 row (`top1.u32`) for
 //! `scripts/faiss_compare.py`, which runs FAISS `IndexFlatIP` on the same
@@ -53,9 +58,84 @@ struct Args {
     /// Write the data and the top-1 rows here.
     #[arg(long)]
     dump: Option<PathBuf>,
+    /// Also measure f16 storage against f32 (top-1 scans).
+    #[arg(long)]
+    f16: bool,
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// Rows per conversion block of the f16 scan (stays in L1).
+const F16_BLOCK: usize = 16;
+
+/// Top-1 row of one query over `n` rows, split across rayon's threads;
+/// `row(i, buf)` yields row `i` as f32 (copying into `buf` if it must).
+fn top1<R>(n: usize, dim: usize, q: &[f32], rows: R) -> usize
+where
+    R: Fn(std::ops::Range<usize>, &mut Vec<f32>, &mut dyn FnMut(usize, &[f32])) + Sync,
+{
+    let parts = rayon::current_num_threads() * 8;
+    let per = n.div_ceil(parts).max(1);
+    (0..n.div_ceil(per))
+        .into_par_iter()
+        .map(|p| {
+            let mut buf = Vec::new();
+            let mut best = (f32::NEG_INFINITY, 0usize);
+            let (a, b) = (p * per, ((p + 1) * per).min(n));
+            let mut visit = |i: usize, r: &[f32]| {
+                let s = facepool::index::dot(r, q);
+                if s > best.0 {
+                    best = (s, i);
+                }
+            };
+            for start in (a..b).step_by(F16_BLOCK) {
+                rows(start..(start + F16_BLOCK).min(b), &mut buf, &mut visit);
+            }
+            debug_assert!(dim > 0);
+            best
+        })
+        .reduce(|| (f32::NEG_INFINITY, 0), |x, y| if y.0 > x.0 { y } else { x })
+        .1
+}
+
+/// f32 vs f16 storage: (f32 queries/s, f16 queries/s, top-1 agreement).
+fn f16_experiment(base: &[f32], queries: &[f32], dim: usize, count: usize) -> (f64, f64, f64) {
+    use half::slice::HalfFloatSliceExt;
+    let unit = |v: &[f32]| facepool::index::normalised(v).unwrap_or_else(|_| v.to_vec());
+    let rows32: Vec<f32> = base.chunks_exact(dim).flat_map(unit).collect();
+    let mut rows16 = vec![half::f16::ZERO; rows32.len()];
+    rows16.convert_from_f32_slice(&rows32);
+    let n = rows32.len() / dim;
+    let qs: Vec<Vec<f32>> = queries.chunks_exact(dim).take(count).map(unit).collect();
+    let t = Instant::now();
+    let want: Vec<usize> = qs
+        .iter()
+        .map(|q| {
+            top1(n, dim, q, |r, _, visit| {
+                for i in r {
+                    visit(i, &rows32[i * dim..(i + 1) * dim]);
+                }
+            })
+        })
+        .collect();
+    let f32_qps = qs.len() as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let got: Vec<usize> = qs
+        .iter()
+        .map(|q| {
+            top1(n, dim, q, |r, buf, visit| {
+                buf.resize(r.len() * dim, 0.0);
+                rows16[r.start * dim..r.end * dim].convert_to_f32_slice(buf);
+                for (j, i) in r.enumerate() {
+                    visit(i, &buf[j * dim..(j + 1) * dim]);
+                }
+            })
+        })
+        .collect();
+    let f16_qps = qs.len() as f64 / t.elapsed().as_secs_f64();
+    let agree = want.iter().zip(&got).filter(|(a, b)| a == b).count() as f64 / qs.len().max(1) as f64;
+    (f32_qps, f16_qps, agree)
 }
 
 fn random(rng: &mut fastrand::Rng, n: usize, dim: usize) -> Vec<f32> {
@@ -161,14 +241,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(dir.join("top1.u32"), top1)?;
     }
 
+    let f16 = a
+        .f16
+        .then(|| pool.install(|| f16_experiment(&base, &queries, a.dim, a.queries.min(200))));
+
     let qps = a.queries as f64 / batch_sec;
     let single_qps = single as f64 / single_sec;
     let bound = bw * 1e9 / scan_bytes;
     let bytes_per_vector = Index::bytes_per_vector(a.dim);
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({
+        let mut o = serde_json::json!({
                 "n": a.n, "dim": a.dim, "k": a.k, "threads": a.threads,
                 "queries_per_sec": qps,
                 "build_sec": build_sec,
@@ -179,8 +261,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "save_sec": save_sec,
                 "load_sec": load_sec,
                 "file_bytes": file_bytes,
-            })
-        );
+        });
+        if let Some((f32_qps, f16_qps, agree)) = f16 {
+            o["f16_experiment"] = serde_json::json!({
+                "f32_top1_queries_per_sec": f32_qps,
+                "f16_top1_queries_per_sec": f16_qps,
+                "top1_agreement": agree,
+            });
+        }
+        println!("{o}");
     } else {
         println!(
             "index: {} vectors × {} dims, k = {}, {} threads",
@@ -194,6 +283,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "save / load      {save_sec:.3} s / {load_sec:.3} s ({:.0} MB)",
             file_bytes as f64 / 1e6
         );
+        if let Some((f32_qps, f16_qps, agree)) = f16 {
+            println!(
+                "f16 experiment   top-1 scans: f32 {f32_qps:.1} q/s, f16 {f16_qps:.1} q/s ({:.2}×), top-1 agreement {:.3}",
+                f16_qps / f32_qps,
+                agree
+            );
+        }
     }
     Ok(())
 }

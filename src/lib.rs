@@ -17,6 +17,8 @@ pub mod face;
 pub mod guard;
 #[cfg(feature = "index")]
 pub mod index;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod pool;
 #[cfg(feature = "face")]
 pub mod service;

@@ -16,6 +16,7 @@ use crate::face::{
     FindOptions, Prepared, TractModel,
 };
 use crate::index::{Index, IndexError, Match};
+use crate::metrics::{Metrics, Stage};
 use crate::pool::{self, JobError, Pool};
 
 /// Why a service call failed.
@@ -138,7 +139,7 @@ pub struct Timings {
     pub batch_wait: Duration,
     /// The model run of the batch.
     pub inference: Duration,
-    /// The index search (identify only).
+    /// Comparing the embeddings (verify) or searching the index (identify).
     pub search: Duration,
     /// The whole comparison.
     pub total: Duration,
@@ -227,6 +228,7 @@ pub struct FaceService {
     config: Arc<FaceConfig>,
     dim: usize,
     index: Index,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for FaceService {
@@ -243,6 +245,8 @@ impl FaceService {
         let model = TractModel::load(&config.model, &config.batch_sizes)?;
         let dim = model.dim();
         let det = DetectModels::load(&config.detector, config.landmarks.as_deref())?;
+        let metrics = Metrics::new();
+        let batch_metrics = metrics.clone();
         let pool = Pool::builder()
             .capacity(config.workers.max(1))
             .min_workers(config.workers.max(1))
@@ -261,8 +265,10 @@ impl FaceService {
             .thread_name("face-infer")
             .build(move |_| {
                 let mut e = model.embedder()?;
+                let metrics = batch_metrics.clone();
                 Ok::<_, FaceError>(move |faces: Vec<FaceInput>| -> Result<Vec<Embedded>, FaceError> {
                     let started = Instant::now();
+                    metrics.record_batch(faces.len());
                     let out = e.embed(&faces)?;
                     let inference = started.elapsed();
                     let batch = faces.len();
@@ -283,6 +289,7 @@ impl FaceService {
             config: Arc::new(config),
             dim,
             index: Index::new(dim).map_err(|e| FaceError::Model(e.to_string()))?,
+            metrics,
         })
     }
 
@@ -294,6 +301,11 @@ impl FaceService {
     /// Length of the embeddings.
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// Latency histograms of every stage of every call, and batch sizes.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The index that identify searches and enroll fills (empty at start).
@@ -382,6 +394,11 @@ impl FaceService {
             search: Duration::ZERO,
             total: Duration::ZERO,
         };
+        let m = &self.metrics;
+        m.record(Stage::PoolWait, timings.queue);
+        m.record(Stage::Prepare, timings.prepare);
+        m.record(Stage::BatchWait, timings.batch_wait);
+        m.record(Stage::Inference, timings.inference);
         Ok((
             FaceResult {
                 embedding,
@@ -393,6 +410,12 @@ impl FaceService {
 
     /// Embeds the largest face of one image.
     pub fn embed(&self, src: ImageSource) -> Result<(FaceResult, Timings), ServiceError> {
+        let (r, t) = self.embed_one(src)?;
+        self.metrics.record(Stage::EndToEnd, t.total);
+        Ok((r, t))
+    }
+
+    fn embed_one(&self, src: ImageSource) -> Result<(FaceResult, Timings), ServiceError> {
         let t0 = Instant::now();
         let p = self.prepare(src)?;
         let (r, mut t) = self.finish(self.embed_first(p)?)?;
@@ -463,16 +486,13 @@ impl FaceService {
     /// Who is the largest face of the image? The `k` closest people, and
     /// the best of them if it reaches the verify threshold (else unknown).
     pub fn identify(&self, src: ImageSource, k: usize) -> Result<Identification, ServiceError> {
-        let t0 = Instant::now();
-        let (face, mut t) = self.embed(src)?;
-        let id = self.identify_face(&face, k, t)?;
-        t = id.timings;
-        t.total = t0.elapsed();
-        Ok(Identification { timings: t, ..id })
+        let (face, t) = self.embed_one(src)?;
+        self.identify_face(&face, k, t)
     }
 
     /// Identify for a face already embedded (for callers that pipeline
-    /// their own requests).
+    /// their own requests); `timings` are the embedding's, and the search
+    /// is added to them and to their total.
     pub fn identify_face(
         &self,
         face: &FaceResult,
@@ -482,6 +502,9 @@ impl FaceService {
         let started = Instant::now();
         let matches = self.index.search(&face.embedding.0, k.max(1))?;
         let search = started.elapsed();
+        let total = timings.total + search;
+        self.metrics.record(Stage::Search, search);
+        self.metrics.record(Stage::EndToEnd, total);
         let threshold = self.config.threshold;
         let best = matches.first().filter(|m| m.similarity >= threshold).cloned();
         Ok(Identification {
@@ -489,7 +512,11 @@ impl FaceService {
             matches: matches.into_iter().take(k).collect(),
             threshold,
             path: face.path,
-            timings: Timings { search, ..timings },
+            timings: Timings {
+                search,
+                total,
+                ..timings
+            },
         })
     }
 
@@ -511,7 +538,11 @@ impl FaceService {
         tb: Timings,
         total: Duration,
     ) -> Verdict {
+        let started = Instant::now();
         let similarity = a.embedding.cosine(&b.embedding);
+        let search = started.elapsed();
+        self.metrics.record(Stage::Search, search);
+        self.metrics.record(Stage::EndToEnd, total);
         Verdict {
             similarity,
             same: similarity >= self.config.threshold,
@@ -522,7 +553,7 @@ impl FaceService {
                 prepare: ta.prepare.max(tb.prepare),
                 batch_wait: ta.batch_wait.max(tb.batch_wait),
                 inference: ta.inference.max(tb.inference),
-                search: Duration::ZERO,
+                search,
                 total,
             },
         }

@@ -92,6 +92,13 @@ fn pair_files_with_labels_relative_paths_and_failures() {
     let s = &lines[6]["summary"];
     assert_eq!((s["pairs"].as_u64(), s["failed"].as_u64()), (Some(6), Some(3)));
     assert_eq!(s["accuracy"].as_f64(), Some(1.0));
+    // The per-stage latencies of the three pairs that were compared (the
+    // failed one with a good image still spent time on the pool).
+    let stages = s["metrics"]["stages"].as_array().unwrap();
+    let count = |name: &str| stages.iter().find(|x| x["stage"] == name).map(|x| x["count"].as_u64());
+    assert_eq!(count("end_to_end"), Some(Some(3)), "{stages:?}");
+    assert_eq!(count("inference"), Some(Some(6)));
+    assert!(s["metrics"]["batch"]["count"].as_u64().unwrap() >= 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -75,6 +75,16 @@ fn enroll_five_identify_six_and_strangers_are_unknown() {
         }
     }
     eprintln!("identify top-1: {right}/{total}");
+    // Every identify recorded its search and its whole time; every face its
+    // stages; every model run its batch size.
+    let m = svc.metrics().snapshot();
+    use facepool::metrics::Stage;
+    assert_eq!(m.summary(Stage::Search).count, 24);
+    assert_eq!(m.summary(Stage::EndToEnd).count, 24);
+    assert_eq!(m.summary(Stage::Inference).count, 20 + 24);
+    assert_eq!(m.summary(Stage::PoolWait).count, 20 + 24);
+    assert!(m.batch_summary().count >= 1 && m.batch_summary().max <= 32.0);
+    assert!(m.summary(Stage::EndToEnd).max >= m.summary(Stage::Inference).min);
     assert_eq!(total, 24);
     assert_eq!(right, total, "top-1 accuracy {right}/{total}");
 

@@ -42,6 +42,10 @@ struct Args {
     /// One JSON object per pair (and a summary line with --pairs).
     #[arg(long)]
     json: bool,
+    /// At the end, print each stage's latency percentiles and the batch
+    /// sizes to stderr.
+    #[arg(long)]
+    stats: bool,
     #[command(flatten)]
     service: ServiceArgs,
 }
@@ -379,7 +383,8 @@ fn main() -> ExitCode {
         let accuracy = (labelled > 0).then(|| (correct as f64 / labelled as f64 * 1e4).round() / 1e4);
         let per_sec = ((total as f64 / secs.max(1e-9)) * 100.0).round() / 100.0;
         if args.json {
-            let mut s = json!({"pairs": total, "failed": failed, "pairs_per_sec": per_sec});
+            let mut s = json!({"pairs": total, "failed": failed, "pairs_per_sec": per_sec,
+                               "metrics": svc.metrics().snapshot().report()});
             if let Some(a) = accuracy {
                 s["accuracy"] = json!(a);
             }
@@ -388,6 +393,9 @@ fn main() -> ExitCode {
             let acc = accuracy.map_or(String::new(), |a| format!(", accuracy {:.2} %", a * 100.0));
             let _ = writeln!(out, "{total} pairs, {failed} failed{acc}, {per_sec} pairs/s");
         }
+    }
+    if args.stats {
+        eprint!("{}", svc.metrics().snapshot().table());
     }
     svc.shutdown(Duration::from_secs(30));
     if failed > 0 {

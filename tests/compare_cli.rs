@@ -95,7 +95,12 @@ fn pair_files_with_labels_relative_paths_and_failures() {
     // The per-stage latencies of the three pairs that were compared (the
     // failed one with a good image still spent time on the pool).
     let stages = s["metrics"]["stages"].as_array().unwrap();
-    let count = |name: &str| stages.iter().find(|x| x["stage"] == name).map(|x| x["count"].as_u64());
+    let count = |name: &str| {
+        stages
+            .iter()
+            .find(|x| x["stage"] == name)
+            .map(|x| x["count"].as_u64())
+    };
     assert_eq!(count("end_to_end"), Some(Some(3)), "{stages:?}");
     assert_eq!(count("inference"), Some(Some(6)));
     assert!(s["metrics"]["batch"]["count"].as_u64().unwrap() >= 1);

@@ -470,10 +470,10 @@ impl FaceService {
             }
         }
         let views: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
-        if replace || !self.index.contains(id) {
+        if replace {
             self.index.upsert(id, &views, meta)?;
         } else {
-            self.index.insert_many(views.iter().map(|v| (id, *v)))?;
+            self.index.add(id, &views, meta)?;
         }
         Ok(self.index.count(id))
     }

@@ -195,6 +195,44 @@ fn remove_and_update() {
 }
 
 #[test]
+fn add_enrolls_once_and_keeps_every_vector() {
+    let idx = Index::new(2).unwrap();
+    idx.add("ann", &[&[1.0, 0.0]], Some("first")).unwrap();
+    idx.add("ann", &[&[0.0, 1.0], &[1.0, 1.0]], Some("second"))
+        .unwrap();
+    assert_eq!((idx.len(), idx.count("ann")), (1, 3));
+    assert_eq!(
+        idx.meta("ann").as_deref(),
+        Some("first"),
+        "an existing person keeps its metadata"
+    );
+    assert!(matches!(idx.add("bob", &[], None), Err(IndexError::NoVectors(_))));
+    assert!(matches!(
+        idx.add("bob", &[&[f32::NAN, 0.0]], None),
+        Err(IndexError::BadVector(_))
+    ));
+    assert!(!idx.contains("bob"));
+
+    // Threads adding to the same new id all keep their vectors.
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let idx = &idx;
+            s.spawn(move || {
+                for i in 0..50 {
+                    idx.add("cat", &[&[1.0 + (t * 50 + i) as f32, 1.0]], None)
+                        .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(idx.count("cat"), 200);
+    let people = idx.people();
+    let listed: Vec<(&str, usize)> = people.iter().map(|p| (&*p.id, p.vectors)).collect();
+    assert_eq!(listed, [("ann", 3), ("cat", 200)]);
+    assert_eq!(people[0].meta.as_deref(), Some("first"));
+}
+
+#[test]
 fn bad_input_is_an_error() {
     assert!(matches!(Index::new(0), Err(IndexError::BadDim(0))));
     assert!(matches!(Index::new(1 << 20), Err(IndexError::BadDim(_))));

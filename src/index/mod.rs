@@ -149,6 +149,17 @@ impl SearchOptions {
     }
 }
 
+/// One enrolled person, as [`Index::people`] lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonInfo {
+    /// The id.
+    pub id: Arc<str>,
+    /// Vectors enrolled for it.
+    pub vectors: usize,
+    /// Its metadata.
+    pub meta: Option<Arc<str>>,
+}
+
 /// Sizes of an index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexInfo {
@@ -276,6 +287,29 @@ impl Index {
         dim * std::mem::size_of::<f32>() + std::mem::size_of::<Arc<Person>>()
     }
 
+    /// Every person with its number of vectors and its metadata, sorted by
+    /// id (one pass over the rows).
+    pub fn people(&self) -> Vec<PersonInfo> {
+        let s = self.read();
+        let mut counts: HashMap<u64, usize> = HashMap::with_capacity(s.people.len());
+        for c in &s.chunks {
+            for p in &c.owners {
+                *counts.entry(p.key).or_default() += 1;
+            }
+        }
+        let mut v: Vec<PersonInfo> = s
+            .people
+            .values()
+            .map(|p| PersonInfo {
+                id: p.id.clone(),
+                vectors: counts.get(&p.key).copied().unwrap_or(0),
+                meta: p.meta.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
     /// Whether `id` is enrolled.
     pub fn contains(&self, id: &str) -> bool {
         self.read().people.contains_key(id)
@@ -359,6 +393,27 @@ impl Index {
                 continue;
             };
             Self::append(&mut s, &v, p);
+        }
+        Ok(())
+    }
+
+    /// Adds vectors to `id` under one lock, enrolling it with `meta` if it
+    /// is new (an existing person keeps its metadata); nothing is added if
+    /// any vector is bad. Two callers adding to the same new id both keep
+    /// their vectors.
+    pub fn add(&self, id: &str, vectors: &[&[f32]], meta: Option<&str>) -> Result<(), IndexError> {
+        if vectors.is_empty() {
+            return Err(IndexError::NoVectors(id.to_owned()));
+        }
+        let rows = vectors
+            .iter()
+            .map(|v| self.check(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fresh = self.person(id, meta)?;
+        let mut s = self.write();
+        let p = s.people.entry(fresh.id.clone()).or_insert(fresh).clone();
+        for v in rows {
+            Self::append(&mut s, &v, p.clone());
         }
         Ok(())
     }

@@ -290,15 +290,7 @@ fn info(path: &Path, ids: bool, as_json: bool) -> ExitCode {
     };
     let i = index.info();
     let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let people: Vec<_> = if ids {
-        index
-            .ids()
-            .into_iter()
-            .map(|id| (index.count(&id), index.meta(&id), id))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let people = if ids { index.people() } else { Vec::new() };
     if as_json {
         let mut o = json!({
             "file": path.display().to_string(), "format_version": FORMAT_VERSION,
@@ -308,7 +300,7 @@ fn info(path: &Path, ids: bool, as_json: bool) -> ExitCode {
         if ids {
             o["ids"] = people
                 .iter()
-                .map(|(n, meta, id)| json!({"id": &**id, "faces": n, "meta": meta.as_deref()}))
+                .map(|p| json!({"id": &*p.id, "faces": p.vectors, "meta": p.meta.as_deref()}))
                 .collect();
         }
         println!("{o}");
@@ -321,10 +313,10 @@ fn info(path: &Path, ids: bool, as_json: bool) -> ExitCode {
             i.vectors,
             file_bytes
         );
-        for (n, meta, id) in &people {
-            match meta {
-                Some(m) => println!("  {id}  {n} face(s)  {m}"),
-                None => println!("  {id}  {n} face(s)"),
+        for p in &people {
+            match &p.meta {
+                Some(m) => println!("  {}  {} face(s)  {m}", p.id, p.vectors),
+                None => println!("  {}  {} face(s)", p.id, p.vectors),
             }
         }
     }

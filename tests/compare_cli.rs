@@ -3,12 +3,11 @@
 //! index subcommands (enroll, identify, remove, index-info).
 #![cfg(feature = "cli")]
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Command;
 
-fn assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets")
-}
+use common::assets;
 
 fn compare(args: &[&str]) -> (i32, String, String) {
     let assets = assets().display().to_string();
@@ -29,13 +28,7 @@ fn run(args: &[&str]) -> (i32, String, String) {
 }
 
 fn photo(person: &str, n: usize) -> String {
-    let dir = assets().join("photos/johns").join(person);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files[n].display().to_string()
+    common::photos_of(person)[n].display().to_string()
 }
 
 #[test]

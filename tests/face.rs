@@ -2,40 +2,19 @@
 //! by `scripts/fetch-assets.sh`, which the test command runs first).
 #![cfg(feature = "face")]
 
-use std::path::PathBuf;
+mod common;
 
+use common::assets;
 use facepool::face::{
     self, align, DecodeLimits, DetectModels, Embedder, Embedding, FaceError, FaceInput, FaceMode,
     FindOptions, Similarity, TractModel, DEFAULT_THRESHOLD,
 };
 use image::RgbImage;
 
-fn assets() -> PathBuf {
-    let a = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets");
-    assert!(
-        a.join("models/fr_feature.onnx").is_file(),
-        "assets missing: run scripts/fetch-assets.sh (the test command does)"
-    );
-    a
-}
-
 /// The labelled photos: (person, image), sorted.
 fn photos() -> Vec<(String, RgbImage)> {
-    let root = assets().join("photos/johns");
-    let mut people: Vec<_> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    people.sort();
     let mut out = Vec::new();
-    for dir in people {
-        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
+    for (name, files) in common::johns() {
         for f in files {
             out.push((
                 name.clone(),

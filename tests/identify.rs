@@ -3,41 +3,14 @@
 //! never enrolled comes back unknown.
 #![cfg(feature = "face")]
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use common::{assets, johns};
 use facepool::index::Index;
 use facepool::service::{FaceConfig, FaceService, ImageSource, ServiceError};
-
-fn assets() -> PathBuf {
-    let a = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets");
-    assert!(
-        a.join("models/fr_feature.onnx").is_file(),
-        "assets missing: run scripts/fetch-assets.sh (the test command does)"
-    );
-    a
-}
-
-/// (person, its photos sorted), people sorted.
-fn people() -> Vec<(String, Vec<PathBuf>)> {
-    let root = assets().join("photos/johns");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    dirs.into_iter()
-        .map(|d| {
-            let mut f: Vec<PathBuf> = std::fs::read_dir(&d)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
-            f.sort();
-            (d.file_name().unwrap().to_string_lossy().into_owned(), f)
-        })
-        .collect()
-}
 
 fn sources(paths: &[PathBuf]) -> Vec<ImageSource> {
     paths.iter().cloned().map(ImageSource::Path).collect()
@@ -46,7 +19,7 @@ fn sources(paths: &[PathBuf]) -> Vec<ImageSource> {
 #[test]
 fn enroll_five_identify_six_and_strangers_are_unknown() {
     let mut svc = FaceService::start(FaceConfig::from_assets(&assets())).unwrap();
-    let people = people();
+    let people = johns();
     assert_eq!(people.len(), 5);
     assert!(people.iter().all(|(_, f)| f.len() == 11));
     // The last person is never enrolled.

@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests: gates to hold jobs, and bounded
-//! polling of a condition (a guard against hangs, never a timing assertion).
+//! Helpers shared by the integration tests: gates to hold jobs, bounded
+//! polling of a condition (a guard against hangs, never a timing assertion),
+//! and the fetched models and labelled photos.
 #![allow(dead_code)]
 
 use std::sync::{Arc, Condvar, Mutex};
@@ -60,4 +61,43 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// The fetched models and photos (the test command fetches them first).
+pub fn assets() -> std::path::PathBuf {
+    let a = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets");
+    assert!(
+        a.join("models/fr_feature.onnx").is_file(),
+        "assets missing: run scripts/fetch-assets.sh (the test command does)"
+    );
+    a
+}
+
+/// The labelled photos of one person, sorted.
+pub fn photos_of(person: &str) -> Vec<std::path::PathBuf> {
+    let dir = assets().join("photos/johns").join(person);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// The labelled photos: (person, their photos sorted), people sorted.
+pub fn johns() -> Vec<(String, Vec<std::path::PathBuf>)> {
+    let mut people: Vec<String> = std::fs::read_dir(assets().join("photos/johns"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    people.sort();
+    people
+        .into_iter()
+        .map(|p| {
+            let files = photos_of(&p);
+            (p, files)
+        })
+        .collect()
 }

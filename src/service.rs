@@ -95,9 +95,34 @@ pub struct FaceConfig {
     pub batch_delay: Duration,
     /// Decode limits.
     pub limits: DecodeLimits,
+    /// Images that may wait for a pool worker, and faces that may wait for
+    /// a model run (each queue has this bound).
+    pub queue: usize,
+    /// How long a call waits for room in a full queue: `None` refuses at
+    /// once with `Overloaded` (for services that shed load), `Some(t)`
+    /// blocks up to `t` and then fails with `Timeout`.
+    pub admission_wait: Option<Duration>,
 }
 
 impl FaceConfig {
+    /// The assets folder: `given`, else the first of `./assets` and an
+    /// `assets` folder beside the running binary or above it that holds the
+    /// embedding model, else `./assets` (whose missing files the load
+    /// errors will then name).
+    pub fn locate_assets(given: Option<PathBuf>) -> PathBuf {
+        if let Some(p) = given {
+            return p;
+        }
+        let mut candidates = vec![PathBuf::from("assets")];
+        if let Ok(exe) = std::env::current_exe() {
+            candidates.extend(exe.ancestors().skip(1).map(|d| d.join("assets")));
+        }
+        candidates
+            .into_iter()
+            .find(|c| c.join("models/fr_feature.onnx").is_file())
+            .unwrap_or_else(|| PathBuf::from("assets"))
+    }
+
     /// The defaults, with the models under `assets` (as fetched by
     /// `scripts/fetch-assets.sh`), and threads budgeted against the cores:
     /// one inference thread, and a pool worker for each other core.
@@ -115,6 +140,8 @@ impl FaceConfig {
             batch_max: 32,
             batch_delay: Duration::from_millis(2),
             limits: DecodeLimits::default(),
+            queue: 4096,
+            admission_wait: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -247,42 +274,48 @@ impl FaceService {
         let det = DetectModels::load(&config.detector, config.landmarks.as_deref())?;
         let metrics = Metrics::new();
         let batch_metrics = metrics.clone();
-        let pool = Pool::builder()
+        let mut pool = Pool::builder()
             .capacity(config.workers.max(1))
             .min_workers(config.workers.max(1))
+            .queue_capacity(config.queue)
             .thread_name("face-prep")
-            .worker_state(move || det.detector())
-            .build()?;
+            .worker_state(move || det.detector());
+        pool = match config.admission_wait {
+            None => pool.nonblocking(true),
+            Some(t) => pool.submit_timeout(t),
+        };
+        let pool = pool.build()?;
         let policy = BatchPolicy {
             max_items: config.batch_max.max(1),
             max_weight: None,
             max_delay: config.batch_delay,
             in_flight: config.inference_threads.max(1),
         };
-        let batcher = Batcher::builder(policy)
-            .queue_capacity(4096)
-            .blocking(Some(Duration::from_secs(60)))
-            .thread_name("face-infer")
-            .build(move |_| {
-                let mut e = model.embedder()?;
-                let metrics = batch_metrics.clone();
-                Ok::<_, FaceError>(move |faces: Vec<FaceInput>| -> Result<Vec<Embedded>, FaceError> {
-                    let started = Instant::now();
-                    metrics.record_batch(faces.len());
-                    let out = e.embed(&faces)?;
-                    let inference = started.elapsed();
-                    let batch = faces.len();
-                    Ok(out
-                        .into_iter()
-                        .map(|embedding| Embedded {
-                            embedding,
-                            started,
-                            inference,
-                            batch,
-                        })
-                        .collect())
-                })
-            })?;
+        let batcher = Batcher::builder(policy).queue_capacity(config.queue.max(1));
+        let batcher = match config.admission_wait {
+            None => batcher,
+            Some(t) => batcher.blocking(Some(t)),
+        };
+        let batcher = batcher.thread_name("face-infer").build(move |_| {
+            let mut e = model.embedder()?;
+            let metrics = batch_metrics.clone();
+            Ok::<_, FaceError>(move |faces: Vec<FaceInput>| -> Result<Vec<Embedded>, FaceError> {
+                let started = Instant::now();
+                metrics.record_batch(faces.len());
+                let out = e.embed(&faces)?;
+                let inference = started.elapsed();
+                let batch = faces.len();
+                Ok(out
+                    .into_iter()
+                    .map(|embedding| Embedded {
+                        embedding,
+                        started,
+                        inference,
+                        batch,
+                    })
+                    .collect())
+            })
+        })?;
         Ok(Self {
             pool,
             batcher,

@@ -207,3 +207,55 @@ fn enroll_identify_remove_and_index_info() {
     assert!(err.contains("none.fpi"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--flamegraph` and `--pprof` profile the run: the SVG shows the
+/// pipeline's own frames, and the protobuf is a gzip-free profile message
+/// naming them too.
+#[test]
+fn flamegraph_and_pprof() {
+    let dir = common::TempDir::new("compare-profile");
+    let (svg, pb) = (dir.path().join("run.svg"), dir.path().join("run.pb"));
+    let all = std::fs::read_to_string(assets().join("photos/johns/pairs.csv")).unwrap();
+    let pairs = dir.path().join("pairs.csv");
+    let few: Vec<String> = all
+        .lines()
+        .filter(|l| l.contains(".jpg"))
+        .take(8)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let abs = |p: &str| assets().join("photos/johns").join(p.trim()).display().to_string();
+            format!("{},{},{}", abs(f[0]), abs(f[1]), f[2].trim())
+        })
+        .collect();
+    std::fs::write(&pairs, few.join("\n")).unwrap();
+    let (code, _, err) = compare(&[
+        "--pairs",
+        pairs.to_str().unwrap(),
+        "--flamegraph",
+        svg.to_str().unwrap(),
+        "--pprof",
+        pb.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("CPU profile:"), "{err}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("facepool::"),
+        "no pipeline frames"
+    );
+    let pb = std::fs::read(&pb).unwrap();
+    // The string table of the profile holds the function names.
+    let names = String::from_utf8_lossy(&pb);
+    assert!(
+        names.contains("facepool::"),
+        "{} bytes, no pipeline frames",
+        pb.len()
+    );
+
+    // An output that cannot be written is a clear error, exit code 2.
+    let bad = dir.path().join("no/such/dir/run.svg");
+    let (a, b) = (photo("John_Simm", 0), photo("John_Simm", 1));
+    let (code, _, err) = compare(&["--flamegraph", bad.to_str().unwrap(), &a, &b]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("run.svg"), "{err}");
+}

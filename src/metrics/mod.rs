@@ -3,8 +3,13 @@
 //! table, a serialisable summary, and the percentile-distribution text
 //! (`.hgrm`) that HdrHistogram plotters read.
 //!
+//! With the `profiling` feature, [`profiling`] captures CPU flamegraphs.
+//!
 //! Recording takes a short uncontended lock per value and never does I/O;
 //! reports are built from snapshots, off the hot path.
+
+#[cfg(feature = "profiling")]
+pub mod profiling;
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};

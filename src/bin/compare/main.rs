@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use facepool::face::FaceMode;
+use facepool::metrics::profiling::Capture;
 use facepool::service::{FaceConfig, FaceService, ImageSource, PendingFace, PendingImage, Timings, Verdict};
 use serde_json::json;
 
@@ -48,6 +49,12 @@ struct Args {
     stats: bool,
     #[command(flatten)]
     service: ServiceArgs,
+    /// Write a CPU flamegraph of the run (SVG).
+    #[arg(long, global = true)]
+    flamegraph: Option<PathBuf>,
+    /// Write the run's CPU profile in pprof's protobuf format.
+    #[arg(long, global = true)]
+    pprof: Option<PathBuf>,
 }
 
 /// How the face service runs.
@@ -153,22 +160,8 @@ fn resolve(dir: &Path, p: &str) -> PathBuf {
     }
 }
 
-fn find_assets(given: Option<PathBuf>) -> PathBuf {
-    if let Some(p) = given {
-        return p;
-    }
-    let mut candidates = vec![PathBuf::from("assets")];
-    if let Ok(exe) = std::env::current_exe() {
-        candidates.extend(exe.ancestors().skip(1).map(|d| d.join("assets")));
-    }
-    candidates
-        .into_iter()
-        .find(|c| c.join("models/fr_feature.onnx").is_file())
-        .unwrap_or_else(|| PathBuf::from("assets"))
-}
-
 fn config(args: &ServiceArgs) -> FaceConfig {
-    let assets = find_assets(args.assets.clone());
+    let assets = FaceConfig::locate_assets(args.assets.clone());
     let mut c = FaceConfig::from_assets(&assets);
     if let Some(m) = &args.model {
         c.model = m.clone();
@@ -283,7 +276,28 @@ fn finish(svc: &FaceService, f: InFlight<(PendingFace, PendingFace)>) -> (Pair, 
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    let capture = match Capture::start(args.flamegraph.take(), args.pprof.take()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("compare: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = run(args);
+    if let Some(c) = capture {
+        match c.finish() {
+            Ok(w) => eprintln!("CPU profile: {} samples, {} stacks", w.samples, w.stacks),
+            Err(e) => {
+                eprintln!("compare: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    code
+}
+
+fn run(args: Args) -> ExitCode {
     if let Some(cmd) = args.command {
         return index::run(cmd);
     }

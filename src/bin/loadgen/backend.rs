@@ -1,0 +1,596 @@
+//! What a request is served by, in each mode: the synthetic downstream or
+//! the real face model, called directly, from the pool, or through the pool
+//! and the batcher.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use facepool::batch::{self, BatchHandle, BatchPolicy, Batcher};
+use facepool::face::{self, DetectModels, Detector, Embedder, FaceError, TractEmbedder, TractModel};
+use facepool::index::Index;
+use facepool::pool::{self, Pool};
+use facepool::service::{FaceConfig, FaceService, ImageSource, ServiceError};
+
+use crate::profile::{ImageSet, Mode, Profile, Synthetic};
+
+/// One request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Which photos (indices into the backend's set); their count is the
+    /// request's faces.
+    pub images: Vec<usize>,
+    /// Identify each face (else verify the first against the rest).
+    pub identify: bool,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered.
+    Done,
+    /// Refused at admission (`Overloaded`).
+    Rejected,
+    /// Failed, with why.
+    Failed(String),
+}
+
+/// A mode of a backend: serves one request on the calling thread.
+pub trait Target: Send + Sync {
+    /// Serves `req` and returns when it is answered or refused.
+    fn call(&self, req: &Request) -> Outcome;
+    /// Mean faces per downstream call or model run so far, where batching.
+    fn mean_batch(&self) -> Option<f64>;
+    /// Stops the runtime's threads (after the run).
+    fn shutdown(&self) {}
+    /// The runtime's own per-stage histograms, where it keeps them.
+    fn stages(&self) -> Option<facepool::metrics::Snapshot> {
+        None
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The synthetic downstream: a call sleeps `call + item × n`, at most
+/// `concurrency` calls at once (the others wait their turn).
+pub struct Downstream {
+    free: Mutex<usize>,
+    turn: Condvar,
+    call: Duration,
+    item: Duration,
+    calls: Mutex<(u64, u64)>,
+}
+
+impl Downstream {
+    pub fn new(s: &Synthetic) -> Self {
+        Self {
+            free: Mutex::new(s.concurrency.max(1)),
+            turn: Condvar::new(),
+            call: Duration::from_secs_f64(s.call_ms / 1e3),
+            item: Duration::from_secs_f64(s.item_ms / 1e3),
+            calls: Mutex::new((0, 0)),
+        }
+    }
+
+    /// One call with `n` items.
+    pub fn call(&self, n: usize) {
+        let mut free = lock(&self.free);
+        while *free == 0 {
+            free = self.turn.wait(free).unwrap_or_else(PoisonError::into_inner);
+        }
+        *free -= 1;
+        drop(free);
+        std::thread::sleep(self.call + self.item * n as u32);
+        {
+            let mut c = lock(&self.calls);
+            c.0 += 1;
+            c.1 += n as u64;
+        }
+        *lock(&self.free) += 1;
+        self.turn.notify_one();
+    }
+
+    fn mean_items(&self) -> Option<f64> {
+        let (calls, items) = *lock(&self.calls);
+        (calls > 0).then(|| items as f64 / calls as f64)
+    }
+}
+
+/// Busy CPU work standing in for decoding and alignment.
+fn spin(d: Duration) {
+    if d.is_zero() {
+        return;
+    }
+    let until = Instant::now() + d;
+    let mut x = 0u64;
+    while Instant::now() < until {
+        for i in 0..1000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
+}
+
+fn is_overloaded(e: &ServiceError) -> bool {
+    matches!(
+        e,
+        ServiceError::Pool(pool::SubmitError::Overloaded)
+            | ServiceError::Batch(batch::SubmitError::Overloaded)
+    )
+}
+
+fn workers(profile: &Profile, reserved: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    profile
+        .runtime
+        .workers
+        .unwrap_or_else(|| cores.saturating_sub(reserved).max(1))
+}
+
+/// The pool mode's queue, in requests: `runtime.queue` is in faces (the
+/// admission unit), so the pool takes as many mean-sized requests.
+fn request_queue(profile: &Profile) -> usize {
+    let mean = profile.request.faces.mean().ceil().max(1.0) as usize;
+    (profile.runtime.queue / mean).max(1)
+}
+
+fn batch_policy(profile: &Profile) -> BatchPolicy {
+    BatchPolicy {
+        max_items: profile.runtime.batch_max,
+        max_weight: None,
+        max_delay: Duration::from_secs_f64(profile.runtime.batch_delay_ms / 1e3),
+        in_flight: 1,
+    }
+}
+
+/// Builds the synthetic target of a mode.
+pub fn synthetic(profile: &Profile, mode: Mode) -> Result<Arc<dyn Target>, String> {
+    let ds = Arc::new(Downstream::new(&profile.synthetic));
+    let prepare = Duration::from_secs_f64(profile.synthetic.prepare_ms / 1e3);
+    let pool = |queue: usize| {
+        Pool::builder()
+            .capacity(workers(profile, 0))
+            .queue_capacity(queue)
+            .nonblocking(true)
+            .thread_name("loadgen-pool")
+            .build()
+            .map_err(|e| format!("pool: {e}"))
+    };
+    Ok(match mode {
+        Mode::Direct => Arc::new(SynthDirect { ds, prepare }),
+        Mode::Pool => Arc::new(SynthPool {
+            ds,
+            prepare,
+            pool: pool(request_queue(profile))?,
+        }),
+        Mode::PoolBatch => {
+            let handler_ds = ds.clone();
+            let batcher = Batcher::builder(batch_policy(profile))
+                .queue_capacity(profile.runtime.queue)
+                .thread_name("loadgen-batch")
+                .build(move |_| {
+                    let ds = handler_ds.clone();
+                    Ok::<_, String>(move |items: Vec<()>| {
+                        ds.call(items.len());
+                        Ok::<_, std::convert::Infallible>(items)
+                    })
+                })
+                .map_err(|e| format!("batcher: {e}"))?;
+            Arc::new(SynthBatch {
+                prepare,
+                pool: pool(profile.runtime.queue)?,
+                batcher: Arc::new(batcher),
+            })
+        }
+    })
+}
+
+struct SynthDirect {
+    ds: Arc<Downstream>,
+    prepare: Duration,
+}
+
+impl Target for SynthDirect {
+    fn call(&self, req: &Request) -> Outcome {
+        spin(self.prepare * req.images.len() as u32);
+        self.ds.call(req.images.len());
+        Outcome::Done
+    }
+    fn mean_batch(&self) -> Option<f64> {
+        self.ds.mean_items()
+    }
+}
+
+struct SynthPool {
+    ds: Arc<Downstream>,
+    prepare: Duration,
+    pool: Pool,
+}
+
+fn job_outcome<T>(r: Result<pool::JobHandle<T>, pool::SubmitError>) -> Result<T, Outcome> {
+    match r {
+        Ok(h) => h.join().map_err(|e| Outcome::Failed(format!("pool job: {e}"))),
+        Err(pool::SubmitError::Overloaded) => Err(Outcome::Rejected),
+        Err(e) => Err(Outcome::Failed(format!("pool: {e}"))),
+    }
+}
+
+impl Target for SynthPool {
+    fn call(&self, req: &Request) -> Outcome {
+        let (ds, n, prepare) = (self.ds.clone(), req.images.len(), self.prepare);
+        match job_outcome(self.pool.try_submit(move |_: &mut ()| {
+            spin(prepare * n as u32);
+            ds.call(n);
+        })) {
+            Ok(()) => Outcome::Done,
+            Err(o) => o,
+        }
+    }
+    fn mean_batch(&self) -> Option<f64> {
+        self.ds.mean_items()
+    }
+    fn shutdown(&self) {
+        self.pool.shutdown(Duration::from_secs(60));
+    }
+}
+
+struct SynthBatch {
+    prepare: Duration,
+    pool: Pool,
+    batcher: Arc<Batcher<(), ()>>,
+}
+
+impl Target for SynthBatch {
+    fn call(&self, req: &Request) -> Outcome {
+        let (batcher, n, prepare) = (self.batcher.clone(), req.images.len(), self.prepare);
+        // The pool job prepares the faces and hands them to the batcher; it
+        // never waits for the batch (the caller does).
+        let handles = job_outcome(self.pool.try_submit(move |_: &mut ()| {
+            spin(prepare * n as u32);
+            (0..n)
+                .map(|_| batcher.try_submit(()))
+                .collect::<Result<Vec<BatchHandle<()>>, _>>()
+        }));
+        let handles = match handles {
+            Ok(Ok(h)) => h,
+            Ok(Err(batch::SubmitError::Overloaded)) => return Outcome::Rejected,
+            Ok(Err(e)) => return Outcome::Failed(format!("batcher: {e}")),
+            Err(o) => return o,
+        };
+        for h in handles {
+            if let Err(e) = h.join() {
+                return Outcome::Failed(format!("batch: {e}"));
+            }
+        }
+        Outcome::Done
+    }
+    fn mean_batch(&self) -> Option<f64> {
+        let s = self.batcher.stats();
+        (s.batches > 0).then(|| s.mean_batch())
+    }
+    fn shutdown(&self) {
+        self.pool.shutdown(Duration::from_secs(60));
+        self.batcher.shutdown(Duration::from_secs(60));
+    }
+}
+
+/// The photos of an image set, read into memory once.
+pub struct Photos {
+    pub bytes: Vec<Arc<[u8]>>,
+    /// The person of each photo (its folder), for enrolling.
+    pub person: Vec<String>,
+}
+
+/// Most photo bytes read (the sets are a few MB).
+const MAX_PHOTO_BYTES: u64 = 64 << 20;
+
+impl Photos {
+    pub fn load(assets: &Path, set: ImageSet) -> Result<Self, String> {
+        let dirs: &[&str] = match set {
+            ImageSet::Johns => &["photos/johns"],
+            ImageSet::Faces => &["photos/faces"],
+            ImageSet::All => &["photos/johns", "photos/faces"],
+        };
+        let mut files = Vec::new();
+        for d in dirs {
+            collect_images(&assets.join(d), &mut files)?;
+        }
+        files.sort();
+        let (mut bytes, mut person, mut total) = (Vec::new(), Vec::new(), 0u64);
+        for f in files {
+            let b = std::fs::read(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            total += b.len() as u64;
+            if total > MAX_PHOTO_BYTES {
+                return Err(format!("the photos are over {MAX_PHOTO_BYTES} bytes"));
+            }
+            bytes.push(Arc::from(b));
+            let owner = f
+                .parent()
+                .and_then(Path::file_name)
+                .map(|s| s.to_string_lossy().into_owned());
+            person.push(owner.unwrap_or_default());
+        }
+        if bytes.is_empty() {
+            return Err(format!(
+                "no photos under {} (run scripts/fetch-assets.sh)",
+                assets.join(dirs[0]).display()
+            ));
+        }
+        Ok(Self { bytes, person })
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    for entry in rd {
+        let p = entry
+            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+            .path();
+        if p.is_dir() {
+            collect_images(&p, out)?;
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| ["jpg", "jpeg", "png"].contains(&e.to_ascii_lowercase().as_str()))
+        {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// What the real-model modes share: the photos, the models, the index the
+/// identify requests search, and the settings.
+pub struct Real {
+    photos: Arc<Photos>,
+    config: FaceConfig,
+    model: TractModel,
+    det: DetectModels,
+    index: Index,
+}
+
+impl Real {
+    /// Loads the models and the photos, and enrolls each person's first
+    /// photo (with a person) into the index identify requests search.
+    pub fn load(assets: &Path, profile: &Profile) -> Result<Self, String> {
+        let photos = Arc::new(Photos::load(assets, profile.request.images)?);
+        let config = FaceConfig::from_assets(assets);
+        let model = TractModel::load(&config.model, &config.batch_sizes).map_err(|e| e.to_string())?;
+        let det =
+            DetectModels::load(&config.detector, config.landmarks.as_deref()).map_err(|e| e.to_string())?;
+        let index = Index::new(model.dim()).map_err(|e| e.to_string())?;
+        let real = Self {
+            photos,
+            config,
+            model,
+            det,
+            index,
+        };
+        let mut state = real.state()?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, person) in real.photos.person.clone().iter().enumerate() {
+            if person.is_empty() || person == "faces" || !seen.insert(person.clone()) {
+                continue;
+            }
+            let e = real_embed(&mut state, &real.photos, &real.config, &[i])?;
+            real.index
+                .insert(person, &e[0])
+                .map_err(|e| format!("enroll {person}: {e}"))?;
+        }
+        Ok(real)
+    }
+
+    pub fn photos(&self) -> usize {
+        self.photos.len()
+    }
+
+    fn state(&self) -> Result<State, String> {
+        Ok(State {
+            det: self.det.detector().map_err(|e| e.to_string())?,
+            emb: self.model.embedder().map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// Builds the real-model target of a mode.
+    pub fn target(&self, profile: &Profile, mode: Mode) -> Result<Arc<dyn Target>, String> {
+        let shared = Shared {
+            photos: self.photos.clone(),
+            config: self.config.clone(),
+            index: self.index.clone(),
+        };
+        Ok(match mode {
+            Mode::Direct => Arc::new(RealDirect {
+                shared,
+                model: self.model.clone(),
+                det: self.det.clone(),
+            }),
+            Mode::Pool => {
+                let (model, det) = (self.model.clone(), self.det.clone());
+                let pool = Pool::builder()
+                    .capacity(workers(profile, 0))
+                    .min_workers(workers(profile, 0))
+                    .queue_capacity(request_queue(profile))
+                    .nonblocking(true)
+                    .thread_name("loadgen-pool")
+                    .worker_state(move || -> Result<State, String> {
+                        Ok(State {
+                            det: det.detector().map_err(|e| e.to_string())?,
+                            emb: model.embedder().map_err(|e| e.to_string())?,
+                        })
+                    })
+                    .build()
+                    .map_err(|e| format!("pool: {e}"))?;
+                Arc::new(RealPool { shared, pool })
+            }
+            Mode::PoolBatch => {
+                let mut c = self.config.clone();
+                c.workers = workers(profile, c.inference_threads);
+                c.queue = profile.runtime.queue;
+                c.admission_wait = None;
+                c.batch_max = profile.runtime.batch_max;
+                c.batch_delay = Duration::from_secs_f64(profile.runtime.batch_delay_ms / 1e3);
+                let mut service = FaceService::start(c).map_err(|e| e.to_string())?;
+                service.set_index(self.index.clone()).map_err(|e| e.to_string())?;
+                Arc::new(RealBatch { shared, service })
+            }
+        })
+    }
+}
+
+/// A thread's model states.
+struct State {
+    det: Detector,
+    emb: TractEmbedder,
+}
+
+#[derive(Clone)]
+struct Shared {
+    photos: Arc<Photos>,
+    config: FaceConfig,
+    index: Index,
+}
+
+/// Decodes, finds and embeds the largest face of each photo, one model run
+/// for the request's faces.
+fn real_embed(
+    state: &mut State,
+    photos: &Photos,
+    cfg: &FaceConfig,
+    images: &[usize],
+) -> Result<Vec<Vec<f32>>, String> {
+    let mut inputs = Vec::with_capacity(images.len());
+    for &i in images {
+        let bytes = photos.bytes.get(i).ok_or("no such photo")?;
+        let img = face::decode(bytes, &cfg.limits).map_err(|e| e.to_string())?;
+        let det = cfg.find.needs_detector(&img).then_some(&mut state.det);
+        let found = face::find_faces(&img, det, &cfg.find).map_err(|e| e.to_string())?;
+        let first = found
+            .into_iter()
+            .next()
+            .ok_or_else(|| FaceError::NoFace.to_string())?;
+        inputs.push(first.input);
+    }
+    let out = state.emb.embed(&inputs).map_err(|e| e.to_string())?;
+    out.into_iter()
+        .map(|r| r.map(|e| e.0).map_err(|e| e.to_string()))
+        .collect()
+}
+
+impl Shared {
+    /// Verify or identify, on embeddings.
+    fn answer(&self, req: &Request, emb: &[Vec<f32>]) -> Outcome {
+        let Some(first) = emb.first() else {
+            return Outcome::Failed("no faces".into());
+        };
+        if req.identify {
+            let queries: Vec<&[f32]> = emb.iter().map(Vec::as_slice).collect();
+            match self
+                .index
+                .search_batch(&queries, facepool::index::SearchOptions::top(1))
+            {
+                Ok(_) => Outcome::Done,
+                Err(e) => Outcome::Failed(format!("search: {e}")),
+            }
+        } else {
+            let decisions = emb[1..]
+                .iter()
+                .filter(|e| face::cosine(first, e) >= self.config.threshold)
+                .count();
+            std::hint::black_box(decisions);
+            Outcome::Done
+        }
+    }
+
+    fn serve(&self, state: &mut State, req: &Request) -> Outcome {
+        match real_embed(state, &self.photos, &self.config, &req.images) {
+            Ok(e) => self.answer(req, &e),
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+}
+
+/// A thread per request, each with its own model states (the naive service).
+struct RealDirect {
+    shared: Shared,
+    model: TractModel,
+    det: DetectModels,
+}
+
+impl Target for RealDirect {
+    fn call(&self, req: &Request) -> Outcome {
+        let state = self.det.detector().and_then(|det| {
+            Ok(State {
+                det,
+                emb: self.model.embedder()?,
+            })
+        });
+        match state {
+            Ok(mut s) => self.shared.serve(&mut s, req),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+    fn mean_batch(&self) -> Option<f64> {
+        None
+    }
+}
+
+struct RealPool {
+    shared: Shared,
+    pool: Pool<Result<State, String>>,
+}
+
+impl Target for RealPool {
+    fn call(&self, req: &Request) -> Outcome {
+        let (shared, req) = (self.shared.clone(), req.clone());
+        let r = self
+            .pool
+            .try_submit(move |state: &mut Result<State, String>| match state {
+                Ok(s) => shared.serve(s, &req),
+                Err(e) => Outcome::Failed(e.clone()),
+            });
+        job_outcome(r).unwrap_or_else(|o| o)
+    }
+    fn mean_batch(&self) -> Option<f64> {
+        None
+    }
+    fn shutdown(&self) {
+        self.pool.shutdown(Duration::from_secs(60));
+    }
+}
+
+struct RealBatch {
+    shared: Shared,
+    service: FaceService,
+}
+
+impl Target for RealBatch {
+    fn call(&self, req: &Request) -> Outcome {
+        let images = req
+            .images
+            .iter()
+            .filter_map(|&i| self.shared.photos.bytes.get(i).cloned())
+            .map(ImageSource::Bytes)
+            .collect();
+        let mut emb = Vec::with_capacity(req.images.len());
+        for r in self.service.embed_all(images) {
+            match r {
+                Ok((f, _)) => emb.push(f.embedding.0),
+                Err(e) if is_overloaded(&e) => return Outcome::Rejected,
+                Err(e) => return Outcome::Failed(e.to_string()),
+            }
+        }
+        self.shared.answer(req, &emb)
+    }
+    fn mean_batch(&self) -> Option<f64> {
+        let s = self.service.batch_stats();
+        (s.batches > 0).then(|| s.mean_batch())
+    }
+    fn stages(&self) -> Option<facepool::metrics::Snapshot> {
+        Some(self.service.metrics().snapshot())
+    }
+}

@@ -371,7 +371,14 @@ impl FaceService {
     }
 
     /// Starts decoding and finding the faces of an image on the pool.
+    ///
+    /// A service that sheds load (`admission_wait: None`) refuses the image
+    /// with `Overloaded` at once when the batcher's queue is already full,
+    /// instead of preparing a face the batcher would then refuse.
     pub fn prepare(&self, src: ImageSource) -> Result<PendingImage, ServiceError> {
+        if self.config.admission_wait.is_none() && self.batcher.queued_weight() >= self.config.queue.max(1) {
+            return Err(batch::SubmitError::Overloaded.into());
+        }
         let cfg = self.config.clone();
         let submitted = Instant::now();
         let handle = self.pool.submit(move |det: &mut WorkerState| {

@@ -414,6 +414,13 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         }
     }
 
+    /// The weight of the items waiting now (their count, without a
+    /// weigher): a cheap gauge for shedding load before work is done for
+    /// an item the batcher would refuse.
+    pub fn queued_weight(&self) -> usize {
+        self.inner.shared.lock_state().weight
+    }
+
     /// Whether the batcher has been shut down.
     pub fn is_closed(&self) -> bool {
         self.inner.shared.lock_state().closing != Closing::Open

@@ -135,11 +135,12 @@ fn request_queue(profile: &Profile) -> usize {
     (profile.runtime.queue / mean).max(1)
 }
 
+/// The synthetic downstream's batching: up to 256 items, 20 ms.
 fn batch_policy(profile: &Profile) -> BatchPolicy {
     BatchPolicy {
-        max_items: profile.runtime.batch_max,
+        max_items: profile.runtime.batch_max.unwrap_or(256),
         max_weight: None,
-        max_delay: Duration::from_secs_f64(profile.runtime.batch_delay_ms / 1e3),
+        max_delay: Duration::from_secs_f64(profile.runtime.batch_delay_ms.unwrap_or(20.0) / 1e3),
         in_flight: 1,
     }
 }
@@ -428,12 +429,15 @@ impl Real {
                 Arc::new(RealPool { shared, pool })
             }
             Mode::PoolBatch => {
-                let mut c = self.config.clone();
+                let (mut c, r) = (self.config.clone(), &profile.runtime);
+                c.inference_threads = r.inference_threads.unwrap_or(c.inference_threads);
                 c.workers = workers(profile, c.inference_threads);
-                c.queue = profile.runtime.queue;
+                c.queue = r.queue;
                 c.admission_wait = None;
-                c.batch_max = profile.runtime.batch_max;
-                c.batch_delay = Duration::from_secs_f64(profile.runtime.batch_delay_ms / 1e3);
+                c.batch_max = r.batch_max.unwrap_or(c.batch_max);
+                if let Some(ms) = r.batch_delay_ms {
+                    c.batch_delay = Duration::from_secs_f64(ms / 1e3);
+                }
                 let mut service = FaceService::start(c).map_err(|e| e.to_string())?;
                 service.set_index(self.index.clone()).map_err(|e| e.to_string())?;
                 Arc::new(RealBatch { shared, service })
@@ -569,19 +573,39 @@ struct RealBatch {
 }
 
 impl Target for RealBatch {
+    /// Admits every image of the request or none: a refusal at the pool or
+    /// the batcher refuses the request at once (the faces already admitted
+    /// are dropped before their model run).
     fn call(&self, req: &Request) -> Outcome {
-        let images = req
-            .images
-            .iter()
-            .filter_map(|&i| self.shared.photos.bytes.get(i).cloned())
-            .map(ImageSource::Bytes)
-            .collect();
-        let mut emb = Vec::with_capacity(req.images.len());
-        for r in self.service.embed_all(images) {
-            match r {
+        let fail = |e: ServiceError| {
+            if is_overloaded(&e) {
+                Outcome::Rejected
+            } else {
+                Outcome::Failed(e.to_string())
+            }
+        };
+        let mut pending = Vec::with_capacity(req.images.len());
+        for &i in &req.images {
+            let Some(bytes) = self.shared.photos.bytes.get(i) else {
+                return Outcome::Failed("no such photo".into());
+            };
+            match self.service.prepare(ImageSource::Bytes(bytes.clone())) {
+                Ok(p) => pending.push(p),
+                Err(e) => return fail(e),
+            }
+        }
+        let mut faces = Vec::with_capacity(pending.len());
+        for p in pending {
+            match self.service.embed_first(p) {
+                Ok(f) => faces.push(f),
+                Err(e) => return fail(e),
+            }
+        }
+        let mut emb = Vec::with_capacity(faces.len());
+        for f in faces {
+            match self.service.finish(f) {
                 Ok((f, _)) => emb.push(f.embedding.0),
-                Err(e) if is_overloaded(&e) => return Outcome::Rejected,
-                Err(e) => return Outcome::Failed(e.to_string()),
+                Err(e) => return fail(e),
             }
         }
         self.shared.answer(req, &emb)

@@ -48,6 +48,12 @@ struct Args {
     /// Faces that may wait, instead of the profile's `runtime.queue`.
     #[arg(long)]
     queue: Option<usize>,
+    /// Pool workers, instead of the profile's `runtime.workers`.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Face model, pool+batch: inference threads, instead of the profile's.
+    #[arg(long)]
+    inference_threads: Option<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -98,6 +104,20 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             return Err("--queue: must be at least 1".into());
         }
         profile.runtime.queue = q;
+    }
+    for (flag, v, slot) in [
+        ("--workers", args.workers, &mut profile.runtime.workers),
+        (
+            "--inference-threads",
+            args.inference_threads,
+            &mut profile.runtime.inference_threads,
+        ),
+    ] {
+        match v {
+            Some(0) => return Err(format!("{flag}: must be at least 1")),
+            Some(n) => *slot = Some(n),
+            None => {}
+        }
     }
     let modes = args.modes.clone().unwrap_or_else(|| profile.modes.clone());
     let name = args

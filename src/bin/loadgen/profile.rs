@@ -228,10 +228,15 @@ pub struct Runtime {
     /// Faces that may wait (the pool mode takes as many mean-sized
     /// requests); more are refused with `Overloaded`.
     pub queue: usize,
-    /// Most faces per model run.
-    pub batch_max: usize,
-    /// Most time the oldest face waits for its batch to fill (ms).
-    pub batch_delay_ms: f64,
+    /// Most faces per model run (default: 256 for the synthetic
+    /// downstream; the face service's own default, 32, for the model).
+    pub batch_max: Option<usize>,
+    /// Most time the oldest face waits for its batch to fill, ms (default:
+    /// 20 synthetic; the face service's default, 2, for the model).
+    pub batch_delay_ms: Option<f64>,
+    /// Face model, pool+batch: inference threads, each with its own model
+    /// state (default: the face service's, 1).
+    pub inference_threads: Option<usize>,
     /// Open loop: threads that hold admitted requests until answered (a
     /// server's request handlers); requests wait for one, and that wait
     /// counts in their latency.
@@ -245,8 +250,9 @@ impl Default for Runtime {
         Self {
             workers: None,
             queue: 1024,
-            batch_max: 256,
-            batch_delay_ms: 20.0,
+            batch_max: None,
+            batch_delay_ms: None,
+            inference_threads: None,
             callers: 512,
             direct_threads: 1024,
         }
@@ -449,11 +455,18 @@ impl Profile {
             count("runtime.workers", w)?;
         }
         count("runtime.queue", r.queue)?;
-        count("runtime.batch_max", r.batch_max)?;
+        if let Some(b) = r.batch_max {
+            count("runtime.batch_max", b)?;
+        }
+        if let Some(t) = r.inference_threads {
+            count("runtime.inference_threads", t)?;
+        }
         count("runtime.callers", r.callers)?;
         count("runtime.direct_threads", r.direct_threads)?;
-        if !(r.batch_delay_ms.is_finite() && (0.0..=60_000.0).contains(&r.batch_delay_ms)) {
-            return Err(("runtime.batch_delay_ms", "must be in [0, 60000]".into()));
+        if let Some(d) = r.batch_delay_ms {
+            if !(d.is_finite() && (0.0..=60_000.0).contains(&d)) {
+                return Err(("runtime.batch_delay_ms", "must be in [0, 60000]".into()));
+            }
         }
         let s = &self.synthetic;
         for (field, v) in [

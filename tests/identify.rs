@@ -119,3 +119,36 @@ fn enroll_five_identify_six_and_strangers_are_unknown() {
     ));
     svc.shutdown(std::time::Duration::from_secs(10));
 }
+
+/// A service that sheds load refuses an image at once, with `Overloaded`,
+/// while the batcher's queue is full, before any work is done for it.
+#[test]
+fn a_shedding_service_refuses_while_the_batcher_is_full() {
+    let mut config = FaceConfig::from_assets(&assets());
+    config.queue = 1;
+    config.admission_wait = None;
+    // The first face waits for its batch until the service shuts down, so
+    // the queue stays full for as long as the test looks.
+    config.batch_max = 64;
+    config.batch_delay = std::time::Duration::from_secs(3600);
+    let svc = FaceService::start(config).unwrap();
+    let people = johns();
+    let photo = |i: usize| ImageSource::Path(people[i].1[0].clone());
+    let first = svc.prepare(photo(0)).unwrap();
+    let first = svc.embed_first(first).unwrap();
+    for i in 1..3 {
+        match svc.prepare(photo(i)) {
+            Err(ServiceError::Batch(facepool::batch::SubmitError::Overloaded)) => {}
+            Err(e) => panic!("expected Overloaded, got {e}"),
+            Ok(_) => panic!("admitted past a full queue"),
+        }
+    }
+    let stats = svc.batch_stats();
+    assert_eq!(
+        (stats.queued, stats.rejected),
+        (1, 0),
+        "refused before the batcher"
+    );
+    drop(first);
+    drop(svc);
+}

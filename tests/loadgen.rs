@@ -145,16 +145,18 @@ fn run_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A mode's (sent, completed, rejected, errors), after checking that every
+/// request sent has exactly one outcome.
+fn outcomes(m: &serde_json::Value) -> (u64, u64, u64, u64) {
+    let n = |k: &str| m[k].as_u64().unwrap();
+    let (sent, done, refused, errors) = (n("sent"), n("completed"), n("rejected"), n("errors"));
+    assert_eq!(done + refused + errors, sent, "{m}");
+    (sent, done, refused, errors)
+}
+
 fn check_mode(m: &serde_json::Value, faces: (u64, u64), min_sent: u64) {
     let name = m["mode"].as_str().unwrap();
-    let sent = m["sent"].as_u64().unwrap();
-    let (done, refused, errors) = (
-        m["completed"].as_u64().unwrap(),
-        m["rejected"].as_u64().unwrap(),
-        m["errors"].as_u64().unwrap(),
-    );
-    // Every request sent has exactly one outcome.
-    assert_eq!(done + refused + errors, sent, "{name}: {m}");
+    let (sent, _, refused, errors) = outcomes(m);
     // The smoke load is far below every mode's capacity.
     assert!(sent >= min_sent, "{name}: {m}");
     assert_eq!((refused, errors), (0, 0), "{name}: {m}");
@@ -234,13 +236,7 @@ fn overload_is_refused_not_queued() {
         "pool+batch,pool",
     ]);
     for m in v["modes"].as_array().unwrap() {
-        let sent = m["sent"].as_u64().unwrap();
-        let (done, refused, errors) = (
-            m["completed"].as_u64().unwrap(),
-            m["rejected"].as_u64().unwrap(),
-            m["errors"].as_u64().unwrap(),
-        );
-        assert_eq!(done + refused + errors, sent, "{m}");
+        let (sent, done, refused, errors) = outcomes(m);
         assert_eq!(errors, 0, "{m}");
         assert!(done > 0, "{m}");
         // Capacity is at most 8 faces per 20 ms = 100 req/s of 4 faces;

@@ -374,7 +374,7 @@ impl Real {
         };
         let mut state = real.state()?;
         let mut seen = std::collections::HashSet::new();
-        for (i, person) in real.photos.person.clone().iter().enumerate() {
+        for (i, person) in real.photos.person.iter().enumerate() {
             if person.is_empty() || person == "faces" || !seen.insert(person.clone()) {
                 continue;
             }

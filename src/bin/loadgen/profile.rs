@@ -141,33 +141,22 @@ pub struct Stop {
 #[serde(deny_unknown_fields, default)]
 pub struct RequestShape {
     /// Faces per request: a number, or `[min, max]` (uniform).
-    #[serde(default = "one_face")]
     pub faces: Faces,
     /// Fraction of requests that identify each face against the index; the
     /// others verify their first face against the rest.
-    #[serde(default)]
     pub identify: f64,
     /// The photos used with the real model: `johns`, `faces` or `all`.
-    #[serde(default = "johns")]
     pub images: ImageSet,
 }
 
 impl Default for RequestShape {
     fn default() -> Self {
         Self {
-            faces: one_face(),
+            faces: Faces::Fixed(1),
             identify: 0.0,
             images: ImageSet::Johns,
         }
     }
-}
-
-fn one_face() -> Faces {
-    Faces::Fixed(1)
-}
-
-fn johns() -> ImageSet {
-    ImageSet::Johns
 }
 
 /// Faces per request.

@@ -262,8 +262,8 @@ pub fn write_out(dir: &Path, runs: &[ModeRun], profile_name: &str) -> Result<Vec
     Ok(written)
 }
 
-/// Per second of send time: (second, p50 ms, p99 ms) of answered requests.
-fn windows(run: &ModeRun) -> Vec<(f64, f64, f64)> {
+/// Per second of send time: (second, [p50 ms, p99 ms]) of answered requests.
+fn windows(run: &ModeRun) -> Vec<(f64, [f64; 2])> {
     let mut by_sec: std::collections::BTreeMap<u64, Vec<f64>> = std::collections::BTreeMap::new();
     for s in run.samples.iter().filter(|s| s.kind == Kind::Done) {
         by_sec
@@ -276,7 +276,7 @@ fn windows(run: &ModeRun) -> Vec<(f64, f64, f64)> {
         .map(|(sec, mut v)| {
             v.sort_by(f64::total_cmp);
             let q = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
-            (sec as f64 + 0.5, q(0.5), q(0.99))
+            (sec as f64 + 0.5, [q(0.5), q(0.99)])
         })
         .collect()
 }
@@ -292,7 +292,7 @@ fn plot(path: &Path, runs: &[ModeRun], profile_name: &str) -> Result<(), String>
         .ceil();
     let y_max = series
         .iter()
-        .flat_map(|(_, w)| w.iter().map(|p| p.2))
+        .flat_map(|(_, w)| w.iter().map(|p| p.1[1]))
         .fold(1.0f64, f64::max)
         * 1.05;
     let err = |e: &dyn std::fmt::Display| format!("cannot draw {}: {e}", path.display());
@@ -316,22 +316,15 @@ fn plot(path: &Path, runs: &[ModeRun], profile_name: &str) -> Result<(), String>
         .map_err(|e| err(&e))?;
     for (i, (mode, w)) in series.iter().enumerate() {
         let colour = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                w.iter().map(|p| (p.0, p.2)),
-                colour.stroke_width(2),
-            ))
-            .map_err(|e| err(&e))?
-            .label(format!("{mode} p99"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
-        chart
-            .draw_series(LineSeries::new(
-                w.iter().map(|p| (p.0, p.1)),
-                colour.stroke_width(1),
-            ))
-            .map_err(|e| err(&e))?
-            .label(format!("{mode} p50"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(1)));
+        // p99 as a thick line, p50 as a thin one, in the mode's colour.
+        for (name, q, width) in [("p99", 1, 2), ("p50", 0, 1)] {
+            let style = colour.stroke_width(width);
+            chart
+                .draw_series(LineSeries::new(w.iter().map(|p| (p.0, p.1[q])), style))
+                .map_err(|e| err(&e))?
+                .label(format!("{mode} {name}"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        }
     }
     chart
         .configure_series_labels()

@@ -1,4 +1,5 @@
-//! Face embeddings: the [`Embedder`] trait and its tract CPU backend.
+//! Face embeddings: the [`Embedder`] trait and its tract CPU backend (the
+//! ONNX Runtime one is in `onnxruntime`, behind the `ort` feature).
 
 use std::path::Path;
 
@@ -56,6 +57,18 @@ pub trait Embedder: Send {
     /// Embeds every face; the outer error fails the whole batch, an inner
     /// one only its face (a NaN or zero output).
     fn embed(&mut self, faces: &[FaceInput]) -> Result<Vec<Result<Embedding, FaceError>>, FaceError>;
+}
+
+impl<E: Embedder + ?Sized> Embedder for Box<E> {
+    fn dim(&self) -> usize {
+        (**self).dim()
+    }
+    fn batch_sizes(&self) -> &[usize] {
+        (**self).batch_sizes()
+    }
+    fn embed(&mut self, faces: &[FaceInput]) -> Result<Vec<Result<Embedding, FaceError>>, FaceError> {
+        (**self).embed(faces)
+    }
 }
 
 /// The embedding model loaded once: one optimised plan per batch size,
@@ -138,36 +151,53 @@ impl TractEmbedder {
     fn run_plan(&mut self, index: usize, faces: &[FaceInput]) -> Result<Vec<Vec<f32>>, FaceError> {
         let b = self.sizes[index];
         debug_assert_eq!(b, faces.len());
-        let mut data = Vec::with_capacity(b * INPUT_LEN);
-        for f in faces {
-            if f.0.len() != INPUT_LEN {
-                return Err(FaceError::BadOutput(format!(
-                    "face input has {} floats, not {INPUT_LEN}",
-                    f.0.len()
-                )));
-            }
-            data.extend_from_slice(&f.0);
-        }
+        let mut data = Vec::new();
+        concat(faces, &mut data)?;
         let outputs = model::run(&mut self.states[index], &[b, 3, FACE_SIZE, FACE_SIZE], data)?;
         let Some((shape, flat)) = outputs.into_iter().next() else {
             return Err(FaceError::BadOutput("the model has no output".into()));
         };
-        // The model's last Reshape is hard-coded to [1, -1]: at batch b it
-        // returns [1, b × dim], row-major identical to [b, dim].
-        if flat.is_empty() || flat.len() % b != 0 {
-            return Err(FaceError::BadOutput(format!(
-                "output of shape {shape:?} for a batch of {b}"
-            )));
-        }
-        let dim = flat.len() / b;
-        if self.dim != 0 && dim != self.dim {
-            return Err(FaceError::BadOutput(format!(
-                "output of {dim} per face, expected {}",
-                self.dim
-            )));
-        }
-        Ok(flat.chunks(dim).map(<[f32]>::to_vec).collect())
+        rows(&flat, b, self.dim, &shape)
     }
+}
+
+/// Appends the batch's inputs to `data`, checking each one's length.
+pub(crate) fn concat(faces: &[FaceInput], data: &mut Vec<f32>) -> Result<(), FaceError> {
+    data.reserve(faces.len() * INPUT_LEN);
+    for f in faces {
+        if f.0.len() != INPUT_LEN {
+            return Err(FaceError::BadOutput(format!(
+                "face input has {} floats, not {INPUT_LEN}",
+                f.0.len()
+            )));
+        }
+        data.extend_from_slice(&f.0);
+    }
+    Ok(())
+}
+
+/// Splits a batch's output (`flat`, of `shape`) into one row per face.
+/// `[b, dim]` and the default model's `[1, b × dim]` (its last Reshape is
+/// hard-coded to `[1, -1]`) are the same rows; `dim` is checked when known
+/// (non-zero).
+pub(crate) fn rows<S: std::fmt::Debug + ?Sized>(
+    flat: &[f32],
+    b: usize,
+    dim: usize,
+    shape: &S,
+) -> Result<Vec<Vec<f32>>, FaceError> {
+    if b == 0 || flat.is_empty() || flat.len() % b != 0 {
+        return Err(FaceError::BadOutput(format!(
+            "output of shape {shape:?} for a batch of {b}"
+        )));
+    }
+    let got = flat.len() / b;
+    if dim != 0 && got != dim {
+        return Err(FaceError::BadOutput(format!(
+            "output of {got} per face, expected {dim}"
+        )));
+    }
+    Ok(flat.chunks(got).map(<[f32]>::to_vec).collect())
 }
 
 impl Embedder for TractEmbedder {

@@ -35,6 +35,15 @@ pub enum FaceError {
     /// A model could not be loaded or run.
     #[error("model error: {0}")]
     Model(String),
+    /// The ONNX Runtime library could not be loaded (missing, not a shared
+    /// library, not ONNX Runtime, too old, or another one already loaded).
+    #[error("ONNX Runtime library {library}: {message}")]
+    Runtime {
+        /// The library's path.
+        library: String,
+        /// Why it could not be used.
+        message: String,
+    },
     /// The model returned something unusable (wrong shape, NaN, zero vector).
     #[error("model output unusable: {0}")]
     BadOutput(String),

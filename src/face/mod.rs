@@ -5,15 +5,19 @@
 //! wires them together.
 
 pub mod align;
+pub mod backend;
 pub mod decode;
 pub mod detect;
 pub mod embed;
 mod error;
 mod model;
+#[cfg(feature = "ort")]
+pub mod onnxruntime;
 
 use image::RgbImage;
 
 pub use self::align::{Similarity, ARCFACE_TEMPLATE, FACE_SIZE};
+pub use self::backend::{Backend, BackendChoice, EmbedModel, EmbedSettings};
 pub use self::decode::{decode, decode_file, DecodeLimits};
 pub use self::detect::{DetectModels, Detection, Detector, PointsFrom};
 pub use self::embed::{cosine, Embedder, Embedding, FaceInput, TractEmbedder, TractModel, INPUT_LEN};

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::batch::{self, BatchError, BatchPolicy, Batcher};
 use crate::face::{
-    self, DecodeLimits, DetectModels, Detector, Embedder, Embedding, FaceError, FaceInput, FacePath,
-    FindOptions, Prepared, TractModel,
+    self, Backend, BackendChoice, DecodeLimits, DetectModels, Detector, EmbedModel, EmbedSettings, Embedding,
+    FaceError, FaceInput, FacePath, FindOptions, Prepared,
 };
 use crate::index::{Index, IndexError, Match};
 use crate::metrics::{Metrics, Stage};
@@ -75,6 +75,11 @@ pub enum StartError {
 pub struct FaceConfig {
     /// The embedding model (ONNX).
     pub model: PathBuf,
+    /// The backend that runs it: `Auto` takes ONNX Runtime when the
+    /// library loads (and the `ort` feature is built), else tract.
+    pub backend: Backend,
+    /// The ONNX Runtime library (`libonnxruntime.so`).
+    pub onnxruntime: PathBuf,
     /// The face detector (UltraFace ONNX).
     pub detector: PathBuf,
     /// The 68-point landmark model; without it alignment uses box proportions.
@@ -87,7 +92,11 @@ pub struct FaceConfig {
     pub workers: usize,
     /// Inference threads (each owns an embedding state).
     pub inference_threads: usize,
-    /// Batch sizes the embedding model gets a plan for.
+    /// ONNX Runtime's intra-op threads per inference thread (tract runs
+    /// each state on its inference thread alone).
+    pub intra_threads: usize,
+    /// Batch sizes the tract backend gets a plan for (ONNX Runtime runs any
+    /// size up to `batch_max`).
     pub batch_sizes: Vec<usize>,
     /// Most faces per model run.
     pub batch_max: usize,
@@ -125,19 +134,26 @@ impl FaceConfig {
 
     /// The defaults, with the models under `assets` (as fetched by
     /// `scripts/fetch-assets.sh`), and threads budgeted against the cores:
-    /// one inference thread, and a pool worker for each other core.
+    /// half of them (at least one) are pool workers, the rest inference
+    /// threads of one intra-op thread each, so workers + inference threads
+    /// × intra-op threads = cores. Batches of up to 8: ONNX Runtime's cost
+    /// per face on the default model rises above that (measured in
+    /// `benches/backends.rs`), and tract's does not fall with batch size.
     pub fn from_assets(assets: &Path) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Self {
             model: assets.join("models/fr_feature.onnx"),
+            backend: Backend::Auto,
+            onnxruntime: face::backend::onnxruntime_in(assets),
             detector: assets.join("models/fr_detect.onnx"),
             landmarks: Some(assets.join("models/fr_landmark.onnx")),
             find: FindOptions::default(),
             threshold: face::DEFAULT_THRESHOLD,
-            workers: cores.saturating_sub(1).max(1),
-            inference_threads: 1,
+            workers: (cores / 2).max(1),
+            inference_threads: cores.saturating_sub((cores / 2).max(1)).max(1),
+            intra_threads: 1,
             batch_sizes: vec![1],
-            batch_max: 32,
+            batch_max: 8,
             batch_delay: Duration::from_millis(2),
             limits: DecodeLimits::default(),
             queue: 4096,
@@ -253,6 +269,7 @@ pub struct FaceService {
     pool: Pool<WorkerState>,
     batcher: Batcher<FaceInput, Embedded>,
     config: Arc<FaceConfig>,
+    backend: BackendChoice,
     dim: usize,
     index: Index,
     metrics: Metrics,
@@ -269,7 +286,14 @@ impl std::fmt::Debug for FaceService {
 impl FaceService {
     /// Loads the models and starts the pool and the batcher.
     pub fn start(config: FaceConfig) -> Result<Self, StartError> {
-        let model = TractModel::load(&config.model, &config.batch_sizes)?;
+        let (model, backend) = EmbedModel::load(&EmbedSettings {
+            backend: config.backend,
+            model: config.model.clone(),
+            onnxruntime: config.onnxruntime.clone(),
+            tract_batch_sizes: config.batch_sizes.clone(),
+            max_batch: config.batch_max.max(1),
+            intra_threads: config.intra_threads.max(1),
+        })?;
         let dim = model.dim();
         let det = DetectModels::load(&config.detector, config.landmarks.as_deref())?;
         let metrics = Metrics::new();
@@ -320,6 +344,7 @@ impl FaceService {
             pool,
             batcher,
             config: Arc::new(config),
+            backend,
             dim,
             index: Index::new(dim).map_err(|e| FaceError::Model(e.to_string()))?,
             metrics,
@@ -334,6 +359,12 @@ impl FaceService {
     /// Length of the embeddings.
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// The embedding backend that runs, and why `auto` fell back to tract
+    /// if it did.
+    pub fn backend(&self) -> &BackendChoice {
+        &self.backend
     }
 
     /// Latency histograms of every stage of every call, and batch sizes.

@@ -259,3 +259,77 @@ fn flamegraph_and_pprof() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("run.svg"), "{err}");
 }
+
+/// The similarity of each pair line, in order.
+fn similarities(out: &str) -> Vec<f64> {
+    json_lines(out)
+        .iter()
+        .filter_map(|v| v["similarity"].as_f64())
+        .collect()
+}
+
+#[test]
+fn backends_give_the_same_verdicts_and_say_which_ran() {
+    // Every pair of three people's first two photos: same and different.
+    let dir = common::TempDir::new("backend-pairs");
+    let photos: Vec<String> = ["John_Savage", "John_Simm", "John_Salley"]
+        .iter()
+        .flat_map(|p| [photo(p, 0), photo(p, 1)])
+        .collect();
+    let mut lines = String::new();
+    for i in 0..photos.len() {
+        for j in i + 1..photos.len() {
+            lines += &format!("{},{},{}\n", photos[i], photos[j], u8::from(i / 2 == j / 2));
+        }
+    }
+    let pairs = dir.path().join("pairs.csv");
+    std::fs::write(&pairs, lines).unwrap();
+    let pairs = pairs.display().to_string();
+
+    let mut runs = Vec::new();
+    for backend in ["tract", "ort"] {
+        let (code, out, err) = compare(&["--pairs", &pairs, "--json", "--backend", backend]);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains(&format!("embedding backend: {backend}")), "{err}");
+        let summary = json_lines(&out).last().unwrap()["summary"].clone();
+        assert_eq!(summary["backend"], backend);
+        assert_eq!(summary["accuracy"], 1.0, "{out}");
+        let verdicts: Vec<bool> = json_lines(&out)
+            .iter()
+            .filter_map(|v| v["same"].as_bool())
+            .collect();
+        assert_eq!(verdicts.len(), 15);
+        runs.push((verdicts, similarities(&out)));
+    }
+    assert_eq!(runs[0].0, runs[1].0, "the backends decided differently");
+    for (t, o) in runs[0].1.iter().zip(&runs[1].1) {
+        assert!((t - o).abs() < 2e-3, "tract {t} vs ort {o}");
+    }
+}
+
+#[test]
+fn a_missing_runtime_is_an_error_for_ort_and_a_fallback_for_auto() {
+    let dir = common::TempDir::new("cli-no-ort");
+    let missing = dir.path().join("libonnxruntime.so.1").display().to_string();
+    let (a, b) = (photo("John_Savage", 0), photo("John_Savage", 1));
+    let (code, out, err) = compare(&["--backend", "ort", "--onnxruntime", &missing, &a, &b]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        err.contains("ONNX Runtime library") && err.contains(&missing),
+        "{err}"
+    );
+    assert!(out.is_empty());
+
+    let (code, out, err) = compare(&["--backend", "auto", "--onnxruntime", &missing, &a, &b]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("embedding backend: tract (ONNX Runtime unavailable"),
+        "{err}"
+    );
+    assert!(err.contains(&missing), "{err}");
+    assert!(out.contains("same"), "{out}");
+
+    let (code, _, err) = compare(&["--backend", "gpu", &a, &b]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown backend"), "{err}");
+}

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use facepool::face::FaceMode;
+use facepool::face::{Backend, FaceMode};
 use facepool::metrics::profiling::Capture;
 use facepool::service::{FaceConfig, FaceService, ImageSource, PendingFace, PendingImage, Timings, Verdict};
 use serde_json::json;
@@ -69,18 +69,29 @@ struct ServiceArgs {
     /// The face detector model.
     #[arg(long)]
     detector: Option<PathBuf>,
+    /// Embedding backend: ort (ONNX Runtime), tract, or auto (ort when its
+    /// library loads, else tract).
+    #[arg(long, default_value = "auto")]
+    backend: Backend,
+    /// The ONNX Runtime library (default: assets/lib/libonnxruntime.so.1).
+    #[arg(long)]
+    onnxruntime: Option<PathBuf>,
     /// How faces are found: aligned (face chips), detect, or auto.
     #[arg(long, default_value = "auto")]
     faces: FaceMode,
     /// Similarity at or above which two faces are the same person.
     #[arg(long)]
     threshold: Option<f32>,
-    /// Pool workers for decoding and detection (default: cores - 1).
+    /// Pool workers for decoding and detection (default: half the cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Inference threads, each with its own model state (default 1).
+    /// Inference threads, each with its own model state (default: the other
+    /// cores).
     #[arg(long)]
     inference_threads: Option<usize>,
+    /// ONNX Runtime intra-op threads per inference thread.
+    #[arg(long)]
+    intra_threads: Option<usize>,
     /// Most faces per model run.
     #[arg(long)]
     batch_max: Option<usize>,
@@ -169,6 +180,10 @@ fn config(args: &ServiceArgs) -> FaceConfig {
     if let Some(d) = &args.detector {
         c.detector = d.clone();
     }
+    c.backend = args.backend;
+    if let Some(l) = &args.onnxruntime {
+        c.onnxruntime = l.clone();
+    }
     c.find.mode = args.faces;
     if let Some(t) = args.threshold {
         c.threshold = t;
@@ -179,6 +194,9 @@ fn config(args: &ServiceArgs) -> FaceConfig {
     if let Some(t) = args.inference_threads {
         c.inference_threads = t.max(1);
     }
+    if let Some(t) = args.intra_threads {
+        c.intra_threads = t.max(1);
+    }
     if let Some(b) = args.batch_max {
         c.batch_max = b.max(1);
     }
@@ -188,12 +206,15 @@ fn config(args: &ServiceArgs) -> FaceConfig {
     c
 }
 
-/// Starts the service, or says why it could not.
+/// Starts the service and says which embedding backend runs, or says why
+/// it could not start.
 fn start_service(args: &ServiceArgs) -> Result<FaceService, ExitCode> {
-    FaceService::start(config(args)).map_err(|e| {
+    let svc = FaceService::start(config(args)).map_err(|e| {
         eprintln!("compare: {e}");
         ExitCode::from(2)
-    })
+    })?;
+    eprintln!("compare: embedding backend: {}", svc.backend());
+    Ok(svc)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -398,6 +419,7 @@ fn run(args: Args) -> ExitCode {
         let per_sec = ((total as f64 / secs.max(1e-9)) * 100.0).round() / 100.0;
         if args.json {
             let mut s = json!({"pairs": total, "failed": failed, "pairs_per_sec": per_sec,
+                               "backend": svc.backend().used.to_string(),
                                "metrics": svc.metrics().snapshot().report()});
             if let Some(a) = accuracy {
                 s["accuracy"] = json!(a);

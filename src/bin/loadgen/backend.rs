@@ -7,7 +7,9 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use facepool::batch::{self, BatchHandle, BatchPolicy, Batcher};
-use facepool::face::{self, DetectModels, Detector, Embedder, FaceError, TractEmbedder, TractModel};
+use facepool::face::{
+    self, Backend, BackendChoice, DetectModels, Detector, EmbedModel, EmbedSettings, Embedder, FaceError,
+};
 use facepool::index::Index;
 use facepool::pool::{self, Pool};
 use facepool::service::{FaceConfig, FaceService, ImageSource, ServiceError};
@@ -350,7 +352,8 @@ fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
 pub struct Real {
     photos: Arc<Photos>,
     config: FaceConfig,
-    model: TractModel,
+    model: EmbedModel,
+    choice: BackendChoice,
     det: DetectModels,
     index: Index,
 }
@@ -358,10 +361,31 @@ pub struct Real {
 impl Real {
     /// Loads the models and the photos, and enrolls each person's first
     /// photo (with a person) into the index identify requests search.
-    pub fn load(assets: &Path, profile: &Profile) -> Result<Self, String> {
+    /// `backend` and `onnxruntime` choose the embedding backend as
+    /// `FaceConfig` does; every mode then runs the one chosen.
+    pub fn load(
+        assets: &Path,
+        profile: &Profile,
+        backend: Backend,
+        onnxruntime: Option<PathBuf>,
+    ) -> Result<Self, String> {
         let photos = Arc::new(Photos::load(assets, profile.request.images)?);
-        let config = FaceConfig::from_assets(assets);
-        let model = TractModel::load(&config.model, &config.batch_sizes).map_err(|e| e.to_string())?;
+        let mut config = FaceConfig::from_assets(assets);
+        config.backend = backend;
+        if let Some(lib) = onnxruntime {
+            config.onnxruntime = lib;
+        }
+        let (model, choice) = EmbedModel::load(&EmbedSettings {
+            backend: config.backend,
+            model: config.model.clone(),
+            onnxruntime: config.onnxruntime.clone(),
+            tract_batch_sizes: config.batch_sizes.clone(),
+            max_batch: config.batch_max,
+            intra_threads: config.intra_threads,
+        })
+        .map_err(|e| e.to_string())?;
+        // The service in pool+batch mode runs what was chosen here.
+        config.backend = choice.used;
         let det =
             DetectModels::load(&config.detector, config.landmarks.as_deref()).map_err(|e| e.to_string())?;
         let index = Index::new(model.dim()).map_err(|e| e.to_string())?;
@@ -369,6 +393,7 @@ impl Real {
             photos,
             config,
             model,
+            choice,
             det,
             index,
         };
@@ -388,6 +413,11 @@ impl Real {
 
     pub fn photos(&self) -> usize {
         self.photos.len()
+    }
+
+    /// The embedding backend every mode runs.
+    pub fn backend(&self) -> &BackendChoice {
+        &self.choice
     }
 
     fn state(&self) -> Result<State, String> {
@@ -449,7 +479,7 @@ impl Real {
 /// A thread's model states.
 struct State {
     det: Detector,
-    emb: TractEmbedder,
+    emb: Box<dyn Embedder>,
 }
 
 #[derive(Clone)]
@@ -521,7 +551,7 @@ impl Shared {
 /// A thread per request, each with its own model states (the naive service).
 struct RealDirect {
     shared: Shared,
-    model: TractModel,
+    model: EmbedModel,
     det: DetectModels,
 }
 

@@ -24,6 +24,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use facepool::face::Backend;
 use facepool::metrics::profiling::Capture;
 use facepool::service::FaceConfig;
 
@@ -54,6 +55,13 @@ struct Args {
     /// Face model, pool+batch: inference threads, instead of the profile's.
     #[arg(long)]
     inference_threads: Option<usize>,
+    /// Face model: the embedding backend (ort, tract, or auto: ort when its
+    /// library loads, else tract).
+    #[arg(long, default_value = "auto")]
+    backend: Backend,
+    /// The ONNX Runtime library (default: assets/lib/libonnxruntime.so.1).
+    #[arg(long)]
+    onnxruntime: Option<PathBuf>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -134,7 +142,9 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         None
     } else {
         let assets = FaceConfig::locate_assets(args.assets.clone());
-        Some(backend::Real::load(&assets, &profile)?)
+        let real = backend::Real::load(&assets, &profile, args.backend, args.onnxruntime.clone())?;
+        eprintln!("loadgen: embedding backend: {}", real.backend());
+        Some(real)
     };
     let photos = real.as_ref().map_or(1, backend::Real::photos);
     let show = !args.json && std::io::stderr().is_terminal();
@@ -153,7 +163,11 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         profile: name.clone(),
         description: profile.description.clone(),
         arrival: profile.arrival_line(),
-        backend: report::backend_line(&profile, args.synthetic, photos),
+        backend: report::backend_line(
+            &profile,
+            real.as_ref().map(|r| r.backend().used.to_string()).as_deref(),
+            photos,
+        ),
         slo: profile.slo.clone(),
         modes: runs.iter().map(|r| report::summarise(r, &profile.slo)).collect(),
     };

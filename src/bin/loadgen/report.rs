@@ -337,14 +337,13 @@ fn plot(path: &Path, runs: &[ModeRun], profile_name: &str) -> Result<(), String>
 }
 
 /// One line of how the backend was set up.
-pub fn backend_line(profile: &Profile, synthetic: bool, photos: usize) -> String {
-    if synthetic {
+pub fn backend_line(profile: &Profile, model: Option<&str>, photos: usize) -> String {
+    let Some(model) = model else {
         let s = &profile.synthetic;
-        format!(
+        return format!(
             "synthetic: {} ms + {} ms per item per call, {} call(s) at a time, {} ms prepare per face",
             s.call_ms, s.item_ms, s.concurrency, s.prepare_ms
-        )
-    } else {
-        format!("face model (tract) on {photos} photos")
-    }
+        );
+    };
+    format!("face model ({model}) on {photos} photos")
 }

@@ -1,7 +1,9 @@
 //! The embedding backends side by side, in one run on the same cores:
 //! faces/s of the bare model by backend × batch size × threads, then the
-//! whole `compare --pairs` pipeline (decode, align, batch, embed, compare)
-//! on each backend, as a share of that backend's best bare rate.
+//! whole `compare --pairs` pipeline (decode, align, batch, embed, compare
+//! on the 1,485 labelled pairs, two faces each) on each backend, as a share
+//! of the bare model's rate in the same thread split, measured just before
+//! and just after it.
 //!
 //! ```text
 //! bash scripts/fetch-assets.sh && cargo bench --bench backends
@@ -137,79 +139,136 @@ fn args() -> Args {
     a
 }
 
+/// A backend's bare model, at a given batch size and thread split.
+enum Bare {
+    Tract(TractModel),
+    Ort(OrtRuntime, PathBuf),
+}
+
+impl Bare {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Tract(_) => "tract",
+            Self::Ort(..) => "ort",
+        }
+    }
+
+    /// Faces/s with `states` threads of `intra` intra-op threads each.
+    fn rate(&self, faces: &[FaceInput], batch: usize, states: usize, intra: usize, secs: f64) -> f64 {
+        match self {
+            Self::Tract(m) => {
+                let es = (0..states).map(|_| m.embedder().expect("a state")).collect();
+                rate(es, faces, batch, secs)
+            }
+            Self::Ort(rt, model) => {
+                let opts = OrtOptions {
+                    max_batch: batch,
+                    intra_threads: intra,
+                    ..OrtOptions::default()
+                };
+                let m = OrtModel::load(rt, model, opts).expect("ONNX Runtime loads the model");
+                let es = (0..states).map(|_| m.embedder().expect("a session")).collect();
+                rate(es, faces, batch, secs)
+            }
+        }
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
 fn main() {
     let a = args();
     let faces = faces();
     let model = assets().join("models/fr_feature.onnx");
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let backends = [
+        Bare::Tract(TractModel::load(&model, &[1, 8]).expect("tract loads the model")),
+        Bare::Ort(
+            OrtRuntime::load(&onnxruntime_in(&assets())).expect("ONNX Runtime loads"),
+            model.clone(),
+        ),
+    ];
+
+    // The bare model: backend × batch × (states, intra-op threads).
     let mut rows = Vec::new();
-    let mut push = |backend: &str, batch: usize, states: usize, intra: usize, fps: f64| {
-        if !a.json {
-            eprintln!("{backend:<6} batch {batch:>2}  states {states}  intra {intra}  {fps:>7.1} faces/s");
-        }
-        rows.push(json!({"backend": backend, "batch": batch, "states": states,
-                         "intra_threads": intra, "threads": states * intra,
-                         "faces_per_sec": (fps * 10.0).round() / 10.0}));
-    };
-
-    let tract = TractModel::load(&model, &[1, 8, 32]).expect("tract loads the model");
-    for batch in [1, 8, 32] {
-        for states in [1, 2] {
-            let es = (0..states).map(|_| tract.embedder().expect("a state")).collect();
-            push("tract", batch, states, 1, rate(es, &faces, batch, a.secs));
-        }
-    }
-    let rt = OrtRuntime::load(&onnxruntime_in(&assets())).expect("ONNX Runtime loads");
-    for batch in [1, 8, 32] {
-        for (states, intra) in [(1, 1), (1, 2), (2, 1)] {
-            let opts = OrtOptions {
-                max_batch: batch,
-                intra_threads: intra,
-                ..OrtOptions::default()
-            };
-            let m = OrtModel::load(&rt, &model, opts).expect("ONNX Runtime loads the model");
-            let es = (0..states).map(|_| m.embedder().expect("a session")).collect();
-            push("ort", batch, states, intra, rate(es, &faces, batch, a.secs));
+    for b in &backends {
+        let (batches, splits): (&[usize], &[(usize, usize)]) = match b {
+            Bare::Tract(_) => (&[1, 8], &[(1, 1), (2, 1)]),
+            Bare::Ort(..) => (&[1, 2, 4, 8, 32], &[(1, 1), (1, 2), (2, 1)]),
+        };
+        for &batch in batches {
+            for &(states, intra) in splits {
+                let fps = b.rate(&faces, batch, states, intra, a.secs);
+                if !a.json {
+                    eprintln!(
+                        "bare  {:<5}  batch {batch:>2}  states {states}  intra {intra}  {fps:>7.1} faces/s",
+                        b.name()
+                    );
+                }
+                rows.push(json!({"backend": b.name(), "batch": batch, "states": states,
+                                 "intra_threads": intra, "threads": states * intra,
+                                 "faces_per_sec": round1(fps)}));
+            }
         }
     }
-    let best = |backend: &str| {
-        rows.iter()
-            .filter(|r| r["backend"] == backend)
-            .filter_map(|r| r["faces_per_sec"].as_f64())
-            .fold(0.0, f64::max)
-    };
-    let (best_tract, best_ort) = (best("tract"), best("ort"));
 
+    // The pipeline: the default split (half the cores prepare, half infer),
+    // and one inference thread per core (plus the preparing worker, which
+    // then shares a core). Each run sits between two runs of the bare model
+    // in the same split, so the share compares like with like, minutes
+    // apart at most.
+    let default_infer = cores - (cores / 2).max(1);
     let mut pipes = Vec::new();
-    for (backend, extra) in [("tract", &[][..]), ("ort", &[][..])] {
-        let (fps, used) = pipeline(backend, extra);
-        let raw = if used == "ort" { best_ort } else { best_tract };
-        if !a.json {
-            eprintln!(
-                "compare --pairs --backend {backend} {}: {fps:.1} faces/s = {:.0} % of the bare model's best",
-                extra.join(" "),
-                100.0 * fps / raw
+    for infer in [default_infer.max(1), cores] {
+        for b in &backends {
+            let threads = infer.to_string();
+            let prep_workers = (cores / 2).max(1);
+            let prep = prep_workers.to_string();
+            let extra = ["--inference-threads", &threads, "--threads", &prep];
+            // What the service runs: tract a batch-1 plan, face after face;
+            // ONNX Runtime batches of up to 4 (the defaults).
+            let batch = if matches!(b, Bare::Tract(_)) { 1 } else { 4 };
+            let before = b.rate(&faces, batch, infer, 1, a.secs);
+            let (fps, used) = pipeline(b.name(), &extra);
+            let after = b.rate(&faces, batch, infer, 1, a.secs);
+            assert_eq!(used, b.name(), "compare ran another backend");
+            let bare = (before + after) / 2.0;
+            if !a.json {
+                eprintln!(
+                    "compare --pairs --backend {} {}: {fps:.1} faces/s; bare model in that split {bare:.1} \
+                     faces/s; pipeline/bare {:.0} %",
+                    b.name(),
+                    extra.join(" "),
+                    100.0 * fps / bare
+                );
+            }
+            pipes.push(
+                json!({"backend": used, "prep_workers": prep_workers, "inference_threads": infer,
+                              "bare_batch": batch, "faces_per_sec": round1(fps),
+                              "bare_faces_per_sec": round1(bare),
+                              "pipeline_over_bare": (fps / bare * 1000.0).round() / 1000.0}),
             );
         }
-        pipes.push(json!({"backend": used, "args": extra.join(" "),
-                          "faces_per_sec": (fps * 10.0).round() / 10.0,
-                          "share_of_bare_best": (fps / raw * 1000.0).round() / 1000.0}));
     }
-    let pipe = |b: &str| {
-        pipes
-            .iter()
-            .filter(|p| p["backend"] == b)
-            .filter_map(|p| p["faces_per_sec"].as_f64())
-            .fold(0.0, f64::max)
-    };
-    let speedup = pipe("ort") / pipe("tract").max(1e-9);
+    let speedups: Vec<Value> = pipes
+        .chunks(2)
+        .map(|p| {
+            let x = p[1]["faces_per_sec"].as_f64().unwrap_or(0.0) / p[0]["faces_per_sec"].as_f64().unwrap_or(1.0);
+            if !a.json {
+                eprintln!(
+                    "inference threads {}: ort pipeline / tract pipeline {x:.2}x",
+                    p[0]["inference_threads"]
+                );
+            }
+            json!({"inference_threads": p[0]["inference_threads"], "ort_over_tract": (x * 100.0).round() / 100.0})
+        })
+        .collect();
     if a.json {
         println!(
             "{}",
-            json!({"cores": std::thread::available_parallelism().map_or(0, usize::from),
-                   "bare": rows, "pipeline": pipes,
-                   "ort_pipeline_over_tract_pipeline": (speedup * 100.0).round() / 100.0})
+            json!({"cores": cores, "bare": rows, "pipeline": pipes, "pipeline_speedup": speedups})
         );
-    } else {
-        eprintln!("ort pipeline / tract pipeline: {speedup:.2}x");
     }
 }

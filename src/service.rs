@@ -136,7 +136,7 @@ impl FaceConfig {
     /// `scripts/fetch-assets.sh`), and threads budgeted against the cores:
     /// half of them (at least one) are pool workers, the rest inference
     /// threads of one intra-op thread each, so workers + inference threads
-    /// × intra-op threads = cores. Batches of up to 8: ONNX Runtime's cost
+    /// × intra-op threads = cores. Batches of up to 4: ONNX Runtime's cost
     /// per face on the default model rises above that (measured in
     /// `benches/backends.rs`), and tract's does not fall with batch size.
     pub fn from_assets(assets: &Path) -> Self {
@@ -153,7 +153,7 @@ impl FaceConfig {
             inference_threads: cores.saturating_sub((cores / 2).max(1)).max(1),
             intra_threads: 1,
             batch_sizes: vec![1],
-            batch_max: 8,
+            batch_max: 4,
             batch_delay: Duration::from_millis(2),
             limits: DecodeLimits::default(),
             queue: 4096,

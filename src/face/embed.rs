@@ -186,7 +186,7 @@ pub(crate) fn rows<S: std::fmt::Debug + ?Sized>(
     dim: usize,
     shape: &S,
 ) -> Result<Vec<Vec<f32>>, FaceError> {
-    if b == 0 || flat.is_empty() || flat.len() % b != 0 {
+    if b == 0 || flat.is_empty() || !flat.len().is_multiple_of(b) {
         return Err(FaceError::BadOutput(format!(
             "output of shape {shape:?} for a batch of {b}"
         )));

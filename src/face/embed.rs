@@ -102,19 +102,8 @@ impl TractModel {
             plans.push((b, model::load(path, &[b, 3, FACE_SIZE, FACE_SIZE])?));
         }
         let mut m = Self { plans, dim: 0 };
-        // Learn the embedding size from one run, and check the model works.
         let mut e = m.embedder()?;
-        let probe = FaceInput(vec![0.0; INPUT_LEN].into_boxed_slice());
-        let dim = e
-            .run_plan(0, std::slice::from_ref(&probe))?
-            .first()
-            .map_or(0, |v| v.len());
-        if dim == 0 {
-            return Err(FaceError::BadOutput(
-                "the model returned an empty embedding".into(),
-            ));
-        }
-        m.dim = dim;
+        m.dim = probe_dim(|f| e.run_plan(0, f))?;
         Ok(m)
     }
 
@@ -158,6 +147,20 @@ impl TractEmbedder {
             return Err(FaceError::BadOutput("the model has no output".into()));
         };
         rows(&flat, b, self.dim, &shape)
+    }
+}
+
+/// The embedding size, learnt from one run of a blank face through `run`
+/// (which also checks that the model works at all).
+pub(crate) fn probe_dim(
+    run: impl FnOnce(&[FaceInput]) -> Result<Vec<Vec<f32>>, FaceError>,
+) -> Result<usize, FaceError> {
+    let probe = FaceInput(vec![0.0; INPUT_LEN].into_boxed_slice());
+    match run(std::slice::from_ref(&probe))?.first().map_or(0, Vec::len) {
+        0 => Err(FaceError::BadOutput(
+            "the model returned an empty embedding".into(),
+        )),
+        dim => Ok(dim),
     }
 }
 

@@ -25,7 +25,7 @@ use prost::Message;
 use tract_onnx::pb;
 
 use super::align::FACE_SIZE;
-use super::embed::{concat, rows, Embedder, Embedding, FaceInput, INPUT_LEN};
+use super::embed::{concat, probe_dim, rows, Embedder, Embedding, FaceInput};
 use super::FaceError;
 
 /// The ONNX Runtime library loaded into this process.
@@ -212,14 +212,7 @@ impl OrtModel {
             dim: 0,
         };
         let mut e = m.embedder()?;
-        let probe = FaceInput(vec![0.0; INPUT_LEN].into_boxed_slice());
-        let dim = e.run(std::slice::from_ref(&probe))?.first().map_or(0, Vec::len);
-        if dim == 0 {
-            return Err(FaceError::BadOutput(
-                "the model returned an empty embedding".into(),
-            ));
-        }
-        m.dim = dim;
+        m.dim = probe_dim(|f| e.run(f))?;
         Ok(m)
     }
 

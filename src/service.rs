@@ -114,6 +114,18 @@ pub struct FaceConfig {
 }
 
 impl FaceConfig {
+    /// What loading the embedding model takes from these settings.
+    pub fn embed_settings(&self) -> EmbedSettings {
+        EmbedSettings {
+            backend: self.backend,
+            model: self.model.clone(),
+            onnxruntime: self.onnxruntime.clone(),
+            tract_batch_sizes: self.batch_sizes.clone(),
+            max_batch: self.batch_max.max(1),
+            intra_threads: self.intra_threads.max(1),
+        }
+    }
+
     /// The assets folder: `given`, else the first of `./assets` and an
     /// `assets` folder beside the running binary or above it that holds the
     /// embedding model, else `./assets` (whose missing files the load
@@ -286,14 +298,7 @@ impl std::fmt::Debug for FaceService {
 impl FaceService {
     /// Loads the models and starts the pool and the batcher.
     pub fn start(config: FaceConfig) -> Result<Self, StartError> {
-        let (model, backend) = EmbedModel::load(&EmbedSettings {
-            backend: config.backend,
-            model: config.model.clone(),
-            onnxruntime: config.onnxruntime.clone(),
-            tract_batch_sizes: config.batch_sizes.clone(),
-            max_batch: config.batch_max.max(1),
-            intra_threads: config.intra_threads.max(1),
-        })?;
+        let (model, backend) = EmbedModel::load(&config.embed_settings())?;
         let dim = model.dim();
         let det = DetectModels::load(&config.detector, config.landmarks.as_deref())?;
         let metrics = Metrics::new();

@@ -7,9 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use facepool::batch::{self, BatchHandle, BatchPolicy, Batcher};
-use facepool::face::{
-    self, Backend, BackendChoice, DetectModels, Detector, EmbedModel, EmbedSettings, Embedder, FaceError,
-};
+use facepool::face::{self, Backend, BackendChoice, DetectModels, Detector, EmbedModel, Embedder, FaceError};
 use facepool::index::Index;
 use facepool::pool::{self, Pool};
 use facepool::service::{FaceConfig, FaceService, ImageSource, ServiceError};
@@ -375,15 +373,7 @@ impl Real {
         if let Some(lib) = onnxruntime {
             config.onnxruntime = lib;
         }
-        let (model, choice) = EmbedModel::load(&EmbedSettings {
-            backend: config.backend,
-            model: config.model.clone(),
-            onnxruntime: config.onnxruntime.clone(),
-            tract_batch_sizes: config.batch_sizes.clone(),
-            max_batch: config.batch_max,
-            intra_threads: config.intra_threads,
-        })
-        .map_err(|e| e.to_string())?;
+        let (model, choice) = EmbedModel::load(&config.embed_settings()).map_err(|e| e.to_string())?;
         // The service in pool+batch mode runs what was chosen here.
         config.backend = choice.used;
         let det =

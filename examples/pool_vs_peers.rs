@@ -72,8 +72,9 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Runs per system and workload; the median is reported.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds (one run of each system per round); each system's median is
+    /// reported.
+    #[arg(long, default_value_t = 5)]
     repeat: usize,
     /// Only these workloads (comma-separated).
     #[arg(long, value_delimiter = ',')]
@@ -359,37 +360,46 @@ fn main() {
         } else {
             args.tasks
         };
-        let mut results = Vec::new();
-        for sys in all_systems {
-            if !args.systems.is_empty() && !args.systems.iter().any(|s| s == sys) {
-                continue;
-            }
-            let tasks = if sys == "thread_per_task" {
+        let systems: Vec<&str> = all_systems
+            .into_iter()
+            .filter(|sys| args.systems.is_empty() || args.systems.iter().any(|s| s == sys))
+            .collect();
+        let tasks_for = |sys: &str| {
+            if sys == "thread_per_task" {
                 (n / 100).clamp(1, 20_000)
             } else {
                 n
-            };
-            let mut rates = Vec::new();
-            let mut peak: f64 = 0.0;
-            let mut note = "";
-            for _ in 0..args.repeat.max(1) {
-                reset_peak_rss();
-                let (d, nt) = run(sys, work, tasks);
-                peak = peak.max(peak_rss_mb());
-                note = nt;
-                rates.push(tasks as f64 / d.as_secs_f64());
             }
-            rates.sort_by(f64::total_cmp);
-            let median = rates[rates.len() / 2];
+        };
+        // Rounds of one run per system, so that a slow spell of the machine
+        // falls on every system alike rather than on one system's runs.
+        let mut rates = vec![Vec::new(); systems.len()];
+        let mut peaks = vec![0.0f64; systems.len()];
+        let mut notes = vec![""; systems.len()];
+        for _ in 0..args.repeat.max(1) {
+            for (i, sys) in systems.iter().enumerate() {
+                reset_peak_rss();
+                let tasks = tasks_for(sys);
+                let (d, note) = run(sys, work, tasks);
+                peaks[i] = peaks[i].max(peak_rss_mb());
+                notes[i] = note;
+                rates[i].push(tasks as f64 / d.as_secs_f64());
+            }
+        }
+        let mut results = Vec::new();
+        for (i, sys) in systems.iter().enumerate() {
+            let r = &mut rates[i];
+            r.sort_by(f64::total_cmp);
+            let median = r[r.len() / 2];
             if !args.json {
                 eprintln!("  {name:<10} {sys:<16} {median:>14.0} tasks/s");
             }
             results.push(SysResult {
-                system: sys.to_owned(),
+                system: (*sys).to_owned(),
                 tasks_per_sec: median,
-                peak_rss_mb: peak,
-                tasks,
-                note,
+                peak_rss_mb: peaks[i],
+                tasks: tasks_for(sys),
+                note: notes[i],
             });
         }
         report.workloads.push(WorkloadResult {

@@ -6,7 +6,7 @@
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicU64, AtomicUsize, Ordering},
+    atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
     Arc, Condvar, Mutex, MutexGuard,
 };
 #[cfg(loom)]
@@ -14,11 +14,62 @@ pub(crate) use loom::thread;
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicU64, AtomicUsize, Ordering},
+    atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
     Arc, Condvar, Mutex, MutexGuard,
 };
 #[cfg(not(loom))]
 pub(crate) use std::thread;
+
+/// An unbounded multi-producer, multi-consumer FIFO queue: crossbeam's
+/// lock-free `SegQueue` (jobs stored inline in blocks of 31 slots), or under
+/// loom a mutex-guarded stand-in with the same interface, so the protocol
+/// around it can be model-checked.
+#[cfg(not(loom))]
+pub(crate) struct Queue<T>(crossbeam_queue::SegQueue<T>);
+
+#[cfg(not(loom))]
+impl<T> Queue<T> {
+    pub(crate) fn new() -> Self {
+        Self(crossbeam_queue::SegQueue::new())
+    }
+    #[inline]
+    pub(crate) fn push(&self, t: T) {
+        self.0.push(t);
+    }
+    #[inline]
+    pub(crate) fn pop(&self) -> Option<T> {
+        self.0.pop()
+    }
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+#[cfg(loom)]
+pub(crate) struct Queue<T>(Mutex<std::collections::VecDeque<T>>);
+
+#[cfg(loom)]
+impl<T> Queue<T> {
+    pub(crate) fn new() -> Self {
+        Self(Mutex::new(std::collections::VecDeque::new()))
+    }
+    pub(crate) fn push(&self, t: T) {
+        lock(&self.0).push_back(t);
+    }
+    pub(crate) fn pop(&self) -> Option<T> {
+        lock(&self.0).pop_front()
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        lock(&self.0).is_empty()
+    }
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
+}
 
 /// Locks `m`, ignoring poisoning: the cores never run user code while holding
 /// a lock, so a poisoned lock still guards consistent data.

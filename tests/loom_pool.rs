@@ -123,3 +123,41 @@ fn two_workers_drain_on_shutdown() {
         assert_eq!((s.completed, s.workers), (2, 0));
     });
 }
+
+/// A worker started at build time parks; a submit racing its park wakes it
+/// (the submitter reads the parked count after its push, the worker looks at
+/// the queue after counting itself parked: one of them sees the other).
+#[test]
+fn submit_races_park() {
+    loom::model(|| {
+        let p = Pool::builder()
+            .capacity(1)
+            .queue_capacity(1)
+            .prestart(true)
+            .keep_idle_workers()
+            .spin(0)
+            .build()
+            .unwrap();
+        assert_eq!(p.submit(|_| 4).unwrap().join(), Ok(4));
+        p.shutdown(FOREVER);
+        assert_eq!(p.stats().completed, 1);
+    });
+}
+
+/// A submitter blocked on a full pool (one place, no queue) is let in when
+/// the running job ends: its re-check after registering and the worker's
+/// look at the blocked flag after counting the outcome cannot both miss.
+#[test]
+fn blocked_submitter_is_let_in() {
+    loom::model(|| {
+        let p = pool(1, 0);
+        let first = p.submit(|_| 1).unwrap();
+        let p2 = p.clone();
+        let t = loom::thread::spawn(move || p2.submit(|_| 2).unwrap().join());
+        assert_eq!(first.join(), Ok(1));
+        assert_eq!(t.join().unwrap(), Ok(2));
+        p.shutdown(FOREVER);
+        let s = p.stats();
+        assert_eq!((s.completed, s.rejected, s.blocked), (2, 0, 0));
+    });
+}

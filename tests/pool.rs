@@ -766,11 +766,10 @@ fn counters_balance_at_rest() {
 }
 
 #[test]
-fn jobs_held_in_a_worker_batch_are_waiting_and_cancellable() {
+fn jobs_queued_behind_a_running_one_are_waiting_and_cancellable() {
     let pool = small(1, 16);
     let first = occupy(&pool, 1);
-    // Queue a gated job and five more behind it; when the worker takes the
-    // gated job from a queue of six, it takes a share of the rest with it.
+    // Queue a gated job and five more behind it.
     let (started, gate) = (Gate::new(), Gate::new());
     let (s, g) = (started.clone(), gate.clone());
     let gated = pool
@@ -782,7 +781,7 @@ fn jobs_held_in_a_worker_batch_are_waiting_and_cancellable() {
     let rest: Vec<_> = (0..5).map(|i| pool.submit(move |_| i).unwrap()).collect();
     first.open();
     started.wait();
-    // Held or queued, they are all still waiting.
+    // The worker runs the gated job; the five still wait.
     assert_eq!(pool.stats().waiting, 5);
     let p2 = pool.clone();
     let closer = std::thread::spawn(move || p2.shutdown_now(LONG));

@@ -206,7 +206,9 @@ impl<S: 'static> PoolBuilder<S> {
 
     /// How many times a worker that found the queue empty polls it before
     /// parking (0 parks at once). Spinning saves a wake-up per job when jobs
-    /// are short; at most one worker spins at a time.
+    /// are short; at most one worker spins at a time. A submitter that finds
+    /// the pool full likewise polls for room `rounds / 16` times, yielding
+    /// its core between polls, before it sleeps.
     pub fn spin(mut self, rounds: u32) -> Self {
         self.s.spin = rounds;
         self

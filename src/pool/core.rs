@@ -1,28 +1,46 @@
-//! The pool's concurrency core: one mutex over the waiting queue and the
-//! worker bookkeeping, a parker per idle worker, and the worker loop.
+//! The pool's concurrency core: a lock-free job queue with lock-free
+//! admission on the submit path, one mutex for the worker bookkeeping (idle
+//! workers, resize, blocked submitters), a parker per idle worker, and the
+//! worker loop.
 //!
-//! Invariants (all under `Shared::state`):
+//! Submit path (no lock while the pool is neither full nor short of awake
+//! workers):
+//! - `gate` counts submitters between their closed check and their push;
+//!   its top bit is "closed". A worker leaves a closed pool only when the
+//!   queue is empty and no submitter is inside the gate, so a job accepted
+//!   concurrently with a shutdown is still drained.
+//! - `admitted` (compare-and-set) against `finished` (the sum of the
+//!   sharded outcome counters) bounds `waiting + running` by
+//!   `capacity + queue_cap`. A stale `finished` only under-admits, so the
+//!   submitter reads the workers' counters only when the pool looks full.
+//! - The `wake` word packs the workers that are searching (spinning, woken
+//!   or spawned and on their way to the queue), the parked ones, and whether
+//!   another may be spawned. After its push a submitter takes the lock only
+//!   if nobody is searching and a parked or new worker is available.
+//!
+//! Invariants:
+//! - Lost wake-ups: a submitter pushes, fences, then reads `wake`; a worker
+//!   going to park adds itself to `wake`, fences, then looks at the queue.
+//!   One of them sees the other. A searching worker that takes a job, if it
+//!   was the last searcher and jobs remain, wakes another (so parallelism
+//!   grows one worker at a time while a backlog lasts).
+//! - Blocked submitters: a submitter registers (`has_blocked`) under the lock
+//!   and then re-checks for room; a worker counts its job's outcome and then
+//!   reads `has_blocked` (all sequentially consistent). One of them sees the
+//!   other.
+//! - An idle worker in the container receives exactly one signal per park:
+//!   `Wake` (whoever detached it counted it as searching) or `Exit`
+//!   (whoever detached it already took it off `workers`).
 //! - `workers` counts threads that serve jobs; `threads` also counts threads
 //!   that were told to retire but have not yet gone (the shutdown barrier).
-//! - A job is admitted while `queue.len() + held + running < capacity + queue_cap`,
-//!   where `held` counts jobs a worker took from a long queue in one batch
-//!   (into its registered `Batch`) and has not started yet. Held jobs stay
-//!   reachable: growth, a worker about to park, and shutdown take them back
-//!   into the queue (`reclaim_held`). Lock order: `state`, then a `Batch`.
-//! - After a push, if more jobs wait than there are workers on their way to
-//!   the queue (`pending_wakes` woken or spawned ones, plus the spinner), one
-//!   idle worker is woken or one new worker is spawned. A worker parks only
-//!   after seeing an empty queue under the lock, so no job is left behind.
-//! - An idle worker in the container receives exactly one signal per park:
-//!   `Wake` (whoever detached it counted it in `pending_wakes`) or `Exit`
-//!   (whoever detached it already took it off `workers`).
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
+
 use crate::sync::{
-    lock, thread, wait, wait_timeout, wait_until, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard,
-    Ordering,
+    fence, lock, thread, wait, wait_timeout, wait_until, Arc, AtomicBool, AtomicU64, Condvar, Mutex,
+    MutexGuard, Ordering, Queue,
 };
 
 use super::autoscale::{AutoscaleState, ScalePolicy};
@@ -113,47 +131,37 @@ impl Parker {
     }
 }
 
-impl<S: 'static> State<S> {
-    pub(crate) fn idle_len(&self) -> usize {
-        self.idle.len()
-    }
-}
-
-/// A worker's batch: jobs it took from a long queue in one go. Only its
-/// worker pops from the front; others take the jobs back under `state`.
-pub(crate) struct Batch<S: 'static> {
-    jobs: Mutex<VecDeque<Task<S>>>,
-}
-
-pub(crate) struct State<S: 'static> {
-    pub(crate) queue: VecDeque<Task<S>>,
+/// The worker bookkeeping, under `Shared::state`.
+pub(crate) struct State {
     idle: Box<dyn WorkerQueue>,
     pub(crate) capacity: usize,
     pub(crate) workers: usize,
     pub(crate) threads: usize,
-    pub(crate) running: usize,
-    /// Jobs taken off the queue in a worker's batch, not yet started.
-    pub(crate) held: usize,
-    /// Every live worker's batch, so held jobs can be taken back.
-    batches: Vec<Arc<Batch<S>>>,
-    pending_wakes: usize,
-    spinning: usize,
+    /// Submitters blocked on a full pool (for stats and `max_blocked`).
     pub(crate) blocked: usize,
+    /// Blocked submitters registered since the last notification.
     blocked_unnotified: usize,
+    /// Bumped by every notification of blocked submitters, so that one
+    /// giving up knows whether its registration still counts.
+    notify_epoch: u64,
     pub(crate) closed: bool,
-    /// Every submit call, and those refused (counted under the lock that
-    /// admission takes anyway).
-    pub(crate) submitted: u64,
-    pub(crate) rejected: u64,
     next_id: usize,
     pub(crate) autoscale: Option<AutoscaleState>,
     housekeeper_stop: bool,
 }
 
-/// Outcome counters of one shard, on a cache line of their own.
+impl State {
+    pub(crate) fn idle_len(&self) -> usize {
+        self.idle.len()
+    }
+}
+
+/// Outcome counters of one shard, on a cache line of their own. `ended`
+/// counts every outcome (so the admission check reads one counter per
+/// shard); completions are `ended` minus the others.
 #[repr(align(128))]
 pub(crate) struct Shard {
-    completed: AtomicU64,
+    ended: AtomicU64,
     panicked: AtomicU64,
     expired: AtomicU64,
     cancelled: AtomicU64,
@@ -162,7 +170,7 @@ pub(crate) struct Shard {
 impl Shard {
     fn new() -> Self {
         Self {
-            completed: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
@@ -217,30 +225,90 @@ impl Counters {
         }
     }
 
+    /// Counts one outcome. The specific counter first, then `ended`
+    /// (sequentially consistent: a blocked submitter's re-check and this
+    /// worker's look at `has_blocked` cannot both miss each other).
     pub(crate) fn count(&self, ended: &Ended) {
         let sh = &self.shards[my_shard()];
-        let c = match ended {
-            Ended::Completed => &sh.completed,
-            Ended::Panicked(_) => &sh.panicked,
-            Ended::Expired => &sh.expired,
-            Ended::Cancelled => &sh.cancelled,
+        let specific = match ended {
+            Ended::Completed => None,
+            Ended::Panicked(_) => Some(&sh.panicked),
+            Ended::Expired => Some(&sh.expired),
+            Ended::Cancelled => Some(&sh.cancelled),
         };
-        c.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = specific {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        sh.ended.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Every outcome counted so far.
+    pub(crate) fn ended(&self) -> u64 {
+        self.shards.iter().map(|s| s.ended.load(Ordering::SeqCst)).sum()
     }
 
     pub(crate) fn outcomes(&self) -> Outcomes {
         let r = Ordering::Relaxed;
-        self.shards.iter().fold(Outcomes::default(), |a, s| Outcomes {
-            completed: a.completed + s.completed.load(r),
-            panicked: a.panicked + s.panicked.load(r),
-            expired: a.expired + s.expired.load(r),
-            cancelled: a.cancelled + s.cancelled.load(r),
-        })
+        let mut o = Outcomes::default();
+        let mut ended = 0;
+        for s in &self.shards {
+            ended += s.ended.load(Ordering::SeqCst);
+            o.panicked += s.panicked.load(r);
+            o.expired += s.expired.load(r);
+            o.cancelled += s.cancelled.load(r);
+        }
+        o.completed = ended.saturating_sub(o.panicked + o.expired + o.cancelled);
+        o
     }
 }
 
+/// `Submit::gate`: set once the pool is closed; the rest counts submitters
+/// between their closed check and their push.
+const CLOSED: u64 = 1 << 63;
+
+/// The submit side's counters, on a cache line of their own.
+struct Submit {
+    gate: AtomicU64,
+    /// Jobs admitted, ever.
+    admitted: AtomicU64,
+    /// A recent value of `Counters::ended` (it only grows, so a stale value
+    /// only under-admits).
+    ended_seen: AtomicU64,
+    /// Submits refused.
+    rejected: AtomicU64,
+}
+
+// The `wake` word: workers searching (low 20 bits), workers parked (next 20
+// bits), and whether another worker may be spawned.
+const SEARCHING: u64 = 1;
+const IDLE: u64 = 1 << 20;
+const FIELD: u64 = IDLE - 1;
+const SPAWNABLE: u64 = 1 << 40;
+
+fn searching(w: u64) -> u64 {
+    w & FIELD
+}
+
+/// Whether a parked worker could be woken or a new one spawned.
+fn has_spare(w: u64) -> bool {
+    (w >> 20) & FIELD > 0 || w & SPAWNABLE != 0
+}
+
 pub(crate) struct Shared<S: 'static> {
-    pub(crate) state: Mutex<State<S>>,
+    queue: Queue<Task<S>>,
+    submit: CachePadded<Submit>,
+    wake: CachePadded<AtomicU64>,
+    /// Submitters are blocked and not yet notified (mirror of
+    /// `blocked_unnotified > 0` for the workers to read without the lock).
+    has_blocked: AtomicBool,
+    /// More workers than capacity (mirror for the workers).
+    shrinking: AtomicBool,
+    /// Mirror of `State::closed` for the workers (so that a worker finding
+    /// the queue empty does not read the submitters' cache line).
+    closing: AtomicBool,
+    /// `capacity + queue_cap`.
+    limit: AtomicU64,
+    pub(crate) state: Mutex<State>,
     not_full: Condvar,
     exited: Condvar,
     housekeeper_cv: Condvar,
@@ -250,8 +318,6 @@ pub(crate) struct Shared<S: 'static> {
     /// that a worker going idle never reads the clock.
     coarse_now: AtomicU64,
     epoch: Instant,
-    /// Mirror of `queue.len()` for the spinning worker to poll without the lock.
-    queued: AtomicUsize,
 }
 
 /// Things to do after the lock is released.
@@ -276,27 +342,37 @@ impl<S: 'static> Deferred<S> {
     }
 }
 
+fn window(capacity: usize, queue_cap: usize) -> u64 {
+    u64::try_from(capacity.saturating_add(queue_cap)).unwrap_or(u64::MAX)
+}
+
 impl<S: 'static> Shared<S> {
     pub(crate) fn new(config: Config<S>, capacity: usize, order: IdleOrder) -> Self {
         let epoch = config.clock.now();
         let autoscale = config.autoscale.map(AutoscaleState::new);
+        let limit = window(capacity, config.queue_cap);
         Self {
+            queue: Queue::new(),
+            submit: CachePadded::new(Submit {
+                gate: AtomicU64::new(0),
+                admitted: AtomicU64::new(0),
+                ended_seen: AtomicU64::new(0),
+                rejected: AtomicU64::new(0),
+            }),
+            wake: CachePadded::new(AtomicU64::new(SPAWNABLE)),
+            has_blocked: AtomicBool::new(false),
+            shrinking: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            limit: AtomicU64::new(limit),
             state: Mutex::new(State {
-                queue: VecDeque::new(),
                 idle: new_queue(order),
                 capacity,
                 workers: 0,
                 threads: 0,
-                running: 0,
-                held: 0,
-                batches: Vec::new(),
-                pending_wakes: 0,
-                spinning: 0,
                 blocked: 0,
                 blocked_unnotified: 0,
+                notify_epoch: 0,
                 closed: false,
-                submitted: 0,
-                rejected: 0,
                 next_id: 0,
                 autoscale,
                 housekeeper_stop: false,
@@ -308,98 +384,226 @@ impl<S: 'static> Shared<S> {
             config,
             coarse_now: AtomicU64::new(0),
             epoch,
-            queued: AtomicUsize::new(0),
         }
     }
 
-    /// Mirrors the queue length for the spinning worker; call after every
-    /// change to the queue.
-    fn mirror_queue_len(&self, st: &State<S>) {
-        self.queued.store(st.queue.len(), Ordering::Relaxed);
+    fn keep_warm(&self, st: &State) -> usize {
+        self.config.min_workers.min(st.capacity)
     }
 
-    fn keep_warm(&self, st: &State<S>) -> usize {
-        self.config.min_workers.min(st.capacity)
+    /// Jobs waiting in the queue.
+    pub(crate) fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Jobs admitted and not yet ended: waiting, running, or being pushed.
+    pub(crate) fn in_flight(&self) -> u64 {
+        let ended = self.counters.ended();
+        self.submit.admitted.load(Ordering::SeqCst).saturating_sub(ended)
+    }
+
+    /// Every submit call (accepted or not) and the refused ones.
+    pub(crate) fn submits(&self) -> (u64, u64) {
+        let rejected = self.submit.rejected.load(Ordering::SeqCst);
+        (self.submit.admitted.load(Ordering::SeqCst) + rejected, rejected)
+    }
+
+    /// Takes back the `submitted` and `rejected` counts of one refusal.
+    pub(crate) fn uncount_rejected(&self) {
+        self.submit.rejected.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Mirrors `workers` against `capacity` for the lock-free paths; call
+    /// under the lock after either changes.
+    fn publish(&self, st: &State) {
+        if st.workers < st.capacity {
+            self.wake.fetch_or(SPAWNABLE, Ordering::SeqCst);
+        } else {
+            self.wake.fetch_and(!SPAWNABLE, Ordering::SeqCst);
+        }
+        self.shrinking.store(st.workers > st.capacity, Ordering::SeqCst);
     }
 
     /// Admits `task` or hands it back with the reason.
     pub(crate) fn push(this: &Arc<Self>, task: Task<S>, mode: Wait) -> Result<(), (Task<S>, SubmitError)> {
-        let mut st = lock(&this.state);
-        st.submitted += 1;
-        let mut started: Option<Instant> = None;
-        let mut registered = false;
+        let gate = &this.submit.gate;
+        let admitted = if gate.fetch_add(1, Ordering::SeqCst) & CLOSED != 0 {
+            Err(SubmitError::Closed)
+        } else if this.try_admit() {
+            Ok(())
+        } else {
+            this.admit_slow(mode)
+        };
+        if let Err(e) = admitted {
+            this.submit.rejected.fetch_add(1, Ordering::SeqCst);
+            this.leave_gate();
+            return Err((task, e));
+        }
+        this.queue.push(task);
+        fence(Ordering::SeqCst);
+        let w = this.wake.load(Ordering::SeqCst);
+        if searching(w) == 0 && has_spare(w) {
+            Shared::dispatch_now(this);
+        }
+        this.leave_gate();
+        Ok(())
+    }
+
+    /// A submitter is done with its push (or refusal). The last one out of
+    /// a closed pool tells a waiting shutdown.
+    fn leave_gate(&self) {
+        if self.submit.gate.fetch_sub(1, Ordering::SeqCst) == CLOSED | 1 {
+            let _st = lock(&self.state);
+            self.exited.notify_all();
+        }
+    }
+
+    /// Submitters between their closed check and their push.
+    fn in_gate(&self) -> u64 {
+        self.submit.gate.load(Ordering::SeqCst) & !CLOSED
+    }
+
+    /// Takes a place in the window if there is one, without blocking.
+    fn try_admit(&self) -> bool {
+        let limit = self.limit.load(Ordering::SeqCst);
+        let sub = &self.submit;
+        let mut seen = sub.ended_seen.load(Ordering::Relaxed);
+        let mut a = sub.admitted.load(Ordering::Relaxed);
         loop {
+            // `seen` may be newer than `a`; then `a` is stale and the
+            // exchange below fails and reloads it.
+            if a.saturating_sub(seen) >= limit {
+                let ended = self.counters.ended();
+                if a.saturating_sub(ended) >= limit {
+                    return false;
+                }
+                sub.ended_seen.fetch_max(ended, Ordering::Relaxed);
+                seen = ended;
+            }
+            match sub
+                .admitted
+                .compare_exchange_weak(a, a + 1, Ordering::SeqCst, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => a = now,
+            }
+        }
+    }
+
+    /// The pool is full: refuse at once, or block (at most `limit`, if
+    /// given) until there is room.
+    fn admit_slow(&self, mode: Wait) -> Result<(), SubmitError> {
+        let limit = match mode {
+            Wait::No => return Err(SubmitError::Overloaded),
+            Wait::Block(limit) => limit,
+        };
+        // Room usually comes within microseconds when jobs are short: poll
+        // a while (yielding the core to the workers) before sleeping.
+        for _ in 0..self.config.spin / YIELD_EVERY {
+            thread::yield_now();
+            if self.try_admit() {
+                return Ok(());
+            }
+        }
+        let mut st = lock(&self.state);
+        let mut started: Option<Instant> = None;
+        let mut blocked = false;
+        // The notification epoch of this submitter's registration, if any.
+        let mut registration: Option<u64> = None;
+        let outcome = loop {
             if st.closed {
-                if registered {
-                    st.blocked -= 1;
-                }
-                st.rejected += 1;
-                return Err((task, SubmitError::Closed));
+                break Err(SubmitError::Closed);
             }
-            if st.queue.len() + st.held + st.running < st.capacity + this.config.queue_cap {
-                break;
+            if registration != Some(st.notify_epoch) {
+                st.blocked_unnotified += 1;
+                registration = Some(st.notify_epoch);
+                self.has_blocked.store(true, Ordering::SeqCst);
+                // Pairs with the worker's fence between counting an outcome
+                // and reading `has_blocked`.
+                fence(Ordering::SeqCst);
             }
-            let limit = match mode {
-                Wait::No => {
-                    st.rejected += 1;
-                    return Err((task, SubmitError::Overloaded));
-                }
-                Wait::Block(limit) => limit,
-            };
-            if !registered {
-                if this.config.max_blocked.is_some_and(|m| st.blocked >= m) {
-                    st.rejected += 1;
-                    return Err((task, SubmitError::Overloaded));
+            if self.try_admit() {
+                break Ok(());
+            }
+            if !blocked {
+                if self.config.max_blocked.is_some_and(|m| st.blocked >= m) {
+                    break Err(SubmitError::Overloaded);
                 }
                 st.blocked += 1;
-                registered = true;
+                blocked = true;
             }
-            st.blocked_unnotified += 1;
             match limit {
-                None => st = wait(&this.not_full, st),
+                None => st = wait(&self.not_full, st),
                 Some(limit) => {
                     let t0 = *started.get_or_insert_with(Instant::now);
                     let left = limit.saturating_sub(t0.elapsed());
                     if left.is_zero() {
-                        st.blocked_unnotified = st.blocked_unnotified.saturating_sub(1);
-                        st.blocked -= 1;
-                        st.rejected += 1;
-                        return Err((task, SubmitError::Timeout(limit)));
+                        break Err(SubmitError::Timeout(limit));
                     }
-                    let (g, timed_out) = wait_timeout(&this.not_full, st, left);
-                    st = g;
-                    if timed_out {
-                        st.blocked_unnotified = st.blocked_unnotified.saturating_sub(1);
-                    }
+                    st = wait_timeout(&self.not_full, st, left).0;
                 }
             }
+        };
+        if registration == Some(st.notify_epoch) {
+            // Not notified since it registered: withdraw the registration.
+            st.blocked_unnotified -= 1;
+            if st.blocked_unnotified == 0 {
+                self.has_blocked.store(false, Ordering::SeqCst);
+            }
         }
-        if registered {
+        if blocked {
             st.blocked -= 1;
         }
-        st.queue.push_back(task);
-        let mut d = Deferred::new();
-        this.dispatch(&mut st, &mut d);
-        this.mirror_queue_len(&st);
-        drop(st);
-        Shared::apply(this, d);
-        Ok(())
+        outcome
     }
 
-    /// Wakes or spawns workers while more jobs wait than workers are coming.
-    fn dispatch(&self, st: &mut State<S>, d: &mut Deferred<S>) {
-        while st.queue.len() > st.pending_wakes + st.spinning {
-            if let Some(w) = st.idle.detach() {
-                st.pending_wakes += 1;
-                d.wake.push(w.parker);
-            } else if st.workers < st.capacity {
-                st.workers += 1;
-                st.threads += 1;
-                st.pending_wakes += 1;
-                d.spawn += 1;
-            } else {
-                break;
-            }
+    /// Marks every registered blocked submitter notified; the caller
+    /// notifies `not_full` (after releasing the lock). Returns whether any
+    /// was registered.
+    fn release_blocked(&self, st: &mut State) -> bool {
+        if st.blocked_unnotified == 0 {
+            return false;
+        }
+        st.blocked_unnotified = 0;
+        st.notify_epoch += 1;
+        self.has_blocked.store(false, Ordering::SeqCst);
+        true
+    }
+
+    /// A job ended: let blocked submitters re-check for room.
+    fn notify_blocked(&self) {
+        let mut st = lock(&self.state);
+        let any = self.release_blocked(&mut st);
+        drop(st);
+        if any {
+            self.not_full.notify_all();
+        }
+    }
+
+    /// Takes the lock and wakes or spawns a worker if one is needed.
+    fn dispatch_now(this: &Arc<Self>) {
+        let mut st = lock(&this.state);
+        let mut d = Deferred::new();
+        this.dispatch(&mut st, &mut d);
+        drop(st);
+        Shared::apply(this, d);
+    }
+
+    /// Wakes or spawns one worker if jobs wait and nobody is searching.
+    fn dispatch(&self, st: &mut State, d: &mut Deferred<S>) {
+        let w = self.wake.load(Ordering::SeqCst);
+        if searching(w) > 0 || self.queue.is_empty() {
+            return;
+        }
+        if let Some(idle) = st.idle.detach() {
+            self.wake.fetch_sub(IDLE - SEARCHING, Ordering::SeqCst);
+            d.wake.push(idle.parker);
+        } else if st.workers < st.capacity {
+            st.workers += 1;
+            st.threads += 1;
+            self.wake.fetch_add(SEARCHING, Ordering::SeqCst);
+            self.publish(st);
+            d.spawn += 1;
         }
     }
 
@@ -424,19 +628,31 @@ impl<S: 'static> Shared<S> {
     }
 
     /// Undoes the counts of a worker whose thread the OS refused to start.
+    /// If that leaves a closed pool without threads, what waits is cancelled.
     fn spawn_failed(&self) {
         let mut st = lock(&self.state);
         st.workers -= 1;
         st.threads -= 1;
-        st.pending_wakes -= 1;
+        self.wake.fetch_sub(SEARCHING, Ordering::SeqCst);
+        self.publish(&st);
         self.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
+        let mut cancel = Vec::new();
         if st.threads == 0 {
+            if st.closed {
+                while let Some(t) = self.queue.pop() {
+                    cancel.push(t);
+                }
+            }
             self.exited.notify_all();
+        }
+        drop(st);
+        for t in cancel {
+            t.job.abort(Abort::Cancelled, &self.counters);
         }
     }
 
     /// Starts one worker thread; the caller has already counted it in
-    /// `workers`, `threads` and `pending_wakes`.
+    /// `workers`, `threads` and as searching.
     pub(crate) fn spawn_worker(this: &Arc<Self>) -> std::io::Result<()> {
         let id = {
             let mut st = lock(&this.state);
@@ -468,40 +684,6 @@ impl<S: 'static> Shared<S> {
         now
     }
 
-    /// A worker finished its batch (one job plus `ran_held` held ones that it
-    /// ran itself; others were taken back): free their places and let as
-    /// many blocked submitters in.
-    fn batch_done(&self, st: &mut State<S>, ran_held: usize) {
-        st.running -= 1;
-        st.held -= ran_held;
-        for _ in 0..=ran_held {
-            if st.blocked_unnotified == 0 {
-                break;
-            }
-            st.blocked_unnotified -= 1;
-            self.not_full.notify_one();
-        }
-    }
-
-    /// Moves every job held in a worker's batch back to the front of the
-    /// queue (in order). Returns how many moved.
-    fn reclaim_held(&self, st: &mut State<S>) -> usize {
-        if st.held == 0 {
-            return 0;
-        }
-        let mut moved = 0;
-        for b in &st.batches {
-            let mut jobs = lock(&b.jobs);
-            moved += jobs.len();
-            while let Some(t) = jobs.pop_back() {
-                st.queue.push_front(t);
-            }
-        }
-        st.held -= moved;
-        self.mirror_queue_len(st);
-        moved
-    }
-
     /// Changes the capacity. Growth takes effect at once; surplus workers
     /// finish their current job and then exit.
     pub(crate) fn tune(this: &Arc<Self>, capacity: usize) -> Result<(), TuneError> {
@@ -514,21 +696,22 @@ impl<S: 'static> Shared<S> {
         }
         let grew = capacity > st.capacity;
         st.capacity = capacity;
+        this.limit
+            .store(window(capacity, this.config.queue_cap), Ordering::SeqCst);
         this.counters.resizes.fetch_add(1, Ordering::Relaxed);
         let mut d = Deferred::new();
         if grew {
-            // Jobs held in busy workers' batches go back to the queue, where
-            // the new workers can take them.
-            this.reclaim_held(&mut st);
+            this.publish(&st);
             this.dispatch(&mut st, &mut d);
-            st.blocked_unnotified = 0;
-            d.notify_submitters = st.blocked > 0;
+            d.notify_submitters = this.release_blocked(&mut st);
         } else if st.workers > capacity {
             let surplus = st.workers - capacity;
             for w in st.idle.retire_oldest(surplus) {
                 st.workers -= 1;
+                this.wake.fetch_sub(IDLE, Ordering::SeqCst);
                 d.exit.push(w.parker);
             }
+            this.publish(&st);
         }
         drop(st);
         Shared::apply(this, d);
@@ -551,6 +734,8 @@ impl<S: 'static> Shared<S> {
         let retired = st.idle.retire_expired(cutoff, surplus);
         let n = retired.len();
         st.workers -= n;
+        self.wake.fetch_sub(IDLE * n as u64, Ordering::SeqCst);
+        self.publish(&st);
         drop(st);
         for w in retired {
             w.parker.send(Signal::Exit);
@@ -568,7 +753,8 @@ impl<S: 'static> Shared<S> {
                 }
                 st.workers += 1;
                 st.threads += 1;
-                st.pending_wakes += 1;
+                this.wake.fetch_add(SEARCHING, Ordering::SeqCst);
+                this.publish(&st);
             }
             if let Err(e) = Shared::spawn_worker(this) {
                 this.spawn_failed();
@@ -583,31 +769,33 @@ impl<S: 'static> Shared<S> {
     pub(crate) fn close(this: &Arc<Self>, cancel_queued: bool) {
         let mut st = lock(&this.state);
         st.closed = true;
+        this.submit.gate.fetch_or(CLOSED, Ordering::SeqCst);
+        this.closing.store(true, Ordering::SeqCst);
         let mut d = Deferred::new();
-        if cancel_queued {
-            this.reclaim_held(&mut st);
-            d.cancel.extend(st.queue.drain(..));
-        }
-        if st.threads == 0 {
-            // Nobody is left to drain the queue (all spawns failed).
-            d.cancel.extend(st.queue.drain(..));
+        // With no thread left and no submitter about to start one, nobody
+        // would drain the queue (all spawns failed).
+        if cancel_queued || (st.threads == 0 && this.in_gate() == 0) {
+            while let Some(t) = this.queue.pop() {
+                d.cancel.push(t);
+            }
         }
         for w in st.idle.drain() {
-            st.pending_wakes += 1;
+            this.wake.fetch_sub(IDLE - SEARCHING, Ordering::SeqCst);
             d.wake.push(w.parker);
         }
-        st.blocked_unnotified = 0;
+        this.release_blocked(&mut st);
         d.notify_submitters = true;
-        this.mirror_queue_len(&st);
         drop(st);
         Shared::apply(this, d);
     }
 
-    /// Waits until every worker thread has gone, at most until `deadline`.
-    /// Returns how many jobs were still running at the deadline.
+    /// Waits until every worker thread has gone (and every submitter that
+    /// was admitted before the close has pushed, and started a worker if it
+    /// needed one), at most until `deadline`. Returns how many jobs were
+    /// still running at the deadline.
     pub(crate) fn wait_exited(&self, deadline: Option<Instant>) -> usize {
         let mut st = lock(&self.state);
-        while st.threads > 0 {
+        while st.threads > 0 || (st.closed && self.in_gate() > 0) {
             let (g, passed) = wait_until(&self.exited, st, deadline);
             st = g;
             if passed {
@@ -617,16 +805,12 @@ impl<S: 'static> Shared<S> {
         if st.threads == 0 {
             return 0;
         }
-        // Time is up: cancel what has not started; report what still runs.
-        self.reclaim_held(&mut st);
-        let cancel: Vec<Task<S>> = st.queue.drain(..).collect();
-        let running = st.running;
-        self.mirror_queue_len(&st);
         drop(st);
-        for t in cancel {
+        // Time is up: cancel what has not started; report what still runs.
+        while let Some(t) = self.queue.pop() {
             t.job.abort(Abort::Cancelled, &self.counters);
         }
-        running
+        usize::try_from(self.in_flight()).unwrap_or(usize::MAX)
     }
 
     /// Reopens a closed pool.
@@ -637,6 +821,8 @@ impl<S: 'static> Shared<S> {
                 return Ok(());
             }
             st.closed = false;
+            this.closing.store(false, Ordering::SeqCst);
+            this.submit.gate.fetch_and(!CLOSED, Ordering::SeqCst);
             this.keep_warm(&st)
         };
         Shared::start_workers(this, warm)
@@ -658,8 +844,29 @@ impl<S: 'static> Shared<S> {
         self.housekeeper_cv.notify_all();
     }
 
-    pub(crate) fn lock_state(&self) -> MutexGuard<'_, State<S>> {
+    pub(crate) fn lock_state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    // ---- the worker's side ----
+
+    /// A searching worker took a job. If it was the last searcher and jobs
+    /// remain while a worker is spare, it wakes one more.
+    fn stop_searching(this: &Arc<Self>) {
+        let before = this.wake.fetch_sub(SEARCHING, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if searching(before) == 1 && has_spare(before) && !this.queue.is_empty() {
+            Shared::dispatch_now(this);
+        }
+    }
+
+    /// Becomes the (one) spinning searcher, if nobody searches.
+    fn try_search(&self) -> bool {
+        self.wake
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (searching(w) < MAX_SPINNERS).then_some(w + SEARCHING)
+            })
+            .is_ok()
     }
 }
 
@@ -669,10 +876,7 @@ const YIELD_EVERY: u32 = 16;
 
 /// Workers allowed to spin at once (measured: a second spinner burns CPU
 /// the submitter needs, for no gain on 2 cores).
-const MAX_SPINNERS: usize = 1;
-
-/// The most jobs a worker takes from the queue in one lock acquisition.
-const MAX_BATCH: usize = 32;
+const MAX_SPINNERS: u64 = 1;
 
 /// Runs one task on a worker: the deadline check, the job, the counters.
 fn run_task<S: 'static>(shared: &Shared<S>, task: Task<S>, state: &mut S) {
@@ -748,70 +952,62 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
             // would spin); the next submit starts one, and shutdown cancels
             // what waits if no worker is left.
             let mut st = lock(&shared.state);
-            st.pending_wakes -= 1;
+            shared.wake.fetch_sub(SEARCHING, Ordering::SeqCst);
             st.workers -= 1;
+            shared.publish(&st);
             drop(st);
             finish_thread(&shared, id);
             return;
         }
     };
 
-    let batch = Arc::new(Batch {
-        jobs: Mutex::new(VecDeque::with_capacity(MAX_BATCH)),
-    });
-    let mut st = lock(&shared.state);
-    st.batches.push(batch.clone());
-    // Spawned workers arrive counted in `pending_wakes`.
-    st.pending_wakes -= 1;
+    // Spawned workers arrive counted as searching.
+    let mut searching = true;
     let mut spun = false;
+    let mut st: MutexGuard<'_, State>;
     let leave = loop {
-        if st.workers > st.capacity {
-            break Leave::Own;
-        }
-        if let Some(task) = st.queue.pop_front() {
-            // From a long queue, take a fair share in one go: one contended
-            // lock per batch instead of per job. A short queue gives
-            // batches of one.
-            let extra = (st.queue.len() / (2 * st.workers.max(1))).min(MAX_BATCH - 1);
-            if extra > 0 {
-                lock(&batch.jobs).extend(st.queue.drain(..extra));
-                st.held += extra;
+        if let Some(task) = shared.queue.pop() {
+            if searching {
+                searching = false;
+                Shared::stop_searching(&shared);
             }
-            st.running += 1;
-            shared.mirror_queue_len(&st);
-            drop(st);
             run_task(&shared, task, &mut state);
-            let mut ran_held = 0;
-            if extra > 0 {
-                loop {
-                    let next = lock(&batch.jobs).pop_front();
-                    let Some(t) = next else { break };
-                    ran_held += 1;
-                    run_task(&shared, t, &mut state);
+            // The outcome is counted; now look for blocked submitters (see
+            // `admit_slow`).
+            fence(Ordering::SeqCst);
+            if shared.has_blocked.load(Ordering::Relaxed) {
+                shared.notify_blocked();
+            }
+            spun = false;
+            if shared.shrinking.load(Ordering::Relaxed) {
+                st = lock(&shared.state);
+                if st.workers > st.capacity {
+                    break Leave::Own;
                 }
+                drop(st);
+            }
+            continue;
+        }
+        if shared.closing.load(Ordering::SeqCst) {
+            if shared.in_gate() > 0 {
+                // A submitter admitted before the close is still pushing.
+                thread::yield_now();
+                continue;
             }
             st = lock(&shared.state);
-            shared.batch_done(&mut st, ran_held);
-            spun = false;
+            if st.closed && shared.queue.is_empty() {
+                break Leave::Own;
+            }
+            drop(st);
             continue;
         }
-        // The queue is empty but other workers may hold jobs they have not
-        // started: take them back rather than idle beside them. (`held` also
-        // counts jobs a worker has already started from its batch but not
-        // yet accounted for, so only go round again if some moved.)
-        if st.held > 0 && shared.reclaim_held(&mut st) > 0 {
-            continue;
-        }
-        if st.closed {
-            break Leave::Own;
-        }
-        if !spun && st.spinning < MAX_SPINNERS && shared.config.spin > 0 {
+        if !spun && shared.config.spin > 0 && (searching || shared.try_search()) {
             // Stay awake briefly: with short jobs the next one usually
             // arrives within microseconds, and a wake-up costs more.
-            st.spinning += 1;
-            drop(st);
+            searching = true;
+            spun = true;
             for i in 0..shared.config.spin {
-                if shared.queued.load(Ordering::Relaxed) > 0 {
+                if !shared.queue.is_empty() {
                     break;
                 }
                 if i % YIELD_EVERY == YIELD_EVERY - 1 {
@@ -820,29 +1016,52 @@ fn worker_main<S: 'static>(shared: Arc<Shared<S>>, id: usize) {
                     std::hint::spin_loop();
                 }
             }
-            st = lock(&shared.state);
-            st.spinning -= 1;
-            spun = true;
             continue;
         }
-        let since = shared.now_coarse();
+        st = lock(&shared.state);
+        if st.closed {
+            drop(st);
+            continue;
+        }
+        if st.workers > st.capacity {
+            break Leave::Own;
+        }
+        // Count as parked, then look at the queue once more: a submitter
+        // that pushed before this saw us as not parked and did not wake anyone.
+        let parked = if searching { IDLE - SEARCHING } else { IDLE };
+        shared.wake.fetch_add(parked, Ordering::SeqCst);
+        searching = false;
+        fence(Ordering::SeqCst);
+        if !shared.queue.is_empty() {
+            shared.wake.fetch_sub(IDLE - SEARCHING, Ordering::SeqCst);
+            searching = true;
+            spun = false;
+            drop(st);
+            continue;
+        }
         st.idle.insert(IdleWorker {
             parker: parker.clone(),
-            since,
+            since: shared.now_coarse(),
         });
         drop(st);
         let signal = parker.park();
-        st = lock(&shared.state);
         spun = false;
         match signal {
-            Signal::Exit => break Leave::Retired,
-            _ => st.pending_wakes -= 1,
+            Signal::Exit => {
+                st = lock(&shared.state);
+                break Leave::Retired;
+            }
+            // Whoever woke us counted us as searching.
+            _ => searching = true,
         }
     };
+    if searching {
+        shared.wake.fetch_sub(SEARCHING, Ordering::SeqCst);
+    }
     if let Leave::Own = leave {
         st.workers -= 1;
     }
-    st.batches.retain(|b| !Arc::ptr_eq(b, &batch));
+    shared.publish(&st);
     // Someone else may now be needed for what waits (e.g. after a shrink).
     let mut d = Deferred::new();
     shared.dispatch(&mut st, &mut d);
@@ -860,11 +1079,12 @@ fn finish_thread<S: 'static>(shared: &Shared<S>, id: usize) {
     st.threads -= 1;
     let last = st.threads == 0;
     let mut cancel = Vec::new();
-    if last && st.closed && !st.queue.is_empty() {
+    if last && st.closed {
         // Every worker has gone while jobs wait in a closed pool (only
         // possible if threads could not be started): they will never run.
-        cancel.extend(st.queue.drain(..));
-        shared.mirror_queue_len(&st);
+        while let Some(t) = shared.queue.pop() {
+            cancel.push(t);
+        }
     }
     drop(st);
     for t in cancel {

@@ -232,9 +232,7 @@ impl<S: 'static> Pool<S> {
     /// Takes back the `submitted` and `rejected` counts of a refusal that a
     /// multi-pool overflowed to another pool.
     pub(crate) fn uncount_overflow(&self) {
-        let mut st = self.shared().lock_state();
-        st.submitted -= 1;
-        st.rejected -= 1;
+        self.shared().uncount_rejected();
     }
 
     pub(crate) fn make_task<F, T>(f: F, opts: JobOptions) -> (Task<S>, JobHandle<T>)
@@ -347,23 +345,28 @@ impl<S: 'static> Pool<S> {
     }
 
     /// The current gauges and counters. Takes the pool's lock briefly (the
-    /// gauges live under it); the outcome counters are atomics.
+    /// worker gauges live under it); the queue and the counters are read
+    /// without it, so under load the values are a close, not an atomic,
+    /// snapshot. At rest they are exact.
     pub fn stats(&self) -> PoolStats {
         let shared = self.shared();
         let c = &shared.counters;
         let r = Ordering::Relaxed;
         let st = shared.lock_state();
+        let waiting = shared.waiting();
+        let in_flight = usize::try_from(shared.in_flight()).unwrap_or(usize::MAX);
+        let (submitted, rejected) = shared.submits();
         let o = c.outcomes();
         PoolStats {
-            running: st.running,
+            running: in_flight.saturating_sub(waiting),
             idle: st.idle_len(),
-            waiting: st.queue.len() + st.held,
+            waiting,
             blocked: st.blocked,
             capacity: st.capacity,
             workers: st.workers,
-            submitted: st.submitted,
+            submitted,
             completed: o.completed,
-            rejected: st.rejected,
+            rejected,
             panicked: o.panicked,
             expired: o.expired,
             cancelled: o.cancelled,
@@ -451,7 +454,7 @@ fn housekeep<S: 'static>(shared: &Arc<Shared<S>>) -> (usize, Decision) {
     let retired = shared.reap_idle(now);
     let decision = {
         let mut st = shared.lock_state();
-        let (capacity, waiting, closed) = (st.capacity, st.queue.len(), st.closed);
+        let (capacity, waiting, closed) = (st.capacity, shared.waiting(), st.closed);
         match st.autoscale.as_mut() {
             Some(a) if !closed => a.sample(now, capacity, waiting),
             _ => Decision::Hold,

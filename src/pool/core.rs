@@ -9,10 +9,11 @@
 //!   its top bit is "closed". A worker leaves a closed pool only when the
 //!   queue is empty and no submitter is inside the gate, so a job accepted
 //!   concurrently with a shutdown is still drained.
-//! - `admitted` (compare-and-set) against `finished` (the sum of the
-//!   sharded outcome counters) bounds `waiting + running` by
-//!   `capacity + queue_cap`. A stale `finished` only under-admits, so the
-//!   submitter reads the workers' counters only when the pool looks full.
+//! - `admitted` (compare-and-set) against `ended` (the sum of the sharded
+//!   outcome counters) bounds `waiting + running` by `capacity + queue_cap`.
+//!   A stale `ended` only under-admits, so the submitter reads the workers'
+//!   counters only when the pool looks full, and before sleeping on a full
+//!   pool it polls for room a few times, yielding its core.
 //! - The `wake` word packs the workers that are searching (spinning, woken
 //!   or spawned and on their way to the queue), the parked ones, and whether
 //!   another may be spawned. After its push a submitter takes the lock only
@@ -24,10 +25,11 @@
 //!   One of them sees the other. A searching worker that takes a job, if it
 //!   was the last searcher and jobs remain, wakes another (so parallelism
 //!   grows one worker at a time while a backlog lasts).
-//! - Blocked submitters: a submitter registers (`has_blocked`) under the lock
-//!   and then re-checks for room; a worker counts its job's outcome and then
-//!   reads `has_blocked` (all sequentially consistent). One of them sees the
-//!   other.
+//! - Blocked submitters: a submitter registers (`has_blocked`) under the lock,
+//!   fences, and re-checks for room; a worker counts its job's outcome,
+//!   fences, and reads `has_blocked`. One of them sees the other. Registered
+//!   submitters are notified all at once and re-register if still blocked;
+//!   `notify_epoch` tells one that gives up whether it is still counted.
 //! - An idle worker in the container receives exactly one signal per park:
 //!   `Wake` (whoever detached it counted it as searching) or `Exit`
 //!   (whoever detached it already took it off `workers`).

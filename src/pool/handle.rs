@@ -178,6 +178,22 @@ impl<T, E> Slot<T, E> {
     /// it. `None` on time-out, or if another waiter took it.
     pub(crate) fn join_until(&self, deadline: Option<Instant>) -> Option<Result<T, E>> {
         let mut g = lock(&self.inner);
+        // A short job is often done within microseconds; look a few times
+        // (yielding the core) before sleeping, since a sleeping joiner costs
+        // a wake-up that takes longer than the job.
+        let polls = if cfg!(loom) { 0 } else { JOIN_POLLS };
+        for i in 0..polls {
+            if !matches!(g.phase, Phase::Pending | Phase::Running) {
+                break;
+            }
+            drop(g);
+            if i % 16 == 15 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+            g = lock(&self.inner);
+        }
         loop {
             if let Some(r) = Self::take(&mut g) {
                 return Some(r);
@@ -208,6 +224,10 @@ impl<T, E> Slot<T, E> {
         Poll::Pending
     }
 }
+
+/// How many times a joiner looks for the outcome before it sleeps
+/// (yielding its core every 16th time).
+const JOIN_POLLS: u32 = 64;
 
 /// A job with a result handle (`submit`).
 pub(crate) struct HandleJob<F, T> {

@@ -601,11 +601,29 @@ impl<S: 'static> Shared<S> {
             self.wake.fetch_sub(IDLE - SEARCHING, Ordering::SeqCst);
             d.wake.push(idle.parker);
         } else if st.workers < st.capacity {
-            st.workers += 1;
-            st.threads += 1;
-            self.wake.fetch_add(SEARCHING, Ordering::SeqCst);
-            self.publish(st);
+            self.enlist(st);
             d.spawn += 1;
+        }
+    }
+
+    /// Counts a worker about to be spawned: in `workers`, in `threads`, and
+    /// as searching (it looks at the queue when it arrives).
+    fn enlist(&self, st: &mut State) {
+        st.workers += 1;
+        st.threads += 1;
+        self.wake.fetch_add(SEARCHING, Ordering::SeqCst);
+        self.publish(st);
+    }
+
+    /// Takes every job still queued (to be cancelled outside the lock).
+    fn take_queued(&self) -> Vec<Task<S>> {
+        std::iter::from_fn(|| self.queue.pop()).collect()
+    }
+
+    /// Ends jobs that never started as cancelled.
+    fn cancel(&self, tasks: Vec<Task<S>>) {
+        for t in tasks {
+            t.job.abort(Abort::Cancelled, &self.counters);
         }
     }
 
@@ -621,9 +639,7 @@ impl<S: 'static> Shared<S> {
                 this.spawn_failed();
             }
         }
-        for t in d.cancel {
-            t.job.abort(Abort::Cancelled, &this.counters);
-        }
+        this.cancel(d.cancel);
         if d.notify_submitters {
             this.not_full.notify_all();
         }
@@ -638,19 +654,16 @@ impl<S: 'static> Shared<S> {
         self.wake.fetch_sub(SEARCHING, Ordering::SeqCst);
         self.publish(&st);
         self.counters.spawn_failures.fetch_add(1, Ordering::Relaxed);
-        let mut cancel = Vec::new();
+        let cancel = if st.threads == 0 && st.closed {
+            self.take_queued()
+        } else {
+            Vec::new()
+        };
         if st.threads == 0 {
-            if st.closed {
-                while let Some(t) = self.queue.pop() {
-                    cancel.push(t);
-                }
-            }
             self.exited.notify_all();
         }
         drop(st);
-        for t in cancel {
-            t.job.abort(Abort::Cancelled, &self.counters);
-        }
+        self.cancel(cancel);
     }
 
     /// Starts one worker thread; the caller has already counted it in
@@ -753,10 +766,7 @@ impl<S: 'static> Shared<S> {
                 if st.workers >= n.min(st.capacity) {
                     return Ok(());
                 }
-                st.workers += 1;
-                st.threads += 1;
-                this.wake.fetch_add(SEARCHING, Ordering::SeqCst);
-                this.publish(&st);
+                this.enlist(&mut st);
             }
             if let Err(e) = Shared::spawn_worker(this) {
                 this.spawn_failed();
@@ -777,9 +787,7 @@ impl<S: 'static> Shared<S> {
         // With no thread left and no submitter about to start one, nobody
         // would drain the queue (all spawns failed).
         if cancel_queued || (st.threads == 0 && this.in_gate() == 0) {
-            while let Some(t) = this.queue.pop() {
-                d.cancel.push(t);
-            }
+            d.cancel = this.take_queued();
         }
         for w in st.idle.drain() {
             this.wake.fetch_sub(IDLE - SEARCHING, Ordering::SeqCst);
@@ -809,9 +817,7 @@ impl<S: 'static> Shared<S> {
         }
         drop(st);
         // Time is up: cancel what has not started; report what still runs.
-        while let Some(t) = self.queue.pop() {
-            t.job.abort(Abort::Cancelled, &self.counters);
-        }
+        self.cancel(self.take_queued());
         usize::try_from(self.in_flight()).unwrap_or(usize::MAX)
     }
 
@@ -1080,18 +1086,15 @@ fn finish_thread<S: 'static>(shared: &Shared<S>, id: usize) {
     let mut st = lock(&shared.state);
     st.threads -= 1;
     let last = st.threads == 0;
-    let mut cancel = Vec::new();
-    if last && st.closed {
-        // Every worker has gone while jobs wait in a closed pool (only
-        // possible if threads could not be started): they will never run.
-        while let Some(t) = shared.queue.pop() {
-            cancel.push(t);
-        }
-    }
+    // Every worker has gone while jobs wait in a closed pool (only possible
+    // if threads could not be started): they will never run.
+    let cancel = if last && st.closed {
+        shared.take_queued()
+    } else {
+        Vec::new()
+    };
     drop(st);
-    for t in cancel {
-        t.job.abort(Abort::Cancelled, &shared.counters);
-    }
+    shared.cancel(cancel);
     if last {
         shared.exited.notify_all();
     }

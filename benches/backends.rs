@@ -20,8 +20,11 @@ use std::time::{Duration, Instant};
 
 use facepool::face::backend::onnxruntime_in;
 use facepool::face::onnxruntime::{OrtModel, OrtOptions, OrtRuntime};
-use facepool::face::{self, DecodeLimits, Embedder, FaceInput, FaceMode, FindOptions, TractModel};
+use facepool::face::{Embedder, FaceInput, TractModel};
 use serde_json::{json, Value};
+
+#[path = "common/photos.rs"]
+mod photos;
 
 fn assets() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets")
@@ -40,20 +43,7 @@ fn faces() -> Vec<FaceInput> {
         }
     }
     files.sort();
-    let opts = FindOptions {
-        mode: FaceMode::Aligned,
-        ..FindOptions::default()
-    };
-    files
-        .iter()
-        .map(|f| {
-            let img = face::decode_file(f, &DecodeLimits::default()).expect("a photo");
-            face::find_faces(&img, None, &opts)
-                .expect("a face")
-                .remove(0)
-                .input
-        })
-        .collect()
+    photos::inputs(&files)
 }
 
 /// Faces per second of `states` embedders running batches of `batch` on

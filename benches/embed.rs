@@ -12,7 +12,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use facepool::face::{self, DecodeLimits, Embedder, FaceInput, FaceMode, FindOptions, TractModel};
+use facepool::face::{Embedder, FaceInput, TractModel};
+
+#[path = "common/photos.rs"]
+mod photos;
 
 fn faces(n: usize) -> Vec<FaceInput> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/photos/johns/John_Simm");
@@ -21,22 +24,7 @@ fn faces(n: usize) -> Vec<FaceInput> {
         .map(|e| e.expect("readable dir").path())
         .collect();
     files.sort();
-    let opts = FindOptions {
-        mode: FaceMode::Aligned,
-        ..FindOptions::default()
-    };
-    files
-        .iter()
-        .cycle()
-        .take(n)
-        .map(|f| {
-            let img = face::decode_file(f, &DecodeLimits::default()).expect("a photo");
-            face::find_faces(&img, None, &opts)
-                .expect("a face")
-                .remove(0)
-                .input
-        })
-        .collect()
+    photos::inputs(files.iter().cycle().take(n))
 }
 
 fn embed(c: &mut Criterion) {

@@ -19,6 +19,7 @@ pub mod guard;
 pub mod index;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+pub(crate) mod panics;
 pub mod pool;
 #[cfg(feature = "face")]
 pub mod service;

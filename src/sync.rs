@@ -49,25 +49,46 @@ impl<T> Queue<T> {
     }
 }
 
+/// The loom stand-in: the items under a mutex, and their number in an
+/// atomic of its own. `is_empty` and `len` read only the atomic, as the
+/// real queue reads its indices without a lock, so the mutex does not order
+/// a submitter's push against a parking worker's look at the queue: the
+/// fences of that protocol are what the models check. The length is stored
+/// with `Release` and read with `Acquire`, weaker than the real queue's
+/// `SeqCst` indices: loom lets a `SeqCst` load read only the newest `SeqCst`
+/// store, which would hide the fences as the mutex did. With it, deleting
+/// either fence of the submit/park handshake makes
+/// `spinning_worker_races_submit` deadlock.
 #[cfg(loom)]
-pub(crate) struct Queue<T>(Mutex<std::collections::VecDeque<T>>);
+pub(crate) struct Queue<T> {
+    items: Mutex<std::collections::VecDeque<T>>,
+    len: AtomicUsize,
+}
 
 #[cfg(loom)]
 impl<T> Queue<T> {
     pub(crate) fn new() -> Self {
-        Self(Mutex::new(std::collections::VecDeque::new()))
+        Self {
+            items: Mutex::new(std::collections::VecDeque::new()),
+            len: AtomicUsize::new(0),
+        }
     }
     pub(crate) fn push(&self, t: T) {
-        lock(&self.0).push_back(t);
+        let mut q = lock(&self.items);
+        q.push_back(t);
+        self.len.store(q.len(), Ordering::Release);
     }
     pub(crate) fn pop(&self) -> Option<T> {
-        lock(&self.0).pop_front()
+        let mut q = lock(&self.items);
+        let t = q.pop_front();
+        self.len.store(q.len(), Ordering::Release);
+        t
     }
     pub(crate) fn is_empty(&self) -> bool {
-        lock(&self.0).is_empty()
+        self.len.load(Ordering::Acquire) == 0
     }
     pub(crate) fn len(&self) -> usize {
-        lock(&self.0).len()
+        self.len.load(Ordering::Acquire)
     }
 }
 

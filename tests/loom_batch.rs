@@ -97,3 +97,40 @@ fn shutdown_now_races_a_submit() {
         balanced(&s);
     });
 }
+
+/// Two batch threads and a submitter blocked on the full queue (room for
+/// one item): it is let in when a batch thread takes the first item, both
+/// items are delivered once, and shutdown joins both threads.
+#[test]
+fn two_batch_threads_and_a_blocked_submitter() {
+    // Four threads: explored with two preemptions, not three (a bound of
+    // three takes over ten minutes).
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(2);
+    model.check(|| {
+        let policy = BatchPolicy {
+            max_items: 1,
+            max_weight: None,
+            max_delay: Duration::ZERO,
+            in_flight: 2,
+        };
+        let b: Batcher<u32, u32> = Batcher::builder(policy)
+            .queue_capacity(1)
+            .blocking(None)
+            .build(|_| {
+                Ok::<_, String>(|items: Vec<u32>| {
+                    Ok::<_, std::convert::Infallible>(items.into_iter().map(|x| x + 100).collect())
+                })
+            })
+            .unwrap();
+        let first = b.submit(1).unwrap();
+        let b2 = b.clone();
+        let t = loom::thread::spawn(move || b2.submit(2).unwrap().join());
+        assert_eq!(first.join(), Ok(101));
+        assert_eq!(t.join().unwrap(), Ok(102));
+        assert_eq!(b.shutdown(FOREVER).threads_left, 0);
+        let s = b.stats();
+        assert_eq!(s.delivered, 2);
+        balanced(&s);
+    });
+}

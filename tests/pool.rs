@@ -819,53 +819,6 @@ fn panicking_hooks_and_handler_do_not_kill_workers() {
 }
 
 #[test]
-fn a_panicking_worker_state_factory_is_reported_and_replaced() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (c, s2) = (calls.clone(), seen.clone());
-    let pool = Pool::builder()
-        .capacity(1)
-        .panic_handler(move |m| s2.lock().unwrap().push(m.to_owned()))
-        .worker_state(move || {
-            if c.fetch_add(1, Ordering::SeqCst) == 0 {
-                panic!("no model file");
-            }
-            7u32
-        })
-        .build()
-        .unwrap();
-    // The first worker's factory panics: the job waits for the next worker,
-    // which the next submit starts.
-    let a = pool.submit(|s: &mut u32| *s).unwrap();
-    wait_until("first worker gone", || {
-        !seen.lock().unwrap().is_empty() && pool.stats().workers == 0
-    });
-    let b = pool.submit(|s: &mut u32| *s + 1).unwrap();
-    assert_eq!((a.join(), b.join()), (Ok(7), Ok(8)));
-    assert_eq!(
-        seen.lock().unwrap()[0],
-        "worker state factory panicked: no model file"
-    );
-}
-
-#[test]
-fn a_factory_that_always_panics_leaves_jobs_to_shutdown() {
-    let pool = Pool::builder()
-        .capacity(1)
-        .panic_handler(|_| {})
-        .worker_state(|| -> u32 { panic!("never") })
-        .build()
-        .unwrap();
-    let h = pool.submit(|s: &mut u32| *s).unwrap();
-    wait_until("worker gone", || {
-        pool.stats().workers == 0 && pool.stats().spawn_failures == 0
-    });
-    let report = pool.shutdown(LONG);
-    assert_eq!(report.cancelled, 1);
-    assert_eq!(h.join(), Err(JobError::Cancelled));
-}
-
-#[test]
 fn shutdown_from_inside_a_job_returns() {
     let pool = small(1, 4);
     let p2 = pool.clone();

@@ -171,3 +171,107 @@ fn record(seen: &Seen, r: Result<u64, JobError>) {
     };
     c.fetch_add(1, Ordering::Relaxed);
 }
+
+/// The admission observer: at a fixed capacity, under 4 submitters with
+/// cancels, drops, deadlines and refusals, no more jobs are alive than the
+/// window admits and no more run than there are workers.
+///
+/// Every job's closure carries a guard counted in one word with the number
+/// of closures their submitter has not yet seen admitted or refused
+/// ("pending"). `live - pending` never exceeds the admitted jobs whose
+/// closures are alive, so it must stay within `capacity + queue_capacity`
+/// (a job's captures are dropped before its place is freed).
+#[test]
+fn admission_observer_at_fixed_capacity() {
+    const CAPACITY: u64 = 3;
+    const QUEUE: u64 = 16;
+    const PER_SUBMITTER: u64 = 50_000;
+    const LIVE: u64 = 1;
+    const PENDING: u64 = 1 << 32;
+
+    struct Guard(Arc<AtomicU64>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.fetch_sub(LIVE, Ordering::SeqCst);
+        }
+    }
+
+    let pool = Pool::builder()
+        .capacity(CAPACITY as usize)
+        .queue_capacity(QUEUE as usize)
+        .submit_timeout(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let word = Arc::new(AtomicU64::new(0));
+    let running = Arc::new(AtomicU64::new(0));
+    let max_live = Arc::new(AtomicU64::new(0));
+    let max_running = Arc::new(AtomicU64::new(0));
+
+    let submitters: Vec<_> = (0..SUBMITTERS)
+        .map(|t| {
+            let (pool, word, running) = (pool.clone(), word.clone(), running.clone());
+            let (max_live, max_running) = (max_live.clone(), max_running.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(0xad31 + t);
+                for _ in 0..PER_SUBMITTER {
+                    word.fetch_add(PENDING + LIVE, Ordering::SeqCst);
+                    let guard = Guard(word.clone());
+                    let (word2, running2) = (word.clone(), running.clone());
+                    let (max_live2, max_running2) = (max_live.clone(), max_running.clone());
+                    let spin = rng.below(200);
+                    let job = move |_: &mut ()| {
+                        let _keep = &guard;
+                        let r = running2.fetch_add(1, Ordering::SeqCst) + 1;
+                        max_running2.fetch_max(r, Ordering::SeqCst);
+                        let w = word2.load(Ordering::SeqCst);
+                        let admitted_live = (w & (PENDING - 1)).saturating_sub(w >> 32);
+                        max_live2.fetch_max(admitted_live, Ordering::SeqCst);
+                        for _ in 0..spin {
+                            std::hint::spin_loop();
+                        }
+                        running2.fetch_sub(1, Ordering::SeqCst);
+                    };
+                    let r = match rng.below(10) {
+                        0 => pool.try_submit(job),
+                        1 => pool.submit_with(JobOptions::within(Duration::from_micros(rng.below(100))), job),
+                        _ => pool.submit(job),
+                    };
+                    word.fetch_sub(PENDING, Ordering::SeqCst);
+                    match r {
+                        Ok(h) => match rng.below(10) {
+                            0 => drop(h),
+                            1 => {
+                                h.cancel();
+                            }
+                            _ => h.detach(),
+                        },
+                        Err(SubmitError::Closed) => panic!("closed while running"),
+                        Err(_) => {}
+                    }
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.join().unwrap();
+    }
+    assert_eq!(pool.shutdown(Duration::from_secs(60)).still_running, 0);
+    let s = pool.stats();
+    assert_eq!(
+        s.submitted,
+        s.completed + s.panicked + s.expired + s.cancelled + s.rejected,
+        "{s:?}"
+    );
+    assert_eq!(word.load(Ordering::SeqCst), 0, "every closure was dropped");
+    let (live, run) = (
+        max_live.load(Ordering::SeqCst),
+        max_running.load(Ordering::SeqCst),
+    );
+    eprintln!("max admitted live {live}, max running {run}; {s:?}");
+    assert!(live <= CAPACITY + QUEUE, "{live} jobs alive beyond the window");
+    assert!(run <= CAPACITY, "{run} jobs ran at once on {CAPACITY} workers");
+    assert!(
+        s.completed > 0 && s.rejected + s.expired + s.cancelled > 0,
+        "{s:?}"
+    );
+}

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
 
-use crate::pool::handle::panic_message;
+use crate::panics::message as panic_message;
 use crate::pool::{JobHandle, Pool, SubmitError};
 
 /// One finished call: the item's position in the input and its value.

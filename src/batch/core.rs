@@ -11,12 +11,18 @@
 //!   an outcome also sees it in the stats.
 //! - `earliest_deadline` is at most the earliest deadline in the queue (it
 //!   may be stale and early, which only wakes a batch thread to look again).
+//! - No user code runs under the lock: entries removed from the queue
+//!   (dead, cancelled) are settled after it is released, where their
+//!   wakers are called and their items dropped. No user code on a batch
+//!   thread can kill it: the handler, the drops of items and results, the
+//!   wakers and the clock are each caught, reported to the panic handler,
+//!   and every slot of a batch resolves (`tests/batch_user_code.rs`).
 
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use crate::pool::handle::panic_message;
+use crate::panics;
+use crate::pool::handle::Wake;
 use crate::pool::Clock;
 use crate::sync::{
     lock, wait, wait_timeout, wait_until, Arc, AtomicU64, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
@@ -123,6 +129,8 @@ pub(crate) fn reason_index(r: FlushReason) -> usize {
     }
 }
 
+pub(crate) type PanicHook = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 pub(crate) struct Shared<I, O> {
     pub(crate) state: Mutex<State<I, O>>,
     /// Batch threads wait here for items or for the flush time.
@@ -134,13 +142,41 @@ pub(crate) struct Shared<I, O> {
     pub(crate) counters: Counters,
     pub(crate) policy: BatchPolicy,
     pub(crate) queue_cap: usize,
-    pub(crate) clock: std::sync::Arc<dyn Clock>,
+    clock: std::sync::Arc<dyn Clock>,
+    on_panic: Option<PanicHook>,
     /// Bumped by every handle dropped before its item was sent (see `purge`).
     pub(crate) abandoned_hint: Arc<AtomicUsize>,
 }
 
+/// A submit in progress (it may wait for room several times).
+struct Attempt {
+    weight: usize,
+    deadline: Option<Instant>,
+    mode: Wait,
+    /// When it first waited (for its timeout).
+    started: Option<Instant>,
+    /// Counted in `submitted` already.
+    counted: bool,
+}
+
+/// What one try at admitting gave.
+enum Pushed<I, O> {
+    Done(Result<Arc<ItemSlot<O>>, SubmitError>),
+    /// Waited for room: try again with a fresh clock reading.
+    Again(I),
+}
+
+/// Entries taken out of the queue under the lock without being sent, each
+/// with why; settled (counted, told, dropped) after the lock is released.
+type Dead<I, O> = Vec<(Entry<I, O>, BatchError)>;
+
 impl<I, O> Shared<I, O> {
-    pub(crate) fn new(policy: BatchPolicy, queue_cap: usize, clock: std::sync::Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(
+        policy: BatchPolicy,
+        queue_cap: usize,
+        clock: std::sync::Arc<dyn Clock>,
+        on_panic: Option<PanicHook>,
+    ) -> Self {
         Self {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -162,6 +198,7 @@ impl<I, O> Shared<I, O> {
             policy,
             queue_cap,
             clock,
+            on_panic,
             abandoned_hint: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -170,7 +207,42 @@ impl<I, O> Shared<I, O> {
         lock(&self.state)
     }
 
-    /// Admits an item, or says why not.
+    /// Tells the panic handler about a panic of user code that is not an
+    /// item's outcome. A panic of the handler itself is dropped.
+    pub(crate) fn report(&self, msg: &str) {
+        if let Some(h) = &self.on_panic {
+            let _ = panics::catch(|| h(msg));
+        }
+    }
+
+    /// Drops user data on a runtime thread; a panic is reported.
+    fn drop_user<T>(&self, what: &str, x: T) {
+        if let Err(msg) = panics::drop_caught(x) {
+            self.report(&format!("dropping {what} panicked: {msg}"));
+        }
+    }
+
+    /// Wakes a decided slot's async waiter; a panic is reported.
+    fn wake(&self, w: Wake) {
+        if let Err(msg) = w.caught() {
+            self.report(&format!("a waker panicked: {msg}"));
+        }
+    }
+
+    /// The user's clock; one that panics is reported and the system clock
+    /// answers instead. Never called under the lock.
+    pub(crate) fn now(&self) -> Instant {
+        match panics::catch(|| self.clock.now()) {
+            Ok(t) => t,
+            Err(msg) => {
+                self.report(&format!("clock panicked: {msg}"));
+                Instant::now()
+            }
+        }
+    }
+
+    /// Admits an item, or says why not. The clock is read with the lock
+    /// released, again after every wait for room.
     pub(crate) fn push(
         &self,
         item: I,
@@ -178,32 +250,54 @@ impl<I, O> Shared<I, O> {
         deadline: Option<Instant>,
         mode: Wait,
     ) -> Result<Arc<ItemSlot<O>>, SubmitError> {
-        let mut st = lock(&self.state);
-        st.submitted += 1;
-        let mut started: Option<Instant> = None;
+        let mut attempt = Attempt {
+            weight,
+            deadline,
+            mode,
+            started: None,
+            counted: false,
+        };
+        let mut item = item;
         loop {
-            if st.closing != Closing::Open {
-                st.rejected += 1;
-                return Err(SubmitError::Closed);
+            let now = self.now();
+            let mut dead = Vec::new();
+            let r = self.push_locked(item, &mut attempt, now, &mut dead);
+            self.settle(dead);
+            match r {
+                Pushed::Done(r) => return r,
+                Pushed::Again(it) => item = it,
             }
-            if weight > self.queue_cap {
-                st.rejected += 1;
-                return Err(SubmitError::TooHeavy {
-                    weight,
-                    capacity: self.queue_cap,
-                });
-            }
-            if st.weight + weight <= self.queue_cap {
-                break;
-            }
+        }
+    }
+
+    /// One try at admitting under the lock: the outcome, or the item back
+    /// after a wait for room (the caller reads the clock and tries again).
+    fn push_locked(&self, item: I, a: &mut Attempt, now: Instant, dead: &mut Dead<I, O>) -> Pushed<I, O> {
+        let mut st = lock(&self.state);
+        if !std::mem::replace(&mut a.counted, true) {
+            st.submitted += 1;
+        }
+        let weight = a.weight;
+        if st.closing != Closing::Open {
+            st.rejected += 1;
+            return Pushed::Done(Err(SubmitError::Closed));
+        }
+        if weight > self.queue_cap {
+            st.rejected += 1;
+            return Pushed::Done(Err(SubmitError::TooHeavy {
+                weight,
+                capacity: self.queue_cap,
+            }));
+        }
+        if st.weight + weight > self.queue_cap {
             // Full: first drop what nobody waits for any more.
-            if self.purge(&mut st) > 0 && st.weight + weight <= self.queue_cap {
-                break;
-            }
-            let limit = match mode {
+            self.purge(&mut st, now, dead);
+        }
+        if st.weight + weight > self.queue_cap {
+            let limit = match a.mode {
                 Wait::No => {
                     st.rejected += 1;
-                    return Err(SubmitError::Overloaded);
+                    return Pushed::Done(Err(SubmitError::Overloaded));
                 }
                 Wait::Block(limit) => limit,
             };
@@ -211,30 +305,31 @@ impl<I, O> Shared<I, O> {
             match limit {
                 None => st = wait(&self.not_full, st),
                 Some(limit) => {
-                    let t0 = *started.get_or_insert_with(Instant::now);
+                    let t0 = *a.started.get_or_insert_with(Instant::now);
                     let left = limit.saturating_sub(t0.elapsed());
                     if left.is_zero() {
                         st.blocked -= 1;
                         st.rejected += 1;
-                        return Err(SubmitError::Timeout(limit));
+                        return Pushed::Done(Err(SubmitError::Timeout(limit)));
                     }
                     st = wait_timeout(&self.not_full, st, left).0;
                 }
             }
             st.blocked -= 1;
+            return Pushed::Again(item);
         }
         let slot = Arc::new(ItemSlot::new());
         let was_empty = st.queue.is_empty();
         st.queue.push_back(Entry {
             item,
             weight,
-            arrived: self.clock.now(),
-            deadline,
+            arrived: now,
+            deadline: a.deadline,
             slot: slot.clone(),
         });
         st.weight += weight;
         let mut earlier = false;
-        if let Some(d) = deadline {
+        if let Some(d) = a.deadline {
             if st.earliest_deadline.is_none_or(|e| d < e) {
                 st.earliest_deadline = Some(d);
                 earlier = true;
@@ -247,37 +342,36 @@ impl<I, O> Shared<I, O> {
         if was_empty || full || earlier {
             self.work.notify_one();
         }
-        Ok(slot)
+        Pushed::Done(Ok(slot))
     }
 
-    /// Removes entries that expired or whose handle was dropped. Returns how
-    /// much weight was freed. Scans the queue only when something in it can
-    /// be dead (a handle was dropped since the last scan, or the earliest
-    /// deadline has passed), so refusals under overload stay cheap.
-    fn purge(&self, st: &mut State<I, O>) -> usize {
-        let now = self.clock.now();
+    /// Takes out entries that expired or whose handle was dropped (into
+    /// `dead`, to be settled after the lock). Scans the queue only when something in it can be dead (a
+    /// handle was dropped since the last scan, or the earliest deadline has
+    /// passed), so refusals under overload stay cheap.
+    fn purge(&self, st: &mut State<I, O>, now: Instant, dead: &mut Dead<I, O>) {
         let dropped = self.abandoned_hint.swap(0, Ordering::AcqRel) > 0;
         if !dropped && st.earliest_deadline.is_none_or(|d| d >= now) {
-            return 0;
+            return;
         }
-        let before = st.weight;
         let mut freed = 0;
-        st.queue.retain(|e| {
-            if let Some(why) = self.dead(e, now) {
-                self.count_removed(&e.slot, why);
-                freed += e.weight;
-                false
-            } else {
-                true
+        let mut kept = VecDeque::with_capacity(st.queue.len());
+        for e in st.queue.drain(..) {
+            match Self::dead(&e, now) {
+                Some(why) => {
+                    freed += e.weight;
+                    dead.push((e, why));
+                }
+                None => kept.push_back(e),
             }
-        });
-        st.weight = before - freed;
+        }
+        st.queue = kept;
+        st.weight -= freed;
         self.recompute_deadline(st);
-        freed
     }
 
     /// Why `e` must not be sent, if so.
-    fn dead(&self, e: &Entry<I, O>, now: Instant) -> Option<BatchError> {
+    fn dead(e: &Entry<I, O>, now: Instant) -> Option<BatchError> {
         if e.slot.is_finished() {
             Some(BatchError::Abandoned)
         } else if e.deadline.is_some_and(|d| d < now) {
@@ -287,21 +381,35 @@ impl<I, O> Shared<I, O> {
         }
     }
 
-    /// Ends an unsent entry with `why`, counting it (as abandoned if its
-    /// handle had already gone).
-    fn count_removed(&self, slot: &ItemSlot<O>, why: BatchError) {
+    /// Ends unsent entries: each is counted (as abandoned if its handle had
+    /// already gone), its handle told, and its item dropped. Called with no
+    /// lock held: wakers and drops are user code.
+    fn settle(&self, dead: Dead<I, O>) {
+        for (e, why) in dead {
+            let Entry { item, slot, .. } = e;
+            if let Some(w) = self.count_removed(&slot, why) {
+                self.wake(w);
+            }
+            self.drop_user("an unsent item", item);
+            self.drop_user("an item's slot", slot);
+        }
+    }
+
+    /// Counts an unsent entry's outcome and decides it (as abandoned if its
+    /// handle had already gone); the waker to call if this decided it.
+    fn count_removed(&self, slot: &ItemSlot<O>, why: BatchError) -> Option<Wake> {
         let c = &self.counters;
+        if matches!(why, BatchError::Abandoned) {
+            Counters::add(&c.abandoned, 1);
+            return None;
+        }
         let counter = match why {
             BatchError::Expired => &c.expired,
-            BatchError::Cancelled => &c.cancelled,
-            _ => &c.abandoned,
+            _ => &c.cancelled,
         };
-        // Count first, then decide; if the handle won the race, undo.
-        Counters::add(counter, 1);
-        if !matches!(why, BatchError::Abandoned) && !slot.decide_unstarted(why) {
-            counter.fetch_sub(1, Ordering::Relaxed);
-            Counters::add(&c.abandoned, 1);
-        }
+        slot.decide_unstarted_counted(why, |decided| {
+            Counters::add(if decided { counter } else { &c.abandoned }, 1);
+        })
     }
 
     fn recompute_deadline(&self, st: &mut State<I, O>) {
@@ -320,20 +428,27 @@ impl<I, O> Shared<I, O> {
     }
 
     /// Waits until the flush rule says to take a batch, and takes it.
-    /// `None` when the batcher is closing and nothing is left.
+    /// `None` when the batcher is closing and nothing is left. The clock is
+    /// read with the lock released.
     fn next_batch(&self) -> Option<(Vec<Entry<I, O>>, FlushReason)> {
-        let mut st = lock(&self.state);
         loop {
-            let now = self.clock.now();
+            let now = self.now();
+            let mut st = lock(&self.state);
+            // An item may have arrived since the clock was read: time is at
+            // least its arrival (else the rule would wait for an instant
+            // that has already passed).
+            let now = st.queue.back().map_or(now, |e| e.arrived.max(now));
             match decide(&self.view(&st), &self.policy, now) {
                 Flush::Idle if st.closing != Closing::Open => return None,
-                Flush::Idle => st = wait(&self.work, st),
-                Flush::At(t) => st = wait_timeout(&self.work, st, t.saturating_duration_since(now)).0,
+                Flush::Idle => drop(wait(&self.work, st)),
+                Flush::At(t) => drop(wait_timeout(&self.work, st, t.saturating_duration_since(now)).0),
                 Flush::Now(reason) => {
-                    let batch = self.take(&mut st, now);
+                    let mut dead = Vec::new();
+                    let batch = self.take(&mut st, now, &mut dead);
                     let more = !st.queue.is_empty();
                     let blocked = st.blocked > 0;
                     drop(st);
+                    self.settle(dead);
                     if blocked {
                         self.not_full.notify_all();
                     }
@@ -344,15 +459,14 @@ impl<I, O> Shared<I, O> {
                     if !batch.is_empty() {
                         return Some((batch, reason));
                     }
-                    st = lock(&self.state);
                 }
             }
         }
     }
 
-    /// Takes up to a batch from the front of the queue, skipping (and
-    /// counting) entries that expired or were abandoned.
-    fn take(&self, st: &mut State<I, O>, now: Instant) -> Vec<Entry<I, O>> {
+    /// Takes up to a batch from the front of the queue; entries that
+    /// expired or were abandoned go to `dead`.
+    fn take(&self, st: &mut State<I, O>, now: Instant, dead: &mut Dead<I, O>) -> Vec<Entry<I, O>> {
         let p = &self.policy;
         let mut batch = Vec::with_capacity(p.max_items.min(st.queue.len()));
         let mut w = 0;
@@ -367,12 +481,12 @@ impl<I, O> Shared<I, O> {
             }
             let Some(e) = st.queue.pop_front() else { break };
             st.weight -= e.weight;
-            if let Some(why) = self.dead(&e, now) {
-                self.count_removed(&e.slot, why);
+            if let Some(why) = Self::dead(&e, now) {
+                dead.push((e, why));
                 continue;
             }
             if !e.slot.start() {
-                Counters::add(&self.counters.abandoned, 1);
+                dead.push((e, BatchError::Abandoned));
                 continue;
             }
             w += e.weight;
@@ -387,6 +501,7 @@ impl<I, O> Shared<I, O> {
     }
 
     /// Runs one batch through `handler` and hands each item its result.
+    /// Every slot resolves, whatever panics on the way.
     fn run<H: BatchHandler<I, O>>(&self, handler: &mut H, batch: Vec<Entry<I, O>>, reason: FlushReason) {
         let n = batch.len();
         let c = &self.counters;
@@ -400,27 +515,40 @@ impl<I, O> Shared<I, O> {
             slots.push(e.slot);
         }
         let t0 = Instant::now();
-        let r = catch_unwind(AssertUnwindSafe(|| handler.call(items)));
+        // The handler consumes the items: their drops happen inside the catch.
+        let r = panics::catch(|| handler.call(items));
         self.record_call(t0.elapsed());
         let err = match r {
             Ok(Ok(outs)) if outs.len() == n => {
                 Counters::add(&c.delivered, n);
                 for (slot, o) in slots.into_iter().zip(outs) {
-                    slot.finish(Ok(o));
+                    self.deliver(slot, Ok(o));
                 }
                 return;
             }
-            Ok(Ok(outs)) => BatchError::WrongCount {
-                expected: n,
-                got: outs.len(),
-            },
+            Ok(Ok(outs)) => {
+                let got = outs.len();
+                for o in outs {
+                    self.drop_user("a result of a batch with the wrong count", o);
+                }
+                BatchError::WrongCount { expected: n, got }
+            }
             Ok(Err(e)) => BatchError::Handler(std::sync::Arc::new(e)),
-            Err(p) => BatchError::Panicked(panic_message(&*p)),
+            Err(msg) => BatchError::Panicked(msg),
         };
         Counters::add(&c.failed, n);
         for slot in slots {
-            slot.finish(Err(err.clone()));
+            self.deliver(slot, Err(err.clone()));
         }
+        // The last reference to the handler's error may be this one.
+        self.drop_user("a handler's error", err);
+    }
+
+    /// Hands a sent item its result, then lets go of the slot: if its
+    /// handle is gone, that drops the result here.
+    fn deliver(&self, slot: Arc<ItemSlot<O>>, r: Result<O, BatchError>) {
+        self.wake(slot.finish(r));
+        self.drop_user("an item's result", slot);
     }
 
     /// Folds a call's duration into the running estimate (1/8 weight).
@@ -438,26 +566,21 @@ impl<I, O> Shared<I, O> {
     /// cancelled.
     pub(crate) fn close(&self, cancel: bool) -> usize {
         let mut st = lock(&self.state);
-        let mut cancelled = 0;
+        let mut cancelled = Vec::new();
         if cancel {
             st.closing = Closing::Cancel;
             st.weight = 0;
             st.earliest_deadline = None;
-            let drained: Vec<_> = st.queue.drain(..).collect();
-            drop(st);
-            for e in drained {
-                cancelled += 1;
-                self.count_removed(&e.slot, BatchError::Cancelled);
-            }
-        } else {
-            if st.closing == Closing::Open {
-                st.closing = Closing::Flush;
-            }
-            drop(st);
+            cancelled = st.queue.drain(..).map(|e| (e, BatchError::Cancelled)).collect();
+        } else if st.closing == Closing::Open {
+            st.closing = Closing::Flush;
         }
+        drop(st);
+        let n = cancelled.len();
+        self.settle(cancelled);
         self.work.notify_all();
         self.not_full.notify_all();
-        cancelled
+        n
     }
 
     /// Waits until every batch thread has exited, or `deadline` passes.
@@ -518,6 +641,16 @@ pub(crate) fn on_batch_thread<I, O>(shared: &Shared<I, O>) -> bool {
     CURRENT.with(|c| c.get() == shared as *const Shared<I, O> as usize)
 }
 
+/// A batch thread's place in `threads`, given back however the thread ends
+/// (also if it unwinds, which no user code on it can cause).
+struct Alive<'a, I, O>(&'a Shared<I, O>);
+
+impl<I, O> Drop for Alive<'_, I, O> {
+    fn drop(&mut self) {
+        self.0.thread_exited();
+    }
+}
+
 /// A batch thread: creates its handler, then takes and runs batches until
 /// the batcher closes and the queue is empty.
 pub(crate) fn batch_thread<I, O, H, E, F>(shared: Arc<Shared<I, O>>, index: usize, factory: std::sync::Arc<F>)
@@ -529,29 +662,27 @@ where
     if !cfg!(loom) {
         CURRENT.with(|c| c.set(&*shared as *const Shared<I, O> as usize));
     }
-    let made = catch_unwind(AssertUnwindSafe(|| factory(index)));
+    let _alive = Alive(&shared);
+    let made = panics::catch(|| factory(index));
     let mut handler = match made {
         Ok(Ok(h)) => {
             shared.thread_ready(None);
             h
         }
         Ok(Err(e)) => {
-            shared.thread_ready(Some((index, e.to_string())));
-            shared.thread_exited();
+            let msg =
+                panics::catch(|| e.to_string()).unwrap_or_else(|m| format!("(its message panicked: {m})"));
+            shared.drop_user("a handler factory's error", e);
+            shared.thread_ready(Some((index, msg)));
             return;
         }
-        Err(p) => {
-            let msg = format!("factory panicked: {}", panic_message(&*p));
-            shared.thread_ready(Some((index, msg)));
-            shared.thread_exited();
+        Err(msg) => {
+            shared.thread_ready(Some((index, format!("factory panicked: {msg}"))));
             return;
         }
     };
     while let Some((batch, reason)) = shared.next_batch() {
         shared.run(&mut handler, batch, reason);
     }
-    // The handler's Drop is user code: keep a panic in it off this thread's
-    // exit accounting.
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(handler)));
-    shared.thread_exited();
+    shared.drop_user("the batch handler", handler);
 }

@@ -60,8 +60,10 @@ impl<O> Drop for BatchHandle<O> {
         if let Some(slot) = self.slot.take() {
             // Counted as abandoned by whoever removes it from the queue;
             // the hint tells a full queue that there is something to remove.
-            if slot.decide_unstarted(BatchError::Abandoned) {
+            if let Some(w) = slot.decide_unstarted(BatchError::Abandoned) {
                 self.abandoned.fetch_add(1, Ordering::AcqRel);
+                // Not let out of a drop (it may run during unwinding).
+                let _ = w.caught();
             }
         }
     }

@@ -201,6 +201,7 @@ pub struct BatcherBuilder<I, O> {
     clock: std::sync::Arc<dyn Clock>,
     thread_name: String,
     drop_timeout: Option<Duration>,
+    on_panic: Option<core::PanicHook>,
     _out: std::marker::PhantomData<fn() -> O>,
 }
 
@@ -214,6 +215,7 @@ impl<I: Send + 'static, O: Send + 'static> BatcherBuilder<I, O> {
             clock: std::sync::Arc::new(SystemClock),
             thread_name: "facepool-batch".to_owned(),
             drop_timeout: Some(Duration::from_secs(30)),
+            on_panic: None,
             _out: std::marker::PhantomData,
         }
     }
@@ -258,6 +260,16 @@ impl<I: Send + 'static, O: Send + 'static> BatcherBuilder<I, O> {
         self
     }
 
+    /// Called with the message of a panic of user code on a batch thread
+    /// that is not an item's outcome: the drop of an item, a result or the
+    /// handler, a waker, the clock. The thread survives each of them (a
+    /// panic of the handler's call is every item's outcome instead:
+    /// `BatchError::Panicked`).
+    pub fn panic_handler(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_panic = Some(std::sync::Arc::new(f));
+        self
+    }
+
     /// Starts `policy.in_flight` batch threads; each calls `factory(index)`
     /// once to create the handler it owns. If any factory fails (or panics),
     /// the threads are stopped and the error says which one.
@@ -272,7 +284,12 @@ impl<I: Send + 'static, O: Send + 'static> BatcherBuilder<I, O> {
             return Err(BuildError::ZeroQueue);
         }
         let n = self.policy.in_flight;
-        let shared = Arc::new(Shared::new(self.policy, self.queue_capacity, self.clock));
+        let shared = Arc::new(Shared::new(
+            self.policy,
+            self.queue_capacity,
+            self.clock,
+            self.on_panic,
+        ));
         let batcher = Batcher {
             inner: Arc::new(Inner {
                 shared: shared.clone(),

@@ -175,7 +175,11 @@ impl<S: 'static> PoolBuilder<S> {
         self
     }
 
-    /// Called with the message of every panic a worker catches.
+    /// Called with the message of every panic a worker catches: a job's
+    /// (also its outcome, `JobError::Panicked`), and any other user code's
+    /// that runs on a worker: the drop of a job's captures or result, a
+    /// waker, the clock, the worker-state factory, a hook. The worker
+    /// survives each of them.
     pub fn panic_handler(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
         self.s.on_panic = Some(std::sync::Arc::new(f));
         self
@@ -183,8 +187,12 @@ impl<S: 'static> PoolBuilder<S> {
 
     /// Per-worker state: `factory` runs once on each worker thread, and every
     /// job on that thread gets the value as `&mut`. This is how a model
-    /// session lives on its thread. The factory should not panic; if it does,
-    /// that worker exits and the panic handler is told.
+    /// session lives on its thread. Workers build their states side by side:
+    /// a slow factory delays only its own worker. A factory that panics is
+    /// reported to the panic handler and tried again by the same worker
+    /// after a backoff (10 ms, doubling up to 1 s) until it succeeds or the
+    /// pool closes or shrinks; queued jobs wait for a worker whose factory
+    /// succeeded, or are cancelled when the pool is shut down with none.
     pub fn worker_state<T: 'static>(self, factory: impl Fn() -> T + Send + Sync + 'static) -> PoolBuilder<T> {
         PoolBuilder {
             s: self.s,

@@ -5,16 +5,15 @@
 //! to `Running`, or a canceller (the handle, the deadline check, shutdown)
 //! moves it from `Pending` to finished. Whoever wins decides.
 
-use std::any::Any;
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use crate::panics;
 use crate::sync::{lock, wait_until, Arc, Condvar, Mutex};
 
-use super::core::Counters;
+use super::core::Ledger;
 use super::error::JobError;
 
 /// What a job's removal from the pool means for the counters.
@@ -35,22 +34,25 @@ pub(crate) enum Abort {
 
 /// A job as the pool stores it: run it once on a worker, or abort it.
 ///
-/// Both count the outcome in `counters` *before* telling the handle, so a
-/// caller that has seen an outcome also sees it in the pool's stats.
+/// Both drop the job's captures first, then count the outcome in the
+/// ledger, then tell the handle: a job's captures are gone before its place
+/// in the pool is freed, and a caller that has seen an outcome also sees it
+/// in the pool's stats. Neither lets a panic out: user code that runs here
+/// outside the job's body (drops, wakers) is caught and reported through the
+/// ledger.
 pub(crate) trait Job<S>: Send + Sized {
     /// Runs the job on a worker (unless its handle cancelled it first).
-    fn run(self, state: &mut S, counters: &Counters) -> Ended;
+    fn run(self, state: &mut S, ledger: &Ledger<'_>) -> Ended;
     /// Removes the job without running it.
-    fn abort(self, why: Abort, counters: &Counters) -> Ended;
+    fn abort(self, why: Abort, ledger: &Ledger<'_>) -> Ended;
 }
 
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
+impl Abort {
+    fn outcome(self) -> (Ended, JobError) {
+        match self {
+            Abort::Expired => (Ended::Expired, JobError::Expired),
+            Abort::Cancelled => (Ended::Cancelled, JobError::Cancelled),
+        }
     }
 }
 
@@ -61,21 +63,19 @@ impl<S, F> Job<S> for ExecJob<F>
 where
     F: FnOnce(&mut S) + Send,
 {
-    fn run(self, state: &mut S, counters: &Counters) -> Ended {
+    fn run(self, state: &mut S, ledger: &Ledger<'_>) -> Ended {
         let f = self.0;
-        let ended = match catch_unwind(AssertUnwindSafe(|| f(state))) {
+        let ended = match panics::catch(|| f(state)) {
             Ok(()) => Ended::Completed,
-            Err(p) => Ended::Panicked(panic_message(&*p)),
+            Err(msg) => Ended::Panicked(msg),
         };
-        counters.count(&ended);
+        ledger.count(&ended);
         ended
     }
-    fn abort(self, why: Abort, counters: &Counters) -> Ended {
-        let ended = match why {
-            Abort::Expired => Ended::Expired,
-            Abort::Cancelled => Ended::Cancelled,
-        };
-        counters.count(&ended);
+    fn abort(self, why: Abort, ledger: &Ledger<'_>) -> Ended {
+        ledger.drop_user("an unstarted job's captures", self.0);
+        let (ended, _) = why.outcome();
+        ledger.count(&ended);
         ended
     }
 }
@@ -93,11 +93,36 @@ struct SlotInner<T, E> {
     joiners: u32,
 }
 
+/// The waker of a slot whose outcome was just decided, taken out of the
+/// slot's lock so that it is called with no lock held (a waker is user code:
+/// it may call back into the pool or the batcher).
+#[must_use = "a decided slot's waker must be woken"]
+pub(crate) struct Wake(Option<Waker>);
+
+impl Wake {
+    /// Wakes on the caller's own thread (a panicking waker panics there).
+    pub(crate) fn now(self) {
+        if let Some(w) = self.0 {
+            w.wake();
+        }
+    }
+
+    /// Wakes on one of the runtime's threads: a panic of the waker is
+    /// caught and its message returned.
+    pub(crate) fn caught(self) -> Result<(), String> {
+        match self.0 {
+            None => Ok(()),
+            Some(w) => panics::catch(move || w.wake()),
+        }
+    }
+}
+
 /// Where one unit of work's outcome is delivered to its handle: a job's
 /// (here) or a batched item's (in `batch/`).
 ///
 /// The outcome is decided once: `start` moves it from pending to running,
 /// or `decide_unstarted` ends it before it started; whoever comes first wins.
+/// Deciding returns the waker to call, outside any lock.
 pub(crate) struct Slot<T, E = JobError> {
     inner: Mutex<SlotInner<T, E>>,
     done: Condvar,
@@ -126,34 +151,42 @@ impl<T, E> Slot<T, E> {
         }
     }
 
-    /// Pending -> Finished(err). False if it had already started or ended.
-    pub(crate) fn decide_unstarted(&self, err: E) -> bool {
+    /// Pending -> Finished(err). `None` if it had already started or ended.
+    pub(crate) fn decide_unstarted(&self, err: E) -> Option<Wake> {
+        self.decide_unstarted_counted(err, |_| {})
+    }
+
+    /// As `decide_unstarted`, calling `count` (with whether this call
+    /// decided) before the outcome can be seen, under the slot's lock, so
+    /// that a caller who has seen an outcome also sees it counted. `count`
+    /// must not run user code.
+    pub(crate) fn decide_unstarted_counted(&self, err: E, count: impl FnOnce(bool)) -> Option<Wake> {
         let mut g = lock(&self.inner);
         if !matches!(g.phase, Phase::Pending) {
-            return false;
+            count(false);
+            return None;
         }
+        count(true);
         g.phase = Phase::Finished(Err(err));
-        self.wake(g);
-        true
+        Some(self.wake(g))
     }
 
     /// Delivers the outcome of started work.
-    pub(crate) fn finish(&self, r: Result<T, E>) {
+    pub(crate) fn finish(&self, r: Result<T, E>) -> Wake {
         let mut g = lock(&self.inner);
         g.phase = Phase::Finished(r);
-        self.wake(g);
+        self.wake(g)
     }
 
-    fn wake(&self, mut g: crate::sync::MutexGuard<'_, SlotInner<T, E>>) {
+    /// Tells the joiners, and hands back the async waiter's waker.
+    fn wake(&self, mut g: crate::sync::MutexGuard<'_, SlotInner<T, E>>) -> Wake {
         let waker = g.waker.take();
         let joiners = g.joiners > 0;
         drop(g);
         if joiners {
             self.done.notify_all();
         }
-        if let Some(w) = waker {
-            w.wake();
-        }
+        Wake(waker)
     }
 
     pub(crate) fn is_finished(&self) -> bool {
@@ -212,15 +245,29 @@ impl<T, E> Slot<T, E> {
     }
 
     /// Takes the outcome if it is there, else registers `cx`'s waker.
+    ///
+    /// A waker's clone and drop are user code: they run with the slot
+    /// unlocked (a waker that calls back into the pool or the batcher must
+    /// not find this slot's lock taken).
     pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<T, E>> {
         let mut g = lock(&self.inner);
         if let Some(r) = Self::take(&mut g) {
             return Poll::Ready(r);
         }
-        match &g.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => g.waker = Some(cx.waker().clone()),
+        if g.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
         }
+        drop(g);
+        let new = cx.waker().clone();
+        let mut g = lock(&self.inner);
+        if let Some(r) = Self::take(&mut g) {
+            drop(g);
+            drop(new);
+            return Poll::Ready(r);
+        }
+        let old = g.waker.replace(new);
+        drop(g);
+        drop(old);
         Poll::Pending
     }
 }
@@ -251,54 +298,54 @@ where
     F: FnOnce(&mut S) -> T + Send,
     T: Send,
 {
-    fn run(mut self, state: &mut S, counters: &Counters) -> Ended {
+    fn run(mut self, state: &mut S, ledger: &Ledger<'_>) -> Ended {
         let (Some(f), Some(slot)) = (self.f.take(), self.slot.take()) else {
-            counters.count(&Ended::Cancelled);
+            ledger.count(&Ended::Cancelled);
             return Ended::Cancelled;
         };
         if !slot.start() {
             // The handle cancelled (or was dropped) before a worker got here.
-            counters.count(&Ended::Cancelled);
+            ledger.drop_user("a cancelled job's captures", f);
+            ledger.count(&Ended::Cancelled);
+            ledger.drop_user("a cancelled job's slot", slot);
             return Ended::Cancelled;
         }
-        match catch_unwind(AssertUnwindSafe(|| f(state))) {
-            Ok(v) => {
-                counters.count(&Ended::Completed);
-                slot.finish(Ok(v));
-                Ended::Completed
-            }
-            Err(p) => {
-                let ended = Ended::Panicked(panic_message(&*p));
-                counters.count(&ended);
-                if let Ended::Panicked(msg) = &ended {
-                    slot.finish(Err(JobError::Panicked(msg.clone())));
-                }
-                ended
-            }
-        }
+        // The job consumes its captures: they are dropped inside the catch.
+        let (ended, r) = match panics::catch(|| f(state)) {
+            Ok(v) => (Ended::Completed, Ok(v)),
+            Err(msg) => (Ended::Panicked(msg.clone()), Err(JobError::Panicked(msg))),
+        };
+        ledger.count(&ended);
+        ledger.wake(slot.finish(r));
+        // If nobody holds the handle any more (detached, or dropped while
+        // the job ran), this drops the result here.
+        ledger.drop_user("a job's result", slot);
+        ended
     }
 
-    fn abort(mut self, why: Abort, counters: &Counters) -> Ended {
-        self.f = None;
+    fn abort(mut self, why: Abort, ledger: &Ledger<'_>) -> Ended {
+        if let Some(f) = self.f.take() {
+            ledger.drop_user("an unstarted job's captures", f);
+        }
         let Some(slot) = self.slot.take() else {
-            counters.count(&Ended::Cancelled);
+            ledger.count(&Ended::Cancelled);
             return Ended::Cancelled;
         };
-        let (ended, err) = match why {
-            Abort::Expired => (Ended::Expired, JobError::Expired),
-            Abort::Cancelled => (Ended::Cancelled, JobError::Cancelled),
-        };
+        let (ended, err) = why.outcome();
         // Count first (the handle may be watching the stats); if the handle
         // had already cancelled the job, that is its outcome instead.
         let mut g = lock(&slot.inner);
-        if !matches!(g.phase, Phase::Pending) {
+        let ended = if matches!(g.phase, Phase::Pending) {
+            ledger.count(&ended);
+            g.phase = Phase::Finished(Err(err));
+            ledger.wake(slot.wake(g));
+            ended
+        } else {
             drop(g);
-            counters.count(&Ended::Cancelled);
-            return Ended::Cancelled;
-        }
-        counters.count(&ended);
-        g.phase = Phase::Finished(Err(err));
-        slot.wake(g);
+            ledger.count(&Ended::Cancelled);
+            Ended::Cancelled
+        };
+        ledger.drop_user("an unstarted job's slot", slot);
         ended
     }
 }
@@ -307,9 +354,12 @@ impl<F, T> Drop for HandleJob<F, T> {
     fn drop(&mut self) {
         // A job dropped without being run or aborted (a refused submit whose
         // handle was never returned, or a pool torn down abnormally) still
-        // tells its handle, so no caller ever waits forever.
+        // tells its handle, so no caller ever waits forever. A panicking
+        // waker is not let out of a drop.
         if let Some(slot) = self.slot.take() {
-            slot.decide_unstarted(JobError::Cancelled);
+            if let Some(w) = slot.decide_unstarted(JobError::Cancelled) {
+                let _ = w.caught();
+            }
         }
     }
 }
@@ -351,9 +401,17 @@ impl<T> JobHandle<T> {
     /// Cancels the job if it has not started. Returns true if this call
     /// cancelled it; false if it had already started or ended.
     pub fn cancel(&self) -> bool {
-        self.slot
+        match self
+            .slot
             .as_ref()
-            .is_some_and(|s| s.decide_unstarted(JobError::Cancelled))
+            .and_then(|s| s.decide_unstarted(JobError::Cancelled))
+        {
+            Some(w) => {
+                w.now();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether the job ended by cancellation.
@@ -372,7 +430,10 @@ impl<T> JobHandle<T> {
 impl<T> Drop for JobHandle<T> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            slot.decide_unstarted(JobError::Cancelled);
+            if let Some(w) = slot.decide_unstarted(JobError::Cancelled) {
+                // Not let out of a drop (it may run during unwinding).
+                let _ = w.caught();
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use std::marker::PhantomData;
 use std::mem::{align_of, size_of, ManuallyDrop, MaybeUninit};
 use std::ptr;
 
-use super::core::Counters;
+use super::core::Ledger;
 use super::handle::{Abort, Ended, Job};
 
 /// Inline room for a job, in machine words.
@@ -21,8 +21,8 @@ const WORDS: usize = 3;
 type Storage = [MaybeUninit<usize>; WORDS];
 
 struct VTable<S> {
-    run: unsafe fn(*mut Storage, &mut S, &Counters) -> Ended,
-    abort: unsafe fn(*mut Storage, Abort, &Counters) -> Ended,
+    run: unsafe fn(*mut Storage, &mut S, &Ledger<'_>) -> Ended,
+    abort: unsafe fn(*mut Storage, Abort, &Ledger<'_>) -> Ended,
     drop: unsafe fn(*mut Storage),
 }
 
@@ -39,7 +39,7 @@ impl<S, J: Job<S>> Table<J, S> {
 
 /// # Safety
 /// `p` holds an initialised `J` that nothing reads or drops afterwards.
-unsafe fn run_in_place<J: Job<S>, S>(p: *mut Storage, state: &mut S, c: &Counters) -> Ended {
+unsafe fn run_in_place<J: Job<S>, S>(p: *mut Storage, state: &mut S, c: &Ledger<'_>) -> Ended {
     // SAFETY: guaranteed by the caller: the value is initialised and this is
     // its only read, so moving it out is sound.
     let job = unsafe { ptr::read(p.cast::<J>()) };
@@ -48,7 +48,7 @@ unsafe fn run_in_place<J: Job<S>, S>(p: *mut Storage, state: &mut S, c: &Counter
 
 /// # Safety
 /// As for [`run_in_place`].
-unsafe fn abort_in_place<J: Job<S>, S>(p: *mut Storage, why: Abort, c: &Counters) -> Ended {
+unsafe fn abort_in_place<J: Job<S>, S>(p: *mut Storage, why: Abort, c: &Ledger<'_>) -> Ended {
     // SAFETY: as in `run_in_place`.
     let job = unsafe { ptr::read(p.cast::<J>()) };
     job.abort(why, c)
@@ -66,10 +66,10 @@ unsafe fn drop_in_place<J>(p: *mut Storage) {
 struct Boxed<J>(Box<J>);
 
 impl<S, J: Job<S>> Job<S> for Boxed<J> {
-    fn run(self, state: &mut S, c: &Counters) -> Ended {
+    fn run(self, state: &mut S, c: &Ledger<'_>) -> Ended {
         (*self.0).run(state, c)
     }
-    fn abort(self, why: Abort, c: &Counters) -> Ended {
+    fn abort(self, why: Abort, c: &Ledger<'_>) -> Ended {
         (*self.0).abort(why, c)
     }
 }
@@ -112,7 +112,7 @@ impl<S: 'static> JobBox<S> {
     }
 
     /// Runs the job.
-    pub(crate) fn run(self, state: &mut S, c: &Counters) -> Ended {
+    pub(crate) fn run(self, state: &mut S, c: &Ledger<'_>) -> Ended {
         let mut me = ManuallyDrop::new(self);
         let f = me.vtable.run;
         // SAFETY: `data` holds the initialised job written by `inline`, and
@@ -121,7 +121,7 @@ impl<S: 'static> JobBox<S> {
     }
 
     /// Removes the job without running it.
-    pub(crate) fn abort(self, why: Abort, c: &Counters) -> Ended {
+    pub(crate) fn abort(self, why: Abort, c: &Ledger<'_>) -> Ended {
         let mut me = ManuallyDrop::new(self);
         let f = me.vtable.abort;
         // SAFETY: as in `run`.
@@ -143,6 +143,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::pool::core::Counters;
     use crate::pool::handle::ExecJob;
 
     struct CountDrop(Arc<AtomicUsize>);
@@ -156,6 +157,10 @@ mod tests {
         Counters::new()
     }
 
+    fn ledger(c: &Counters) -> Ledger<'_> {
+        Ledger::new(c, None)
+    }
+
     #[test]
     fn small_and_large_jobs_run_once_and_drop_once() {
         let drops = Arc::new(AtomicUsize::new(0));
@@ -167,7 +172,7 @@ mod tests {
             let _keep = &d;
             r.fetch_add(1, Ordering::SeqCst);
         }));
-        assert_eq!(small.run(&mut (), &c), Ended::Completed);
+        assert_eq!(small.run(&mut (), &ledger(&c)), Ended::Completed);
         // Large: 64 bytes of captures, boxed.
         let (d, r) = (CountDrop(drops.clone()), ran.clone());
         let big = [7u64; 8];
@@ -175,7 +180,7 @@ mod tests {
             let _keep = &d;
             r.fetch_add(big.iter().sum::<u64>() as usize, Ordering::SeqCst);
         }));
-        assert_eq!(large.run(&mut (), &c), Ended::Completed);
+        assert_eq!(large.run(&mut (), &ledger(&c)), Ended::Completed);
         assert_eq!(ran.load(Ordering::SeqCst), 1 + 56);
         assert_eq!(drops.load(Ordering::SeqCst), 2);
     }
@@ -192,7 +197,7 @@ mod tests {
             } else {
                 JobBox::<()>::new(ExecJob(move |_: &mut ()| drop(d)))
             };
-            assert_eq!(job.abort(Abort::Expired, &c), Ended::Expired);
+            assert_eq!(job.abort(Abort::Expired, &ledger(&c)), Ended::Expired);
             let d = CountDrop(drops.clone());
             drop(JobBox::<()>::new(ExecJob(move |_: &mut ()| drop(d))));
         }
@@ -209,7 +214,7 @@ mod tests {
         let job = JobBox::<()>::new(ExecJob(move |_: &mut ()| {
             r.fetch_add(usize::from(w.0), Ordering::SeqCst);
         }));
-        job.run(&mut (), &counters());
+        job.run(&mut (), &ledger(&counters()));
         assert_eq!(ran.load(Ordering::SeqCst), 3);
     }
 }

@@ -133,7 +133,7 @@ struct PoolInner<S: 'static> {
 impl<S: 'static> Drop for PoolInner<S> {
     fn drop(&mut self) {
         let deadline = self.drop_timeout.map(|d| Instant::now() + d);
-        Shared::close(&self.shared, false);
+        let generation = Shared::close(&self.shared, false);
         self.shared.stop_housekeeper();
         if core::on_worker_of(&self.shared) {
             // The last handle was dropped by one of the pool's own jobs:
@@ -141,7 +141,7 @@ impl<S: 'static> Drop for PoolInner<S> {
             // the queue and exit on their own.
             return;
         }
-        self.shared.wait_exited(deadline);
+        self.shared.wait_exited(generation, deadline);
         if let Some(h) = lock(&self.housekeeper).take() {
             // The housekeeper never runs user code; a join error cannot carry
             // anything useful.
@@ -410,6 +410,11 @@ impl<S: 'static> Pool<S> {
     /// Stops intake, lets the workers drain the queue, and waits for them at
     /// most `timeout`. Jobs still queued at the timeout are cancelled; jobs
     /// still running are reported and finish on their own. Idempotent.
+    ///
+    /// Called from inside one of the pool's own jobs, it cannot wait (it
+    /// would wait for itself): it stops intake and returns at once, the
+    /// workers drain the queue, and `still_running` counts the jobs not yet
+    /// ended, the calling one included.
     pub fn shutdown(&self, timeout: Duration) -> ShutdownReport {
         self.shutdown_inner(false, Some(Instant::now() + timeout))
     }
@@ -423,21 +428,21 @@ impl<S: 'static> Pool<S> {
     fn shutdown_inner(&self, cancel: bool, deadline: Option<Instant>) -> ShutdownReport {
         let shared = self.shared();
         let c = &shared.counters;
-        let finished = |o: core::Outcomes| o.completed + o.panicked + o.expired;
         let before = c.outcomes();
-        Shared::close(shared, cancel);
-        // Called from one of this pool's own jobs: waiting would wait for
-        // ourselves, so report at once (the workers drain and exit anyway).
-        let deadline = if core::on_worker_of(shared) {
-            Some(Instant::now())
+        let generation = Shared::close(shared, cancel);
+        let still_running = if core::on_worker_of(shared) {
+            // Called from one of this pool's own jobs: waiting would wait
+            // for ourselves. The workers (this one too, once its job
+            // returns) drain the queue as after any other shutdown.
+            usize::try_from(shared.in_flight()).unwrap_or(usize::MAX)
         } else {
-            deadline
+            shared.wait_exited(generation, deadline)
         };
-        let still_running = shared.wait_exited(deadline);
+        // Counters only grow, so these differences cannot underflow.
         let after = c.outcomes();
         ShutdownReport {
-            completed: finished(after) - finished(before),
-            cancelled: after.cancelled - before.cancelled,
+            completed: after.finished().saturating_sub(before.finished()),
+            cancelled: after.cancelled.saturating_sub(before.cancelled),
             still_running,
         }
     }

@@ -95,7 +95,9 @@ fn pair_files_with_labels_relative_paths_and_failures() {
             .map(|x| x["count"].as_u64())
     };
     assert_eq!(count("end_to_end"), Some(Some(3)), "{stages:?}");
-    assert_eq!(count("inference"), Some(Some(6)));
+    // a, b and c are embedded once each, however many pairs name them.
+    assert_eq!(count("inference"), Some(Some(3)));
+    assert_eq!(s["images_embedded"].as_u64(), Some(3));
     assert!(s["metrics"]["batch"]["count"].as_u64().unwrap() >= 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -181,6 +183,21 @@ fn enroll_identify_remove_and_index_info() {
     );
     assert!(v[1]["similarity"].as_f64().unwrap() < v[1]["threshold"].as_f64().unwrap());
     assert!(v[2]["error"].as_str().unwrap().contains("not a supported image"));
+
+    // The same image given three times (once as a copy) is embedded once.
+    let copy = dir.join("copy.jpg");
+    std::fs::copy(&known, &copy).unwrap();
+    let copy = copy.display().to_string();
+    let (code, out, err) = compare(&["identify", "--index", &index, "--json", &known, &copy, &known]);
+    assert_eq!(code, 0, "{err}");
+    let v = json_lines(&out);
+    assert_eq!(v.len(), 3);
+    assert!(v
+        .iter()
+        .all(|x| x["id"] == "John_Savage" && x["similarity"] == v[0]["similarity"]));
+    assert!(err.contains("3 images, 1 embedded"), "{err}");
+    let (_, _, err) = compare(&["identify", "--index", &index, "--no-dedup", &known, &copy]);
+    assert!(err.contains("2 images, 2 embedded"), "{err}");
 
     // Remove, then the face is no longer known.
     let (code, out, err) = run(&["remove", "--index", &index, "--id", "John_Savage", "--json"]);
@@ -332,4 +349,92 @@ fn a_missing_runtime_is_an_error_for_ort_and_a_fallback_for_auto() {
     let (code, _, err) = compare(&["--backend", "gpu", &a, &b]);
     assert_eq!(code, 2);
     assert!(err.contains("unknown backend"), "{err}");
+}
+
+/// The verdict lines of a `--json` pairs run, and its summary.
+fn verdicts(out: &str) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let mut lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let summary = lines.pop().map(|s| s["summary"].clone()).unwrap_or_default();
+    (lines, summary)
+}
+
+#[test]
+fn dedup_gives_the_verdicts_of_no_dedup_on_the_labelled_pairs() {
+    let pairs = assets().join("photos/johns/pairs.csv").display().to_string();
+    let (code, out, err) = compare(&["--pairs", &pairs, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let (once, s1) = verdicts(&out);
+    let (code, out, err) = compare(&["--pairs", &pairs, "--json", "--no-dedup"]);
+    assert_eq!(code, 0, "{err}");
+    let (every, s2) = verdicts(&out);
+    assert_eq!(once.len(), 1485);
+    assert_eq!(once.len(), every.len());
+    for (a, b) in once.iter().zip(&every) {
+        assert_eq!((&a["a"], &a["b"], &a["same"]), (&b["a"], &b["b"], &b["same"]));
+        assert_eq!(a["similarity"], b["similarity"], "{a} / {b}");
+    }
+    // 55 files, two of which hold the same bytes: 54 distinct images.
+    assert_eq!(s1["images_embedded"].as_u64(), Some(54), "{s1}");
+    assert_eq!(s2["images_embedded"].as_u64(), Some(2970), "{s2}");
+    assert_eq!(
+        (s1["accuracy"].as_f64(), s2["accuracy"].as_f64()),
+        (Some(1.0), Some(1.0))
+    );
+}
+
+#[test]
+fn one_image_named_through_two_paths_is_embedded_once() {
+    let dir = common::TempDir::new("dedup-paths");
+    let sub = dir.path().join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::copy(photo("John_Savage", 0), dir.path().join("a.jpg")).unwrap();
+    // The same bytes under another name, and the same file by two spellings.
+    std::fs::copy(photo("John_Savage", 0), sub.join("copy.jpg")).unwrap();
+    std::fs::copy(photo("John_Savage", 1), dir.path().join("b.jpg")).unwrap();
+    std::fs::write(
+        dir.path().join("pairs.csv"),
+        "a.jpg,b.jpg,1\nsub/copy.jpg,b.jpg,1\nsub/../a.jpg,./b.jpg,1\n",
+    )
+    .unwrap();
+    let pairs = dir.path().join("pairs.csv").display().to_string();
+    let (code, out, err) = compare(&["--pairs", &pairs, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let (lines, s) = verdicts(&out);
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| l["same"] == true), "{out}");
+    assert_eq!(s["images_embedded"].as_u64(), Some(2), "{s}");
+    // A changed file is a new image, not a stale one.
+    std::fs::copy(photo("John_Simm", 0), sub.join("copy.jpg")).unwrap();
+    let (_, out, _) = compare(&["--pairs", &pairs, "--json"]);
+    let (lines, s) = verdicts(&out);
+    assert_eq!(lines[1]["same"], false, "{out}");
+    assert_eq!(s["images_embedded"].as_u64(), Some(3), "{s}");
+}
+
+#[test]
+fn a_pairs_line_too_long_is_an_error_in_its_place() {
+    let dir = common::TempDir::new("long-line");
+    std::fs::copy(photo("John_Savage", 0), dir.path().join("a.jpg")).unwrap();
+    std::fs::copy(photo("John_Savage", 1), dir.path().join("b.jpg")).unwrap();
+    let long = "x".repeat(100_000);
+    std::fs::write(
+        dir.path().join("pairs.csv"),
+        format!("a.jpg,b.jpg\n{long},b.jpg\na.jpg,b.jpg\n"),
+    )
+    .unwrap();
+    let pairs = dir.path().join("pairs.csv").display().to_string();
+    let (code, out, _) = compare(&["--pairs", &pairs, "--json"]);
+    assert_eq!(code, 1);
+    let (lines, s) = verdicts(&out);
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(
+        (lines[0]["same"].clone(), lines[2]["same"].clone()),
+        (true.into(), true.into())
+    );
+    assert!(
+        lines[1]["error"].as_str().unwrap().contains("longer than"),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(s["failed"].as_u64(), Some(1));
 }

@@ -435,6 +435,7 @@ fn autoscaler_grows_on_high_and_shrinks_on_low_watermark() {
         cooldown: Duration::from_secs(1),
         sample_interval: Duration::from_millis(100),
         sustain: 2,
+        downstream_high_watermark: None,
     };
     let pool = Pool::builder()
         .capacity(1)
@@ -478,6 +479,52 @@ fn autoscaler_grows_on_high_and_shrinks_on_low_watermark() {
     let s = pool.stats();
     assert_eq!((shrunk, s.capacity), (2, 1), "shrinks to min and stops there");
     assert_eq!((s.autoscale_grows, s.autoscale_shrinks, s.resizes), (2, 2, 4));
+}
+
+#[test]
+fn autoscaler_holds_growth_while_the_downstream_is_full() {
+    let clock = Arc::new(ManualClock::new());
+    let downstream = Arc::new(AtomicUsize::new(100));
+    let d2 = downstream.clone();
+    let policy = ScalePolicy {
+        low_watermark: 0,
+        high_watermark: 2,
+        cooldown: Duration::ZERO,
+        sustain: 2,
+        downstream_high_watermark: Some(8),
+        ..ScalePolicy::new(1, 3)
+    };
+    let pool = Pool::builder()
+        .capacity(1)
+        .autoscale(policy)
+        .downstream(move || d2.load(Ordering::SeqCst))
+        .housekeeping_interval(Duration::ZERO)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let gate = occupy(&pool, 1);
+    let queued: Vec<_> = (0..6)
+        .map(|_| {
+            let g = gate.clone();
+            pool.submit(move |_| g.wait()).unwrap()
+        })
+        .collect();
+    let tick = || {
+        clock.advance(Duration::from_millis(100));
+        pool.housekeep().1
+    };
+    // Jobs wait here, but more waits downstream than its mark: the
+    // downstream is the bottleneck and the pool does not grow.
+    for i in 0..6 {
+        assert_eq!(tick(), Decision::Hold, "tick {i}");
+    }
+    downstream.store(3, Ordering::SeqCst);
+    assert_eq!(tick(), Decision::Grow(2), "the downstream drained");
+    assert_eq!(pool.stats().autoscale_grows, 1);
+    gate.open();
+    for h in queued {
+        h.join().unwrap();
+    }
 }
 
 #[test]

@@ -24,7 +24,7 @@ pub use self::embed::{cosine, Embedder, Embedding, FaceInput, TractEmbedder, Tra
 pub use self::error::FaceError;
 
 /// Verify threshold on the cosine similarity of the default model's
-/// embeddings: calibrated on the 55 labelled photos (see README), where
+/// embeddings: calibrated on the 55 labelled photos (see docs/face.md), where
 /// same-person pairs score 0.45 and above and different-person pairs 0.36
 /// and below; 0.40 sits in that gap.
 pub const DEFAULT_THRESHOLD: f32 = 0.40;

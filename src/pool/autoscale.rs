@@ -3,6 +3,12 @@
 //! The decision is a pure function, [`decide`], of what was observed and the
 //! policy; the pool's housekeeping thread samples the waiting queue every
 //! `sample_interval`, calls it, and applies the answer with `tune`.
+//!
+//! A pool that feeds a downstream (the face service's preparation pool
+//! feeds the batcher) can show the autoscaler what waits there
+//! (`PoolBuilder::downstream`): while the downstream's queue stays above
+//! `downstream_high_watermark`, the downstream is the bottleneck, and the
+//! pool does not grow (more workers would only lengthen that queue).
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +31,10 @@ pub struct ScalePolicy {
     pub sample_interval: Duration,
     /// How many samples in a row must agree before a change ("stay above").
     pub sustain: u32,
+    /// Hold growth while the downstream's waiting work stays above this
+    /// (needs a downstream gauge, `PoolBuilder::downstream`; `None`: the
+    /// downstream is not looked at).
+    pub downstream_high_watermark: Option<usize>,
 }
 
 impl ScalePolicy {
@@ -41,6 +51,7 @@ impl ScalePolicy {
             cooldown: Duration::from_secs(1),
             sample_interval: Duration::from_millis(100),
             sustain: 3,
+            downstream_high_watermark: None,
         }
     }
 
@@ -104,6 +115,9 @@ pub struct Observation {
     pub samples: u32,
     /// Time since the last change, or `None` if there was none.
     pub since_change: Option<Duration>,
+    /// The least work waiting downstream in those samples, if the pool has
+    /// a downstream gauge.
+    pub downstream_min: Option<usize>,
 }
 
 /// The autoscaler's answer.
@@ -123,8 +137,10 @@ pub enum Decision {
 /// - Otherwise nothing changes before `sustain` samples were seen or within
 ///   `cooldown` of the last change.
 /// - Grow by `step` (up to `max`) when every sample was above the high
-///   watermark; shrink by `step` (down to `min`) when every sample was below
-///   the low watermark.
+///   watermark, unless every sample also found more than
+///   `downstream_high_watermark` waiting downstream (the downstream is the
+///   bottleneck: hold); shrink by `step` (down to `min`) when every sample
+///   was below the low watermark.
 pub fn decide(obs: &Observation, policy: &ScalePolicy) -> Decision {
     if obs.capacity < policy.min {
         return Decision::Grow(policy.min);
@@ -138,7 +154,11 @@ pub fn decide(obs: &Observation, policy: &ScalePolicy) -> Decision {
     if obs.since_change.is_some_and(|d| d < policy.cooldown) {
         return Decision::Hold;
     }
-    if obs.waiting_min > policy.high_watermark && obs.capacity < policy.max {
+    let downstream_full = matches!(
+        (obs.downstream_min, policy.downstream_high_watermark),
+        (Some(d), Some(high)) if d > high
+    );
+    if obs.waiting_min > policy.high_watermark && obs.capacity < policy.max && !downstream_full {
         return Decision::Grow(obs.capacity.saturating_add(policy.step).min(policy.max));
     }
     if obs.waiting_max < policy.low_watermark && obs.capacity > policy.min {
@@ -150,7 +170,8 @@ pub fn decide(obs: &Observation, policy: &ScalePolicy) -> Decision {
 /// The sampling window the housekeeping thread keeps between decisions.
 pub(crate) struct AutoscaleState {
     pub(crate) policy: ScalePolicy,
-    window: std::collections::VecDeque<usize>,
+    /// Samples: (waiting here, waiting downstream if gauged).
+    window: std::collections::VecDeque<(usize, Option<usize>)>,
     last_sample: Option<Instant>,
     last_change: Option<Instant>,
 }
@@ -166,7 +187,13 @@ impl AutoscaleState {
     }
 
     /// Takes a sample if one is due and returns the decision.
-    pub(crate) fn sample(&mut self, now: Instant, capacity: usize, waiting: usize) -> Decision {
+    pub(crate) fn sample(
+        &mut self,
+        now: Instant,
+        capacity: usize,
+        waiting: usize,
+        downstream: Option<usize>,
+    ) -> Decision {
         if self
             .last_sample
             .is_some_and(|t| now.saturating_duration_since(t) < self.policy.sample_interval)
@@ -174,16 +201,24 @@ impl AutoscaleState {
             return Decision::Hold;
         }
         self.last_sample = Some(now);
-        self.window.push_back(waiting);
+        self.window.push_back((waiting, downstream));
         while self.window.len() > self.policy.sustain as usize {
             self.window.pop_front();
         }
+        let here = self.window.iter().map(|s| s.0);
         let obs = Observation {
             capacity,
-            waiting_min: self.window.iter().copied().min().unwrap_or(0),
-            waiting_max: self.window.iter().copied().max().unwrap_or(0),
+            waiting_min: here.clone().min().unwrap_or(0),
+            waiting_max: here.max().unwrap_or(0),
             samples: u32::try_from(self.window.len()).unwrap_or(u32::MAX),
             since_change: self.last_change.map(|t| now.saturating_duration_since(t)),
+            // Only when every sample had a reading.
+            downstream_min: self
+                .window
+                .iter()
+                .map(|s| s.1)
+                .collect::<Option<Vec<_>>>()
+                .and_then(|d| d.into_iter().min()),
         };
         let d = decide(&obs, &self.policy);
         if d != Decision::Hold {
@@ -208,6 +243,7 @@ mod tests {
             cooldown: Duration::from_secs(5),
             sample_interval: Duration::from_millis(100),
             sustain: 3,
+            downstream_high_watermark: Some(32),
         }
     }
 
@@ -218,6 +254,14 @@ mod tests {
             waiting_max: wmax,
             samples,
             since_change: since.map(Duration::from_secs),
+            downstream_min: None,
+        }
+    }
+
+    fn downstream(o: Observation, d: usize) -> Observation {
+        Observation {
+            downstream_min: Some(d),
+            ..o
         }
     }
 
@@ -249,6 +293,21 @@ mod tests {
             (obs(4, 11, 20, 3, Some(5)), Grow(6), "cooldown over"),
             (obs(1, 0, 0, 0, Some(0)), Grow(2), "below min is fixed at once"),
             (obs(12, 0, 0, 0, Some(0)), Shrink(8), "above max is fixed at once"),
+            (
+                downstream(obs(4, 11, 20, 3, None), 33),
+                Hold,
+                "the downstream stayed above its mark: it is the bottleneck",
+            ),
+            (
+                downstream(obs(4, 11, 20, 3, None), 32),
+                Grow(6),
+                "the downstream at its mark is not above it",
+            ),
+            (
+                downstream(obs(6, 0, 1, 3, None), 100),
+                Shrink(4),
+                "a full downstream does not stop a shrink",
+            ),
         ];
         for (o, want, why) in table {
             assert_eq!(decide(&o, &p), want, "{why}: {o:?}");
@@ -297,16 +356,43 @@ mod tests {
         let mut a = AutoscaleState::new(p);
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        assert_eq!(a.sample(t0, 4, 20), Decision::Hold);
+        assert_eq!(a.sample(t0, 4, 20, None), Decision::Hold);
         // Too soon: not a sample.
-        assert_eq!(a.sample(t0 + ms(50), 4, 20), Decision::Hold);
-        assert_eq!(a.sample(t0 + ms(100), 4, 20), Decision::Hold);
-        assert_eq!(a.sample(t0 + ms(200), 4, 20), Decision::Grow(6));
+        assert_eq!(a.sample(t0 + ms(50), 4, 20, None), Decision::Hold);
+        assert_eq!(a.sample(t0 + ms(100), 4, 20, None), Decision::Hold);
+        assert_eq!(a.sample(t0 + ms(200), 4, 20, None), Decision::Grow(6));
         // Cooldown holds even with sustained pressure...
         for i in 3..50u64 {
-            assert_eq!(a.sample(t0 + ms(100 * i), 6, 20), Decision::Hold, "sample {i}");
+            assert_eq!(
+                a.sample(t0 + ms(100 * i), 6, 20, None),
+                Decision::Hold,
+                "sample {i}"
+            );
         }
         // ...and then the next change comes.
-        assert_eq!(a.sample(t0 + ms(5200), 6, 20), Decision::Grow(8));
+        assert_eq!(a.sample(t0 + ms(5200), 6, 20, None), Decision::Grow(8));
+    }
+
+    #[test]
+    fn a_saturated_downstream_holds_growth_until_it_drains() {
+        let mut a = AutoscaleState::new(policy());
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Work waits here, and more than the mark waits downstream.
+        for i in 0..10u64 {
+            assert_eq!(
+                a.sample(t0 + ms(100 * i), 4, 20, Some(40)),
+                Decision::Hold,
+                "sample {i}"
+            );
+        }
+        // A sample that finds the downstream drained ends "stays above":
+        // with the pressure here sustained, the pool grows.
+        assert_eq!(a.sample(t0 + ms(1000), 4, 20, Some(5)), Decision::Grow(6));
+        // Without a downstream reading in every sample, it is not looked at.
+        let mut b = AutoscaleState::new(policy());
+        assert_eq!(b.sample(t0, 4, 20, Some(40)), Decision::Hold);
+        assert_eq!(b.sample(t0 + ms(100), 4, 20, None), Decision::Hold);
+        assert_eq!(b.sample(t0 + ms(200), 4, 20, Some(40)), Decision::Grow(6));
     }
 }

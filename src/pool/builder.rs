@@ -6,7 +6,7 @@ use crate::sync::Arc;
 
 use super::autoscale::ScalePolicy;
 use super::clock::{Clock, SystemClock};
-use super::core::{Config, Factory, Hook, PanicHook, Shared};
+use super::core::{Config, Factory, Gauge, Hook, PanicHook, Shared};
 use super::error::BuildError;
 use super::worker_queue::IdleOrder;
 use super::Pool;
@@ -30,6 +30,7 @@ struct Settings {
     spin: u32,
     idle_order: IdleOrder,
     autoscale: Option<ScalePolicy>,
+    downstream: Option<Gauge>,
     housekeeping: Option<Duration>,
     drop_timeout: Option<Duration>,
 }
@@ -86,6 +87,7 @@ impl PoolBuilder<()> {
                 spin: if cfg!(loom) { 0 } else { 64 },
                 idle_order: IdleOrder::Lifo,
                 autoscale: None,
+                downstream: None,
                 housekeeping: None,
                 drop_timeout: None,
             },
@@ -230,6 +232,16 @@ impl<S: 'static> PoolBuilder<S> {
         self
     }
 
+    /// A gauge of the work waiting in what this pool feeds (for example a
+    /// batcher's `queued_weight`), sampled with the queue by the
+    /// autoscaler: while it stays above the policy's
+    /// `downstream_high_watermark`, the pool does not grow. A gauge that
+    /// panics is reported and not looked at.
+    pub fn downstream(mut self, gauge: impl Fn() -> usize + Send + Sync + 'static) -> Self {
+        self.s.downstream = Some(std::sync::Arc::new(gauge));
+        self
+    }
+
     /// Interval of the housekeeping thread (clock refresh, idle expiry,
     /// autoscaling). `Duration::ZERO` starts no thread: the owner calls
     /// `Pool::housekeep` itself (deterministic tests with a manual clock).
@@ -290,6 +302,7 @@ impl<S: 'static> PoolBuilder<S> {
             clock: self.s.clock,
             spin: self.s.spin,
             autoscale: self.s.autoscale,
+            downstream: self.s.downstream,
         };
         let shared = Arc::new(Shared::new(config, capacity, self.s.idle_order));
         let warm = if self.s.prestart {

@@ -457,11 +457,16 @@ impl<S: 'static> Pool<S> {
 fn housekeep<S: 'static>(shared: &Arc<Shared<S>>) -> (usize, Decision) {
     let now = shared.refresh_clock();
     let retired = shared.reap_idle(now);
+    // The gauge is user code: read before taking the lock.
+    let downstream = match shared.config.autoscale {
+        Some(_) => shared.downstream_waiting(),
+        None => None,
+    };
     let decision = {
         let mut st = shared.lock_state();
         let (capacity, waiting, closed) = (st.capacity, shared.waiting(), st.closed);
         match st.autoscale.as_mut() {
-            Some(a) if !closed => a.sample(now, capacity, waiting),
+            Some(a) if !closed => a.sample(now, capacity, waiting, downstream),
             _ => Decision::Hold,
         }
     };

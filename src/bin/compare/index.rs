@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use facepool::index::{Index, IndexError, FORMAT_VERSION};
-use facepool::service::{FaceService, ImageSource};
+use std::sync::Arc;
+
+use facepool::service::dedup::read_keyed;
+use facepool::service::{FaceResult, FaceService, ImageKey, ImageSource, Recent, Timings};
 use serde_json::json;
 
 use super::{ms, round4, start_service, timings_json, ServiceArgs};
@@ -51,6 +54,10 @@ pub(crate) enum Command {
         /// One JSON object per image.
         #[arg(long)]
         json: bool,
+        /// Embed every image given, even one whose content was already
+        /// embedded (by default each distinct image is embedded once).
+        #[arg(long)]
+        no_dedup: bool,
         /// Images to identify.
         #[arg(required = true)]
         images: Vec<PathBuf>,
@@ -113,9 +120,10 @@ pub(crate) fn run(cmd: Command) -> ExitCode {
             index,
             k,
             json,
+            no_dedup,
             images,
             service,
-        } => identify(&index, k, json, images, &service),
+        } => identify(&index, k, json, !no_dedup, images, &service),
         Command::Remove { index, id, json } => remove(&index, &id, json),
         Command::IndexInfo { file, ids, json } => info(&file, ids, json),
     }
@@ -184,7 +192,58 @@ fn enroll(
     code
 }
 
-fn identify(path: &Path, k: usize, as_json: bool, images: Vec<PathBuf>, service: &ServiceArgs) -> ExitCode {
+/// An image's embedding, or why it has none.
+type Embedded = Result<(FaceResult, Timings), String>;
+
+/// An image file's content key and bytes.
+type Keyed = (ImageKey, Arc<[u8]>);
+
+/// Distinct images' results kept across rounds, at most.
+const KEPT: usize = 16 << 10;
+
+/// Embeds the images of a round, each distinct content once: those seen in
+/// an earlier round come from `kept`, the rest are read, keyed, and
+/// embedded together.
+fn embed_distinct(
+    svc: &FaceService,
+    round: &[PathBuf],
+    kept: &mut Recent<ImageKey, Embedded>,
+    embedded: &mut usize,
+) -> Vec<Embedded> {
+    let limits = &svc.config().limits;
+    let keys: Vec<Result<Keyed, String>> = round
+        .iter()
+        .map(|p| read_keyed(p, limits).map_err(|e| e.to_string()))
+        .collect();
+    let mut todo: Vec<Keyed> = Vec::new();
+    for (key, bytes) in keys.iter().flatten() {
+        if kept.get(key).is_none() && !todo.iter().any(|(k, _)| k == key) {
+            todo.push((*key, bytes.clone()));
+        }
+    }
+    let sources = todo.iter().map(|(_, b)| ImageSource::Bytes(b.clone())).collect();
+    for ((key, _), r) in todo.iter().zip(svc.embed_all(sources)) {
+        *embedded += usize::from(r.is_ok());
+        kept.insert(*key, r.map_err(|e| e.to_string()));
+    }
+    keys.into_iter()
+        .map(|k| {
+            let (key, _) = k?;
+            kept.get(&key)
+                .cloned()
+                .unwrap_or_else(|| Err("the image's result was forgotten before use".to_owned()))
+        })
+        .collect()
+}
+
+fn identify(
+    path: &Path,
+    k: usize,
+    as_json: bool,
+    dedup: bool,
+    images: Vec<PathBuf>,
+    service: &ServiceArgs,
+) -> ExitCode {
     let index = match Index::load(path) {
         Ok(i) => i,
         Err(e) => return fail(e),
@@ -198,11 +257,22 @@ fn identify(path: &Path, k: usize, as_json: bool, images: Vec<PathBuf>, service:
     }
     let mut out = std::io::stdout().lock();
     let mut failed = 0usize;
+    // Each distinct image (by content) is embedded once; recent results are
+    // kept for images given again in later rounds.
+    let mut kept: Recent<ImageKey, Embedded> = Recent::new(KEPT);
+    let mut embedded = 0usize;
     for round in images.chunks(ROUND) {
-        let sources = round.iter().cloned().map(ImageSource::Path).collect();
-        for (img, r) in round.iter().zip(svc.embed_all(sources)) {
+        let results: Vec<Embedded> = if dedup {
+            embed_distinct(&svc, round, &mut kept, &mut embedded)
+        } else {
+            let sources = round.iter().cloned().map(ImageSource::Path).collect();
+            let rs = svc.embed_all(sources);
+            embedded += rs.iter().filter(|r| r.is_ok()).count();
+            rs.into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
+        };
+        for (img, r) in round.iter().zip(results) {
             let image = img.display().to_string();
-            let r = r.and_then(|(face, t)| svc.identify_face(&face, k, t));
+            let r = r.and_then(|(face, t)| svc.identify_face(&face, k, t).map_err(|e| e.to_string()));
             match r {
                 Ok(id) => {
                     if as_json {
@@ -245,6 +315,7 @@ fn identify(path: &Path, k: usize, as_json: bool, images: Vec<PathBuf>, service:
             }
         }
     }
+    eprintln!("compare: {} images, {embedded} embedded", images.len());
     svc.shutdown(std::time::Duration::from_secs(30));
     if failed > 0 {
         ExitCode::from(1)

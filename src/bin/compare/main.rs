@@ -13,17 +13,19 @@
 //! (each is reported), 2 for usage and set-up errors.
 
 mod index;
+mod pairs;
 
-use std::collections::VecDeque;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use facepool::face::{Backend, FaceMode};
 use facepool::metrics::profiling::Capture;
-use facepool::service::{FaceConfig, FaceService, ImageSource, PendingFace, PendingImage, Timings, Verdict};
+use facepool::service::{FaceConfig, FaceService, Pins, Timings, Verdict};
+
+use self::pairs::{Pair, PairsReader, Pipeline};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -43,6 +45,11 @@ struct Args {
     /// One JSON object per pair (and a summary line with --pairs).
     #[arg(long)]
     json: bool,
+    /// Embed every image of every pair, even one already embedded for an
+    /// earlier pair (by default each distinct image, by content, is
+    /// embedded once).
+    #[arg(long)]
+    no_dedup: bool,
     /// At the end, print each stage's latency percentiles and the batch
     /// sizes to stderr.
     #[arg(long)]
@@ -82,14 +89,19 @@ struct ServiceArgs {
     /// Similarity at or above which two faces are the same person.
     #[arg(long)]
     threshold: Option<f32>,
-    /// Pool workers for decoding and detection (default: half the cores).
+    /// Pool workers for decoding and detection (default: the cores; they
+    /// share them with the inference threads).
     #[arg(long)]
     threads: Option<usize>,
-    /// Inference threads, each with its own model state (default: the other
-    /// cores).
+    /// Inference threads, each with its own model state (default: the
+    /// cores, divided by the intra-op threads).
     #[arg(long)]
     inference_threads: Option<usize>,
-    /// ONNX Runtime intra-op threads per inference thread.
+    /// Scale the preparation workers between 1 and --threads on their
+    /// queue, holding growth while faces wait for the model.
+    #[arg(long)]
+    autoscale: bool,
+    /// ONNX Runtime intra-op threads per inference thread (default: 1).
     #[arg(long)]
     intra_threads: Option<usize>,
     /// Most faces per model run.
@@ -98,77 +110,6 @@ struct ServiceArgs {
     /// Most time a face waits for its batch, ms.
     #[arg(long)]
     batch_delay_ms: Option<f64>,
-}
-
-/// One pair to compare, as given.
-struct Pair {
-    a: String,
-    b: String,
-    label: Option<bool>,
-    /// A problem with the line itself.
-    error: Option<String>,
-    dir: PathBuf,
-}
-
-fn parse_label(s: &str) -> Result<bool, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "1" | "same" | "true" | "yes" => Ok(true),
-        "0" | "different" | "false" | "no" => Ok(false),
-        other => Err(format!("label {other:?} is not 1/0 or same/different")),
-    }
-}
-
-/// Largest pairs file read (a line per pair; far more than anyone runs).
-const MAX_PAIRS_FILE: u64 = 256 << 20;
-
-fn read_pairs(path: &Path) -> Result<Vec<Pair>, String> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .len();
-    if size > MAX_PAIRS_FILE {
-        return Err(format!(
-            "{} is {size} bytes, more than {MAX_PAIRS_FILE}",
-            path.display()
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut pairs = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let f: Vec<&str> = line.split(',').map(str::trim).collect();
-        let mut p = Pair {
-            a: f.first().unwrap_or(&"").to_string(),
-            b: f.get(1).unwrap_or(&"").to_string(),
-            label: None,
-            error: None,
-            dir: dir.clone(),
-        };
-        match f.len() {
-            2 => {}
-            3 => match parse_label(f[2]) {
-                Ok(l) => p.label = Some(l),
-                // A header line names its columns: skip it.
-                Err(_) if n == 0 && f[0].eq_ignore_ascii_case("a") => continue,
-                Err(e) => p.error = Some(format!("line {}: {e}", n + 1)),
-            },
-            k => p.error = Some(format!("line {}: {k} fields, expected a,b or a,b,label", n + 1)),
-        }
-        pairs.push(p);
-    }
-    Ok(pairs)
-}
-
-fn resolve(dir: &Path, p: &str) -> PathBuf {
-    let path = Path::new(p);
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        dir.join(path)
-    }
 }
 
 fn config(args: &ServiceArgs) -> FaceConfig {
@@ -188,15 +129,12 @@ fn config(args: &ServiceArgs) -> FaceConfig {
     if let Some(t) = args.threshold {
         c.threshold = t;
     }
-    if let Some(t) = args.threads {
-        c.workers = t.max(1);
-    }
-    if let Some(t) = args.inference_threads {
-        c.inference_threads = t.max(1);
-    }
-    if let Some(t) = args.intra_threads {
-        c.intra_threads = t.max(1);
-    }
+    c.autoscale = args.autoscale;
+    c = c.with_threads(Pins {
+        workers: args.threads,
+        inference_threads: args.inference_threads,
+        intra_threads: args.intra_threads,
+    });
     if let Some(b) = args.batch_max {
         c.batch_max = b.max(1);
     }
@@ -248,54 +186,6 @@ fn verdict_json(p: &Pair, v: &Verdict) -> serde_json::Value {
     o
 }
 
-/// A pair in flight, at stage `S`: its two images being prepared, then its
-/// two faces being embedded. A failure is kept as its message, to report in
-/// input order.
-struct InFlight<S> {
-    pair: Pair,
-    started: Instant,
-    stage: Result<S, String>,
-}
-
-fn start(svc: &FaceService, pair: Pair) -> InFlight<(PendingImage, PendingImage)> {
-    let started = Instant::now();
-    let stage = match &pair.error {
-        Some(e) => Err(e.clone()),
-        None => {
-            let a = ImageSource::Path(resolve(&pair.dir, &pair.a));
-            let b = ImageSource::Path(resolve(&pair.dir, &pair.b));
-            svc.prepare(a)
-                .and_then(|a| Ok((a, svc.prepare(b)?)))
-                .map_err(|e| e.to_string())
-        }
-    };
-    InFlight { pair, started, stage }
-}
-
-fn to_embedding(
-    svc: &FaceService,
-    f: InFlight<(PendingImage, PendingImage)>,
-) -> InFlight<(PendingFace, PendingFace)> {
-    let stage = f.stage.and_then(|(a, b)| {
-        // Both images' jobs were submitted; wait for both before failing.
-        let (ea, eb) = (svc.embed_first(a), svc.embed_first(b));
-        ea.and_then(|a| Ok((a, eb?))).map_err(|e| e.to_string())
-    });
-    InFlight {
-        pair: f.pair,
-        started: f.started,
-        stage,
-    }
-}
-
-fn finish(svc: &FaceService, f: InFlight<(PendingFace, PendingFace)>) -> (Pair, Result<Verdict, String>) {
-    let r = f.stage.and_then(|(a, b)| match (svc.finish(a), svc.finish(b)) {
-        (Ok((ra, ta)), Ok((rb, tb))) => Ok(svc.verdict(&ra, &rb, ta, tb, f.started.elapsed())),
-        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
-    });
-    (f.pair, r)
-}
-
 fn main() -> ExitCode {
     let mut args = Args::parse();
     let capture = match Capture::start(args.flamegraph.take(), args.pprof.take()) {
@@ -322,21 +212,21 @@ fn run(args: Args) -> ExitCode {
     if let Some(cmd) = args.command {
         return index::run(cmd);
     }
-    let pairs = match (&args.pairs, args.images.len()) {
-        (Some(file), 0) => match read_pairs(file) {
-            Ok(p) => p,
+    let mut pairs: Box<dyn Iterator<Item = Pair>> = match (&args.pairs, args.images.len()) {
+        (Some(file), 0) => match PairsReader::open(file) {
+            Ok(p) => Box::new(p),
             Err(e) => {
                 eprintln!("compare: {e}");
                 return ExitCode::from(2);
             }
         },
-        (None, 2) => vec![Pair {
+        (None, 2) => Box::new(std::iter::once(Pair {
             a: args.images[0].display().to_string(),
             b: args.images[1].display().to_string(),
             label: None,
             error: None,
             dir: PathBuf::new(),
-        }],
+        })),
         _ => {
             eprintln!("compare: give two images, or --pairs FILE (see --help)");
             return ExitCode::from(2);
@@ -346,40 +236,20 @@ fn run(args: Args) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let total = pairs.len();
     let bar = if args.pairs.is_some() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        indicatif::ProgressBar::new(total as u64)
+        indicatif::ProgressBar::new_spinner()
     } else {
         indicatif::ProgressBar::hidden()
     };
     let t0 = Instant::now();
-    let (mut failed, mut labelled, mut correct) = (0usize, 0usize, 0usize);
+    let (mut total, mut failed, mut labelled, mut correct) = (0usize, 0usize, 0usize, 0usize);
     let mut out = std::io::stdout().lock();
     if !args.json {
         let _ = writeln!(out, "{:>10}  {:<9}  pair", "similarity", "verdict");
     }
-    // Two stages in flight, in input order: images being prepared on the
-    // pool, and faces waiting in the batcher (so runs are shared by pairs).
-    const PREPARING: usize = 32;
-    const EMBEDDING: usize = 32;
-    let mut todo = pairs.into_iter();
-    let (mut preparing, mut embedding): (VecDeque<InFlight<_>>, VecDeque<InFlight<_>>) =
-        (VecDeque::new(), VecDeque::new());
-    loop {
-        while preparing.len() < PREPARING {
-            match todo.next() {
-                Some(p) => preparing.push_back(start(&svc, p)),
-                None => break,
-            }
-        }
-        if embedding.len() < EMBEDDING {
-            if let Some(f) = preparing.pop_front() {
-                embedding.push_back(to_embedding(&svc, f));
-                continue;
-            }
-        }
-        let Some(f) = embedding.pop_front() else { break };
-        let (pair, r) = finish(&svc, f);
+    let mut pipeline = Pipeline::new(&svc, !args.no_dedup);
+    while let Some((pair, r)) = pipeline.next(&mut pairs) {
+        total += 1;
         bar.inc(1);
         match r {
             Ok(v) => {
@@ -401,24 +271,25 @@ fn run(args: Args) -> ExitCode {
             Err(e) => {
                 failed += 1;
                 if args.json {
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        json!({"a": pair.a, "b": pair.b, "error": e.to_string()})
-                    );
+                    let _ = writeln!(out, "{}", json!({"a": pair.a, "b": pair.b, "error": e}));
                 } else {
                     let _ = writeln!(out, "{:>10}  {:<9}  {} , {}: {e}", "-", "error", pair.a, pair.b);
                 }
             }
         }
     }
+    let embedded = pipeline.embedded;
+    drop(pipeline);
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     if args.pairs.is_some() {
         let accuracy = (labelled > 0).then(|| (correct as f64 / labelled as f64 * 1e4).round() / 1e4);
         let per_sec = ((total as f64 / secs.max(1e-9)) * 100.0).round() / 100.0;
+        let seconds = (secs * 100.0).round() / 100.0;
         if args.json {
             let mut s = json!({"pairs": total, "failed": failed, "pairs_per_sec": per_sec,
+                               "seconds": seconds, "images_embedded": embedded,
+                               "dedup": !args.no_dedup,
                                "backend": svc.backend().used.to_string(),
                                "metrics": svc.metrics().snapshot().report()});
             if let Some(a) = accuracy {
@@ -427,7 +298,10 @@ fn run(args: Args) -> ExitCode {
             let _ = writeln!(out, "{}", json!({ "summary": s }));
         } else {
             let acc = accuracy.map_or(String::new(), |a| format!(", accuracy {:.2} %", a * 100.0));
-            let _ = writeln!(out, "{total} pairs, {failed} failed{acc}, {per_sec} pairs/s");
+            let _ = writeln!(
+                out,
+                "{total} pairs, {failed} failed{acc}, {embedded} images embedded, {seconds} s, {per_sec} pairs/s"
+            );
         }
     }
     if args.stats {

@@ -10,7 +10,7 @@ use facepool::batch::{self, BatchHandle, BatchPolicy, Batcher};
 use facepool::face::{self, Backend, BackendChoice, DetectModels, Detector, EmbedModel, Embedder, FaceError};
 use facepool::index::Index;
 use facepool::pool::{self, Pool};
-use facepool::service::{FaceConfig, FaceService, ImageSource, ServiceError};
+use facepool::service::{budget, FaceConfig, FaceService, ImageSource, Pins, ServiceError};
 
 use crate::profile::{ImageSet, Mode, Profile, Synthetic};
 
@@ -120,12 +120,12 @@ fn is_overloaded(e: &ServiceError) -> bool {
     )
 }
 
-fn workers(profile: &Profile, reserved: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+/// The pool's workers: the profile's, else the core budget's (the cores).
+fn workers(profile: &Profile) -> usize {
     profile
         .runtime
         .workers
-        .unwrap_or_else(|| cores.saturating_sub(reserved).max(1))
+        .unwrap_or(budget::split(budget::cores(), Pins::default()).workers)
 }
 
 /// The pool mode's queue, in requests: `runtime.queue` is in faces (the
@@ -151,7 +151,7 @@ pub fn synthetic(profile: &Profile, mode: Mode) -> Result<Arc<dyn Target>, Strin
     let prepare = Duration::from_secs_f64(profile.synthetic.prepare_ms / 1e3);
     let pool = |queue: usize| {
         Pool::builder()
-            .capacity(workers(profile, 0))
+            .capacity(workers(profile))
             .queue_capacity(queue)
             .nonblocking(true)
             .thread_name("loadgen-pool")
@@ -433,8 +433,8 @@ impl Real {
             Mode::Pool => {
                 let (model, det) = (self.model.clone(), self.det.clone());
                 let pool = Pool::builder()
-                    .capacity(workers(profile, 0))
-                    .min_workers(workers(profile, 0))
+                    .capacity(workers(profile))
+                    .min_workers(workers(profile))
                     .queue_capacity(request_queue(profile))
                     .nonblocking(true)
                     .thread_name("loadgen-pool")
@@ -449,9 +449,13 @@ impl Real {
                 Arc::new(RealPool { shared, pool })
             }
             Mode::PoolBatch => {
-                let (mut c, r) = (self.config.clone(), &profile.runtime);
-                c.inference_threads = r.inference_threads.unwrap_or(c.inference_threads);
-                c.workers = workers(profile, c.inference_threads);
+                let r = &profile.runtime;
+                // The same core budget as the service's own defaults.
+                let mut c = self.config.clone().with_threads(Pins {
+                    workers: r.workers,
+                    inference_threads: r.inference_threads,
+                    intra_threads: Some(self.config.intra_threads),
+                });
                 c.queue = r.queue;
                 c.admission_wait = None;
                 c.batch_max = r.batch_max.unwrap_or(c.batch_max);

@@ -211,20 +211,20 @@ pub struct Slo {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Runtime {
-    /// Pool workers (default: the cores, less the inference thread in
-    /// pool+batch with the real model).
+    /// Pool workers (default: the cores; in pool+batch they share them
+    /// with the inference threads, as the face service's defaults do).
     pub workers: Option<usize>,
     /// Faces that may wait (the pool mode takes as many mean-sized
     /// requests); more are refused with `Overloaded`.
     pub queue: usize,
     /// Most faces per model run (default: 256 for the synthetic
-    /// downstream; the face service's own default, 32, for the model).
+    /// downstream; the face service's own default, 4, for the model).
     pub batch_max: Option<usize>,
     /// Most time the oldest face waits for its batch to fill, ms (default:
     /// 20 synthetic; the face service's default, 2, for the model).
     pub batch_delay_ms: Option<f64>,
     /// Face model, pool+batch: inference threads, each with its own model
-    /// state (default: the face service's, 1).
+    /// state (default: the face service's, the cores).
     pub inference_threads: Option<usize>,
     /// Open loop: threads that hold admitted requests until answered (a
     /// server's request handlers); requests wait for one, and that wait

@@ -50,6 +50,7 @@ pub(crate) use self::worker::on_worker_of;
 pub(crate) type Factory<S> = std::sync::Arc<dyn Fn() -> S + Send + Sync>;
 pub(crate) type Hook = std::sync::Arc<dyn Fn(usize) + Send + Sync>;
 pub(crate) type PanicHook = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+pub(crate) type Gauge = std::sync::Arc<dyn Fn() -> usize + Send + Sync>;
 
 /// Immutable settings, fixed at build time.
 pub(crate) struct Config<S> {
@@ -68,6 +69,8 @@ pub(crate) struct Config<S> {
     pub(crate) clock: std::sync::Arc<dyn Clock>,
     pub(crate) spin: u32,
     pub(crate) autoscale: Option<ScalePolicy>,
+    /// What waits downstream, for the autoscaler.
+    pub(crate) downstream: Option<Gauge>,
 }
 
 /// A job waiting in the queue.
@@ -312,6 +315,19 @@ impl<S: 'static> Shared<S> {
             Err(msg) => {
                 self.report_panic(&format!("clock panicked: {msg}"));
                 Instant::now()
+            }
+        }
+    }
+
+    /// The downstream gauge's reading, if there is a gauge (user code: one
+    /// that panics is reported and gives no reading).
+    pub(crate) fn downstream_waiting(&self) -> Option<usize> {
+        let g = self.config.downstream.as_ref()?;
+        match crate::panics::catch(|| g()) {
+            Ok(n) => Some(n),
+            Err(msg) => {
+                self.report_panic(&format!("downstream gauge panicked: {msg}"));
+                None
             }
         }
     }

@@ -17,7 +17,13 @@ use crate::face::{
 };
 use crate::index::{Index, IndexError, Match};
 use crate::metrics::{Metrics, Stage};
-use crate::pool::{self, JobError, Pool};
+use crate::pool::{self, JobError, Pool, ScalePolicy};
+
+pub mod budget;
+pub mod dedup;
+
+pub use self::budget::{Pins, Split};
+pub use self::dedup::{ImageKey, Recent};
 
 /// Why a service call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -107,6 +113,11 @@ pub struct FaceConfig {
     /// Images that may wait for a pool worker, and faces that may wait for
     /// a model run (each queue has this bound).
     pub queue: usize,
+    /// Scale the preparation workers between 1 and `workers` on the images
+    /// waiting, holding growth while a round of full batches waits for the
+    /// model (the pool's autoscaler sees the batcher's queue). Off: a fixed
+    /// `workers`.
+    pub autoscale: bool,
     /// How long a call waits for room in a full queue: `None` refuses at
     /// once with `Overloaded` (for services that shed load), `Some(t)`
     /// blocks up to `t` and then fails with `Timeout`.
@@ -124,6 +135,16 @@ impl FaceConfig {
             max_batch: self.batch_max.max(1),
             intra_threads: self.intra_threads.max(1),
         }
+    }
+
+    /// The threads of each stage from the core budget, keeping what
+    /// `pins` fixes ([`budget::split`] on this machine's cores).
+    pub fn with_threads(mut self, pins: Pins) -> Self {
+        let s = budget::split(budget::cores(), pins);
+        self.workers = s.workers;
+        self.inference_threads = s.inference_threads;
+        self.intra_threads = s.intra_threads;
+        self
     }
 
     /// The assets folder: `given`, else the first of `./assets` and an
@@ -145,14 +166,14 @@ impl FaceConfig {
     }
 
     /// The defaults, with the models under `assets` (as fetched by
-    /// `scripts/fetch-assets.sh`), and threads budgeted against the cores:
-    /// half of them (at least one) are pool workers, the rest inference
-    /// threads of one intra-op thread each, so workers + inference threads
-    /// × intra-op threads = cores. Batches of up to 4: ONNX Runtime's cost
-    /// per face on the default model rises above that (measured in
-    /// `benches/backends.rs`), and tract's does not fall with batch size.
+    /// `scripts/fetch-assets.sh`), and threads from the core budget
+    /// ([`budget::split`]): as many preparation workers as cores and as
+    /// many inference threads as cores, one intra-op thread each, sharing
+    /// the cores. Batches of up to 4: ONNX Runtime's cost per face on the
+    /// default model rises above that (measured in `benches/backends.rs`),
+    /// and tract's does not fall with batch size.
     pub fn from_assets(assets: &Path) -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let threads = budget::split(budget::cores(), Pins::default());
         Self {
             model: assets.join("models/fr_feature.onnx"),
             backend: Backend::Auto,
@@ -161,14 +182,15 @@ impl FaceConfig {
             landmarks: Some(assets.join("models/fr_landmark.onnx")),
             find: FindOptions::default(),
             threshold: face::DEFAULT_THRESHOLD,
-            workers: (cores / 2).max(1),
-            inference_threads: cores.saturating_sub((cores / 2).max(1)).max(1),
-            intra_threads: 1,
+            workers: threads.workers,
+            inference_threads: threads.inference_threads,
+            intra_threads: threads.intra_threads,
             batch_sizes: vec![1],
             batch_max: 4,
             batch_delay: Duration::from_millis(2),
             limits: DecodeLimits::default(),
             queue: 4096,
+            autoscale: false,
             admission_wait: Some(Duration::from_secs(60)),
         }
     }
@@ -303,17 +325,6 @@ impl FaceService {
         let det = DetectModels::load(&config.detector, config.landmarks.as_deref())?;
         let metrics = Metrics::new();
         let batch_metrics = metrics.clone();
-        let mut pool = Pool::builder()
-            .capacity(config.workers.max(1))
-            .min_workers(config.workers.max(1))
-            .queue_capacity(config.queue)
-            .thread_name("face-prep")
-            .worker_state(move || det.detector());
-        pool = match config.admission_wait {
-            None => pool.nonblocking(true),
-            Some(t) => pool.submit_timeout(t),
-        };
-        let pool = pool.build()?;
         let policy = BatchPolicy {
             max_items: config.batch_max.max(1),
             max_weight: None,
@@ -345,6 +356,41 @@ impl FaceService {
                     .collect())
             })
         })?;
+        let workers = config.workers.max(1);
+        let mut pool = Pool::builder()
+            .capacity(workers)
+            .queue_capacity(config.queue)
+            .thread_name("face-prep")
+            .worker_state(move || det.detector());
+        pool = match config.autoscale {
+            // A fixed set of workers, started now.
+            false => pool.min_workers(workers),
+            // Between 1 and `workers` on the images waiting; no growth while
+            // a round of full batches waits for the model (preparing more
+            // would only lengthen the batcher's queue).
+            true => {
+                let gauge = batcher.clone();
+                let policy = ScalePolicy {
+                    low_watermark: 1,
+                    high_watermark: workers,
+                    cooldown: Duration::from_millis(200),
+                    sample_interval: Duration::from_millis(20),
+                    sustain: 3,
+                    downstream_high_watermark: Some(
+                        config.batch_max.max(1) * config.inference_threads.max(1),
+                    ),
+                    ..ScalePolicy::new(1, workers)
+                };
+                pool.min_workers(1)
+                    .autoscale(policy)
+                    .downstream(move || gauge.queued_weight())
+            }
+        };
+        pool = match config.admission_wait {
+            None => pool.nonblocking(true),
+            Some(t) => pool.submit_timeout(t),
+        };
+        let pool = pool.build()?;
         Ok(Self {
             pool,
             batcher,

@@ -83,7 +83,7 @@ fn pipeline(backend: &str, extra: &[&str]) -> (f64, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_compare"))
         .args(["--pairs"])
         .arg(assets().join("photos/johns/pairs.csv"))
-        .args(["--json", "--backend", backend])
+        .args(["--json", "--no-dedup", "--backend", backend])
         .args(extra)
         .output()
         .expect("compare runs");
@@ -204,17 +204,16 @@ fn main() {
         }
     }
 
-    // The pipeline: the default split (half the cores prepare, half infer),
-    // and one inference thread per core (plus the preparing worker, which
-    // then shares a core). Each run sits between two runs of the bare model
-    // in the same split, so the share compares like with like, minutes
-    // apart at most.
-    let default_infer = cores - (cores / 2).max(1);
+    // The pipeline (every image embedded, `--no-dedup`): one inference
+    // thread, and the default, one per core; the preparing workers are the
+    // default's, one per core, sharing the cores. Each run sits between two
+    // runs of the bare model in the same split, so the share compares like
+    // with like, minutes apart at most.
     let mut pipes = Vec::new();
-    for infer in [default_infer.max(1), cores] {
+    for infer in [1, cores] {
         for b in &backends {
             let threads = infer.to_string();
-            let prep_workers = (cores / 2).max(1);
+            let prep_workers = cores;
             let prep = prep_workers.to_string();
             let extra = ["--inference-threads", &threads, "--threads", &prep];
             // What the service runs: tract a batch-1 plan, face after face;

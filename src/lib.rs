@@ -21,6 +21,8 @@ pub mod index;
 pub mod metrics;
 pub(crate) mod panics;
 pub mod pool;
+#[cfg(feature = "server")]
+pub mod server;
 #[cfg(feature = "face")]
 pub mod service;
 pub(crate) mod sync;

@@ -386,6 +386,11 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         self.push(item, ItemOptions::default(), Wait::No)
     }
 
+    /// Like [`try_submit`](Self::try_submit), with options (a deadline).
+    pub fn try_submit_with(&self, item: I, opts: ItemOptions) -> Result<BatchHandle<O>, SubmitError> {
+        self.push(item, opts, Wait::No)
+    }
+
     /// Submits, blocking at most `timeout` for room in the queue.
     pub fn submit_timeout(&self, item: I, timeout: Duration) -> Result<BatchHandle<O>, SubmitError> {
         self.push(item, ItemOptions::default(), Wait::Block(Some(timeout)))

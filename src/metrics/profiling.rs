@@ -117,17 +117,11 @@ impl Capture {
         let stacks = report.data.len();
         let mut files = Vec::new();
         if let Some(path) = &self.flamegraph {
-            let mut svg = Vec::new();
-            report.flamegraph(&mut svg).map_err(ProfileError::Flamegraph)?;
-            write(path, &svg)?;
+            write(path, &render(&report, Output::Flamegraph)?)?;
             files.push(path.clone());
         }
         if let Some(path) = &self.pprof {
-            let profile = report.pprof().map_err(ProfileError::Report)?;
-            let bytes = profile
-                .write_to_bytes()
-                .map_err(|e| ProfileError::Encode(e.to_string()))?;
-            write(path, &bytes)?;
+            write(path, &render(&report, Output::Pprof)?)?;
             files.push(path.clone());
         }
         Ok(Written {
@@ -135,6 +129,39 @@ impl Capture {
             stacks,
             files,
         })
+    }
+
+    /// Stops sampling and renders the profile in memory (for an HTTP
+    /// endpoint) instead of to files.
+    pub fn finish_to(self, out: Output) -> Result<Vec<u8>, ProfileError> {
+        let report = self.guard.report().build().map_err(ProfileError::Report)?;
+        drop(self.guard);
+        render(&report, out)
+    }
+}
+
+/// A profile's rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// A flamegraph SVG.
+    Flamegraph,
+    /// A pprof protobuf.
+    Pprof,
+}
+
+fn render(report: &pprof::Report, out: Output) -> Result<Vec<u8>, ProfileError> {
+    match out {
+        Output::Flamegraph => {
+            let mut svg = Vec::new();
+            report.flamegraph(&mut svg).map_err(ProfileError::Flamegraph)?;
+            Ok(svg)
+        }
+        Output::Pprof => {
+            let profile = report.pprof().map_err(ProfileError::Report)?;
+            profile
+                .write_to_bytes()
+                .map_err(|e| ProfileError::Encode(e.to_string()))
+        }
     }
 }
 

@@ -300,6 +300,17 @@ impl<S: 'static> Pool<S> {
         Ok(handle)
     }
 
+    /// Like [`try_submit`](Self::try_submit), with options (a deadline).
+    pub fn try_submit_with<F, T>(&self, opts: JobOptions, f: F) -> Result<JobHandle<T>, SubmitError>
+    where
+        F: FnOnce(&mut S) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (task, handle) = Self::make_task(f, opts);
+        self.push_task(task, Wait::No).map_err(|(_, e)| e)?;
+        Ok(handle)
+    }
+
     /// Submits, blocking at most `timeout` for room in the queue.
     pub fn submit_timeout<F, T>(&self, timeout: Duration, f: F) -> Result<JobHandle<T>, SubmitError>
     where

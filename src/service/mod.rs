@@ -7,6 +7,7 @@
 //! No pool worker ever waits for the batcher.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -285,6 +286,20 @@ pub struct PendingImage {
     handle: pool::JobHandle<Result<Prep, FaceError>>,
 }
 
+/// Faces admitted by [`FaceService::admit`]; released on drop.
+#[derive(Debug)]
+#[must_use = "the admission is released when dropped"]
+pub struct Admission {
+    counter: Arc<AtomicUsize>,
+    faces: usize,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.faces, Ordering::AcqRel);
+    }
+}
+
 /// Pending embedding of one image's face (a batch item).
 pub struct PendingFace {
     handle: batch::BatchHandle<Embedded>,
@@ -307,6 +322,8 @@ pub struct FaceService {
     dim: usize,
     index: Index,
     metrics: Metrics,
+    /// Faces admitted by `admit` and not yet released.
+    admitted: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for FaceService {
@@ -399,6 +416,7 @@ impl FaceService {
             dim,
             index: Index::new(dim).map_err(|e| FaceError::Model(e.to_string()))?,
             metrics,
+            admitted: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -461,9 +479,21 @@ impl FaceService {
         if self.config.admission_wait.is_none() && self.batcher.queued_weight() >= self.config.queue.max(1) {
             return Err(batch::SubmitError::Overloaded.into());
         }
+        self.prepare_job(src, None, false)
+    }
+
+    /// Submits an image's preparation to the pool: blocking for room as the
+    /// settings say, or (`now`) refusing at once; not started by `deadline`,
+    /// it is dropped.
+    fn prepare_job(
+        &self,
+        src: ImageSource,
+        deadline: Option<Instant>,
+        now: bool,
+    ) -> Result<PendingImage, ServiceError> {
         let cfg = self.config.clone();
         let submitted = Instant::now();
-        let handle = self.pool.submit(move |det: &mut WorkerState| {
+        let job = move |det: &mut WorkerState| {
             let started = Instant::now();
             let queue = started - submitted;
             let img = match &src {
@@ -482,7 +512,13 @@ impl FaceService {
                 queue,
                 prepare: started.elapsed(),
             })
-        })?;
+        };
+        let opts = pool::JobOptions { deadline };
+        let handle = if now {
+            self.pool.try_submit_with(opts, job)?
+        } else {
+            self.pool.submit_with(opts, job)?
+        };
         Ok(PendingImage { handle })
     }
 
@@ -490,11 +526,26 @@ impl FaceService {
     /// to the batcher. Call from the caller's thread, never a pool worker.
     pub fn embed_first(&self, img: PendingImage) -> Result<PendingFace, ServiceError> {
         let prep = img.handle.join()??;
+        self.submit_face(prep, None, false)
+    }
+
+    /// Hands a prepared image's first face to the batcher.
+    fn submit_face(
+        &self,
+        prep: Prep,
+        deadline: Option<Instant>,
+        now: bool,
+    ) -> Result<PendingFace, ServiceError> {
         let Some(face) = prep.faces.into_iter().next() else {
             return Err(FaceError::NoFace.into());
         };
         let submitted = Instant::now();
-        let handle = self.batcher.submit(face.input)?;
+        let opts = batch::ItemOptions { deadline };
+        let handle = if now {
+            self.batcher.try_submit_with(face.input, opts)?
+        } else {
+            self.batcher.submit_with(face.input, opts)?
+        };
         Ok(PendingFace {
             handle,
             path: face.path,
@@ -506,12 +557,30 @@ impl FaceService {
 
     /// Waits for a face's embedding.
     pub fn finish(&self, face: PendingFace) -> Result<(FaceResult, Timings), ServiceError> {
-        let e = face.handle.join()?;
+        let PendingFace {
+            handle,
+            path,
+            queue,
+            prepare,
+            submitted,
+        } = face;
+        self.finished(handle.join()?, path, queue, prepare, submitted)
+    }
+
+    /// A face's embedding with its timings (recorded in the metrics).
+    fn finished(
+        &self,
+        e: Embedded,
+        path: FacePath,
+        queue: Duration,
+        prepare: Duration,
+        submitted: Instant,
+    ) -> Result<(FaceResult, Timings), ServiceError> {
         let embedding = e.embedding?;
         let timings = Timings {
-            queue: face.queue,
-            prepare: face.prepare,
-            batch_wait: e.started.saturating_duration_since(face.submitted),
+            queue,
+            prepare,
+            batch_wait: e.started.saturating_duration_since(submitted),
             inference: e.inference,
             search: Duration::ZERO,
             total: Duration::ZERO,
@@ -521,13 +590,101 @@ impl FaceService {
         m.record(Stage::Prepare, timings.prepare);
         m.record(Stage::BatchWait, timings.batch_wait);
         m.record(Stage::Inference, timings.inference);
-        Ok((
-            FaceResult {
-                embedding,
-                path: face.path,
-            },
-            timings,
-        ))
+        Ok((FaceResult { embedding, path }, timings))
+    }
+
+    /// Admits a request of `faces` images, all or none, for the async
+    /// entry points: refused with `Overloaded` at once, having done no work,
+    /// if more than `queue` faces would then be in flight (`TooHeavy` if the
+    /// request alone is more than `queue`). While admitted
+    /// faces stay within that bound, neither the pool's nor the batcher's
+    /// queue can refuse them. Released when the `Admission` is dropped.
+    pub fn admit(&self, faces: usize) -> Result<Admission, ServiceError> {
+        let limit = self.config.queue.max(1);
+        let mut now = self.admitted.load(Ordering::Relaxed);
+        if faces > limit {
+            // More than the whole queue: waiting would never help.
+            return Err(batch::SubmitError::TooHeavy {
+                weight: faces,
+                capacity: limit,
+            }
+            .into());
+        }
+        loop {
+            if now + faces > limit {
+                return Err(pool::SubmitError::Overloaded.into());
+            }
+            match self
+                .admitted
+                .compare_exchange_weak(now, now + faces, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    return Ok(Admission {
+                        counter: self.admitted.clone(),
+                        faces,
+                    })
+                }
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    /// Faces admitted and not yet released (a gauge).
+    pub fn admitted(&self) -> usize {
+        self.admitted.load(Ordering::Relaxed)
+    }
+
+    /// Embeds the largest face of each image, all in flight at once, for
+    /// async callers: nothing blocks the calling thread (the preparation and
+    /// the model run are awaited), and a full pool or batcher refuses at
+    /// once. Work not started by `deadline` is dropped; dropping the future
+    /// drops the work not yet started. Admit the images first ([`admit`](Self::admit)).
+    pub async fn embed_all_async(
+        &self,
+        images: Vec<ImageSource>,
+        deadline: Option<Instant>,
+    ) -> Vec<Result<(FaceResult, Timings), ServiceError>> {
+        let t0 = Instant::now();
+        let prepared: Vec<_> = images
+            .into_iter()
+            .map(|src| self.prepare_job(src, deadline, true))
+            .collect();
+        let mut faces = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            faces.push(match p {
+                Ok(p) => match p.handle.await {
+                    Ok(Ok(prep)) => self.submit_face(prep, deadline, true),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e),
+            });
+        }
+        let mut out = Vec::with_capacity(faces.len());
+        for f in faces {
+            out.push(match f {
+                Ok(f) => {
+                    let PendingFace {
+                        handle,
+                        path,
+                        queue,
+                        prepare,
+                        submitted,
+                    } = f;
+                    match handle.await {
+                        Ok(e) => self
+                            .finished(e, path, queue, prepare, submitted)
+                            .map(|(r, mut t)| {
+                                t.total = t0.elapsed();
+                                (r, t)
+                            }),
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                Err(e) => Err(e),
+            });
+        }
+        out
     }
 
     /// Embeds the largest face of one image.

@@ -14,6 +14,8 @@
 
 mod index;
 mod pairs;
+#[path = "../common/service_args.rs"]
+mod service_args;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -21,11 +23,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use facepool::face::{Backend, FaceMode};
 use facepool::metrics::profiling::Capture;
-use facepool::service::{FaceConfig, FaceService, Pins, Timings, Verdict};
+use facepool::service::{FaceService, Timings, Verdict};
 
 use self::pairs::{Pair, PairsReader, Pipeline};
+use self::service_args::{config, ServiceArgs};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -62,86 +64,6 @@ struct Args {
     /// Write the run's CPU profile in pprof's protobuf format.
     #[arg(long, global = true)]
     pprof: Option<PathBuf>,
-}
-
-/// How the face service runs.
-#[derive(clap::Args, Clone)]
-struct ServiceArgs {
-    /// Folder of the fetched assets (default: ./assets, or next to the binary).
-    #[arg(long)]
-    assets: Option<PathBuf>,
-    /// The embedding model.
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// The face detector model.
-    #[arg(long)]
-    detector: Option<PathBuf>,
-    /// Embedding backend: ort (ONNX Runtime), tract, or auto (ort when its
-    /// library loads, else tract).
-    #[arg(long, default_value = "auto")]
-    backend: Backend,
-    /// The ONNX Runtime library (default: assets/lib/libonnxruntime.so.1).
-    #[arg(long)]
-    onnxruntime: Option<PathBuf>,
-    /// How faces are found: aligned (face chips), detect, or auto.
-    #[arg(long, default_value = "auto")]
-    faces: FaceMode,
-    /// Similarity at or above which two faces are the same person.
-    #[arg(long)]
-    threshold: Option<f32>,
-    /// Pool workers for decoding and detection (default: the cores; they
-    /// share them with the inference threads).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Inference threads, each with its own model state (default: the
-    /// cores, divided by the intra-op threads).
-    #[arg(long)]
-    inference_threads: Option<usize>,
-    /// Scale the preparation workers between 1 and --threads on their
-    /// queue, holding growth while faces wait for the model.
-    #[arg(long)]
-    autoscale: bool,
-    /// ONNX Runtime intra-op threads per inference thread (default: 1).
-    #[arg(long)]
-    intra_threads: Option<usize>,
-    /// Most faces per model run.
-    #[arg(long)]
-    batch_max: Option<usize>,
-    /// Most time a face waits for its batch, ms.
-    #[arg(long)]
-    batch_delay_ms: Option<f64>,
-}
-
-fn config(args: &ServiceArgs) -> FaceConfig {
-    let assets = FaceConfig::locate_assets(args.assets.clone());
-    let mut c = FaceConfig::from_assets(&assets);
-    if let Some(m) = &args.model {
-        c.model = m.clone();
-    }
-    if let Some(d) = &args.detector {
-        c.detector = d.clone();
-    }
-    c.backend = args.backend;
-    if let Some(l) = &args.onnxruntime {
-        c.onnxruntime = l.clone();
-    }
-    c.find.mode = args.faces;
-    if let Some(t) = args.threshold {
-        c.threshold = t;
-    }
-    c.autoscale = args.autoscale;
-    c = c.with_threads(Pins {
-        workers: args.threads,
-        inference_threads: args.inference_threads,
-        intra_threads: args.intra_threads,
-    });
-    if let Some(b) = args.batch_max {
-        c.batch_max = b.max(1);
-    }
-    if let Some(d) = args.batch_delay_ms {
-        c.batch_delay = Duration::from_secs_f64(d.max(0.0) / 1e3);
-    }
-    c
 }
 
 /// Starts the service and says which embedding backend runs, or says why

@@ -1,0 +1,90 @@
+//! The face service's settings as command-line flags (and `FACEPOOL_*`
+//! environment variables), shared by the binaries.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use facepool::face::{Backend, FaceMode};
+use facepool::service::{FaceConfig, Pins};
+
+/// How the face service runs.
+#[derive(clap::Args, Clone)]
+pub struct ServiceArgs {
+    /// Folder of the fetched assets (default: ./assets, or next to the binary).
+    #[arg(long, env = "FACEPOOL_ASSETS")]
+    pub assets: Option<PathBuf>,
+    /// The embedding model.
+    #[arg(long, env = "FACEPOOL_MODEL")]
+    pub model: Option<PathBuf>,
+    /// The face detector model.
+    #[arg(long, env = "FACEPOOL_DETECTOR")]
+    pub detector: Option<PathBuf>,
+    /// Embedding backend: ort (ONNX Runtime), tract, or auto (ort when its
+    /// library loads, else tract).
+    #[arg(long, env = "FACEPOOL_BACKEND", default_value = "auto")]
+    pub backend: Backend,
+    /// The ONNX Runtime library (default: assets/lib/libonnxruntime.so.1).
+    #[arg(long, env = "FACEPOOL_ONNXRUNTIME")]
+    pub onnxruntime: Option<PathBuf>,
+    /// How faces are found: aligned (face chips), detect, or auto.
+    #[arg(long, env = "FACEPOOL_FACES", default_value = "auto")]
+    pub faces: FaceMode,
+    /// Similarity at or above which two faces are the same person.
+    #[arg(long, env = "FACEPOOL_THRESHOLD")]
+    pub threshold: Option<f32>,
+    /// Pool workers for decoding and detection (default: the cores; they
+    /// share them with the inference threads).
+    #[arg(long, env = "FACEPOOL_THREADS")]
+    pub threads: Option<usize>,
+    /// Inference threads, each with its own model state (default: the
+    /// cores, divided by the intra-op threads).
+    #[arg(long, env = "FACEPOOL_INFERENCE_THREADS")]
+    pub inference_threads: Option<usize>,
+    /// Scale the preparation workers between 1 and --threads on their
+    /// queue, holding growth while faces wait for the model.
+    #[arg(long, env = "FACEPOOL_AUTOSCALE")]
+    pub autoscale: bool,
+    /// ONNX Runtime intra-op threads per inference thread (default: 1).
+    #[arg(long, env = "FACEPOOL_INTRA_THREADS")]
+    pub intra_threads: Option<usize>,
+    /// Most faces per model run.
+    #[arg(long, env = "FACEPOOL_BATCH_MAX")]
+    pub batch_max: Option<usize>,
+    /// Most time a face waits for its batch, ms.
+    #[arg(long, env = "FACEPOOL_BATCH_DELAY_MS")]
+    pub batch_delay_ms: Option<f64>,
+}
+
+/// The service settings the flags give (the rest from the assets folder
+/// and the core budget).
+pub fn config(args: &ServiceArgs) -> FaceConfig {
+    let assets = FaceConfig::locate_assets(args.assets.clone());
+    let mut c = FaceConfig::from_assets(&assets);
+    if let Some(m) = &args.model {
+        c.model = m.clone();
+    }
+    if let Some(d) = &args.detector {
+        c.detector = d.clone();
+    }
+    c.backend = args.backend;
+    if let Some(l) = &args.onnxruntime {
+        c.onnxruntime = l.clone();
+    }
+    c.find.mode = args.faces;
+    if let Some(t) = args.threshold {
+        c.threshold = t;
+    }
+    c.autoscale = args.autoscale;
+    c = c.with_threads(Pins {
+        workers: args.threads,
+        inference_threads: args.inference_threads,
+        intra_threads: args.intra_threads,
+    });
+    if let Some(b) = args.batch_max {
+        c.batch_max = b.max(1);
+    }
+    if let Some(d) = args.batch_delay_ms {
+        c.batch_delay = Duration::from_secs_f64(d.max(0.0) / 1e3);
+    }
+    c
+}

@@ -1,0 +1,253 @@
+//! `serve`: facepool as an HTTP face-verification service.
+//!
+//! ```text
+//! serve --listen 127.0.0.1:8080 --index people.fpi --token-file tokens.txt
+//! ```
+//!
+//! Prints `listening on ADDR` on stdout once bound (`--listen
+//! 127.0.0.1:0` takes a free port), loads the models and the index (until
+//! then `/readyz` answers 503), and serves until SIGTERM or SIGINT: then it
+//! stops accepting, finishes what was admitted (at most `--drain-timeout`),
+//! saves the gallery and exits 0. Every flag can be given as a `FACEPOOL_*`
+//! environment variable. Exit codes: 0 after a clean shutdown, 2 for usage
+//! and set-up errors.
+
+#[path = "../common/service_args.rs"]
+mod service_args;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use facepool::index::Index;
+use facepool::server::{App, ServerConfig};
+use facepool::service::FaceService;
+
+use self::service_args::{config, ServiceArgs};
+
+#[derive(Parser)]
+#[command(about = "Serve face verification and identification over HTTP.")]
+struct Args {
+    /// Address to listen on (port 0: a free port, printed at start).
+    #[arg(long, env = "FACEPOOL_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The gallery's index file: loaded at start (created if absent), saved
+    /// after each change.
+    #[arg(long, env = "FACEPOOL_INDEX")]
+    index: Option<PathBuf>,
+    /// Bearer tokens accepted on /v1 and /debug, one per line.
+    #[arg(long, env = "FACEPOOL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Serve /v1 and /debug without tokens (only behind something that
+    /// authenticates).
+    #[arg(long, env = "FACEPOOL_NO_AUTH")]
+    no_auth: bool,
+    /// A token /metrics then requires, in a file (default: /metrics is open).
+    #[arg(long, env = "FACEPOOL_METRICS_TOKEN_FILE")]
+    metrics_token_file: Option<PathBuf>,
+    /// Largest request body, bytes.
+    #[arg(long, env = "FACEPOOL_MAX_BODY", default_value_t = 8 << 20)]
+    max_body: usize,
+    /// Most images in one request.
+    #[arg(long, env = "FACEPOOL_MAX_IMAGES", default_value_t = 64)]
+    max_images: usize,
+    /// Faces in flight at most; more are refused with 429.
+    #[arg(long, env = "FACEPOOL_QUEUE", default_value_t = 256)]
+    queue: usize,
+    /// A request's timeout when it sets no X-Request-Timeout-Ms, ms.
+    #[arg(long, env = "FACEPOOL_TIMEOUT_MS", default_value_t = 30_000)]
+    timeout_ms: u64,
+    /// The longest timeout a request may ask for, ms.
+    #[arg(long, env = "FACEPOOL_MAX_TIMEOUT_MS", default_value_t = 120_000)]
+    max_timeout_ms: u64,
+    /// At shutdown, how long admitted requests may take to finish, s.
+    #[arg(long, env = "FACEPOOL_DRAIN_TIMEOUT", default_value_t = 30.0)]
+    drain_timeout: f64,
+    /// Logs as JSON lines.
+    #[arg(long, env = "FACEPOOL_LOG_JSON")]
+    log_json: bool,
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+fn read_tokens(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let tokens: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    if tokens.is_empty() {
+        return Err(format!("{} holds no token", path.display()));
+    }
+    Ok(tokens)
+}
+
+fn logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// Loads the models and the gallery (on a thread of its own, while the
+/// server already answers its probes).
+fn load(args: &Args) -> Result<FaceService, String> {
+    let mut c = config(&args.service);
+    c.queue = args.queue.max(1);
+    // A server sheds load: a full queue refuses at once (429).
+    c.admission_wait = None;
+    let mut svc = FaceService::start(c).map_err(|e| e.to_string())?;
+    tracing::info!(backend = %svc.backend(), "models loaded");
+    if let Some(path) = &args.index {
+        if path.exists() {
+            let index = Index::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            svc.set_index(index)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            tracing::info!(people = svc.index().len(), path = %path.display(), "gallery loaded");
+        } else {
+            tracing::info!(path = %path.display(), "gallery file absent: starting empty");
+        }
+    }
+    Ok(svc)
+}
+
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    logging(args.log_json);
+    let tokens = match (&args.token_file, args.no_auth) {
+        (Some(f), _) => match read_tokens(f) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("serve: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, true) => Vec::new(),
+        (None, false) => {
+            eprintln!("serve: give --token-file FILE (or --no-auth to serve without tokens)");
+            return ExitCode::from(2);
+        }
+    };
+    let metrics_token = match &args.metrics_token_file {
+        Some(f) => match read_tokens(f) {
+            Ok(mut t) => Some(t.remove(0)),
+            Err(e) => {
+                eprintln!("serve: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let drain = Duration::from_secs_f64(args.drain_timeout.max(0.0));
+    let app = App::new(ServerConfig {
+        tokens,
+        metrics_token,
+        max_body: args.max_body,
+        max_images: args.max_images.max(1),
+        default_timeout: Duration::from_millis(args.timeout_ms.max(1)),
+        max_timeout: Duration::from_millis(args.max_timeout_ms.max(1)),
+        retry_after: Duration::from_secs(1),
+        gallery: args.index.clone(),
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("serve: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("serve: cannot listen on {}: {e}", args.listen);
+                return ExitCode::from(2);
+            }
+        };
+        let addr = listener.local_addr().map_or(args.listen, |a| a);
+        println!("listening on {addr}");
+        let _ = std::io::stdout().flush();
+        tracing::info!(%addr, "listening");
+        // Load on a thread of its own; a failure ends the server.
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+        let loader = app.clone();
+        std::thread::spawn(move || match load(&args) {
+            Ok(svc) => {
+                let _ = loader.ready(svc);
+                tracing::info!("ready");
+            }
+            Err(e) => {
+                let _ = failed_tx.send(e);
+            }
+        });
+        let stop = {
+            let app = app.clone();
+            async move {
+                tokio::select! {
+                    _ = signal() => tracing::info!("stopping: finishing admitted requests"),
+                    Ok(e) = failed_rx => {
+                        eprintln!("serve: {e}");
+                    }
+                }
+                app.stop_accepting();
+            }
+        };
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, app.router()).with_graceful_shutdown(async move {
+            stop.await;
+            let _ = stopped_tx.send(());
+        });
+        let serving = tokio::spawn(async move { server.await });
+        // Once stopping, the admitted requests get `drain` to finish.
+        let _ = stopped_rx.await;
+        let drained = tokio::time::timeout(drain, serving).await;
+        if drained.is_err() {
+            tracing::warn!("drain timeout: some requests were still running");
+        }
+        let Some(svc) = app.service() else {
+            // The models never loaded: a set-up error.
+            return ExitCode::from(2);
+        };
+        if let Err(e) = app.save_gallery() {
+            eprintln!("serve: cannot save the gallery: {e}");
+            return ExitCode::from(1);
+        }
+        svc.shutdown(Duration::from_secs(5));
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,232 @@
+//! Prometheus exposition (`GET /metrics`, OpenMetrics text): requests by
+//! route and status, request latency and the per-stage latencies of the
+//! pipeline (histograms), and the pool's and batcher's gauges and batch
+//! sizes, read at each scrape.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::service::{FaceService, Timings};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    stage: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to about 33 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 17))
+}
+
+/// The server's metrics and their registry.
+pub struct HttpMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabel, Histogram>,
+    stages: Family<StageLabel, Histogram>,
+}
+
+impl std::fmt::Debug for HttpMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpMetrics").finish_non_exhaustive()
+    }
+}
+
+impl HttpMetrics {
+    /// The metrics, with the runtime's gauges read from `service` once it
+    /// is set.
+    pub fn new(service: Arc<OnceLock<FaceService>>) -> Self {
+        let mut registry = Registry::with_prefix("facepool");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, method and status",
+            requests.clone(),
+        );
+        let latency =
+            Family::<RouteLabel, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency, by route",
+            latency.clone(),
+        );
+        let stages =
+            Family::<StageLabel, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "stage_duration_seconds",
+            "Time per pipeline stage of the answered requests (queue, prepare, batch_wait, inference, search, total)",
+            stages.clone(),
+        );
+        registry.register_collector(Box::new(Runtime { service }));
+        Self {
+            registry,
+            requests,
+            latency,
+            stages,
+        }
+    }
+
+    /// Counts an answered request.
+    pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records a request's per-stage timings.
+    pub fn stages(&self, t: &Timings) {
+        for (stage, d) in [
+            ("queue", t.queue),
+            ("prepare", t.prepare),
+            ("batch_wait", t.batch_wait),
+            ("inference", t.inference),
+            ("search", t.search),
+            ("total", t.total),
+        ] {
+            self.stages
+                .get_or_create(&StageLabel { stage })
+                .observe(d.as_secs_f64());
+        }
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// The pool's and batcher's gauges and counters, read at each scrape.
+#[derive(Debug)]
+struct Runtime {
+    service: Arc<OnceLock<FaceService>>,
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn int(v: usize) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Collector for Runtime {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(svc) = self.service.get() else {
+            return Ok(());
+        };
+        let p = svc.pool_stats();
+        gauge(
+            &mut e,
+            "pool_workers",
+            "Preparation workers serving",
+            int(p.workers),
+        )?;
+        gauge(&mut e, "pool_running", "Images being prepared", int(p.running))?;
+        gauge(
+            &mut e,
+            "pool_waiting",
+            "Images waiting for a worker",
+            int(p.waiting),
+        )?;
+        gauge(
+            &mut e,
+            "pool_capacity",
+            "Preparation workers at most",
+            int(p.capacity),
+        )?;
+        counter(
+            &mut e,
+            "pool_jobs_completed",
+            "Preparation jobs that ran",
+            p.completed,
+        )?;
+        counter(
+            &mut e,
+            "pool_jobs_rejected",
+            "Preparation jobs refused",
+            p.rejected,
+        )?;
+        let b = svc.batch_stats();
+        gauge(
+            &mut e,
+            "batch_queued_faces",
+            "Faces waiting for a model run",
+            int(b.queued),
+        )?;
+        gauge(
+            &mut e,
+            "admitted_faces",
+            "Faces admitted and not yet answered",
+            int(svc.admitted()),
+        )?;
+        counter(&mut e, "batches", "Model runs", b.batches)?;
+        counter(&mut e, "batch_faces_delivered", "Faces embedded", b.delivered)?;
+        counter(
+            &mut e,
+            "batch_faces_expired",
+            "Faces dropped at their deadline before a run",
+            b.expired,
+        )?;
+        counter(
+            &mut e,
+            "batch_faces_abandoned",
+            "Faces dropped because their caller left",
+            b.abandoned,
+        )?;
+        // Batch sizes: the batcher's power-of-two buckets as a histogram.
+        // Every bucket, empty ones too, so each scrape has the same series
+        // (the encoder makes the counts cumulative; f64::MAX is +Inf).
+        let seen: Vec<(usize, u64)> = b.batch_sizes.buckets().map(|(_, hi, n)| (hi, n)).collect();
+        let at = |hi: usize| seen.iter().find(|(h, _)| *h == hi).map_or(0, |(_, n)| *n);
+        let mut buckets: Vec<(f64, u64)> = (0..16).map(|i| ((1u64 << i) as f64, at(1 << i))).collect();
+        buckets.push((f64::MAX, at(usize::MAX)));
+        let count = b.batches;
+        // Every face sent to a run was delivered or failed with it.
+        let sum = (b.delivered + b.failed) as f64;
+        let mut m = e.encode_descriptor(
+            "batch_size",
+            "Faces per model run (power-of-two buckets)",
+            None,
+            MetricType::Histogram,
+        )?;
+        m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}

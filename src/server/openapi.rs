@@ -1,0 +1,50 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations and the
+//! request and response types (no UI assets).
+
+use std::sync::OnceLock;
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::api::*;
+use super::error::{ErrorBody, ErrorDetail};
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "facepool", description = "Face verification and identification over HTTP."),
+    paths(
+        super::livez, super::readyz, super::verify, super::verify_batch, super::identify, super::embed,
+        super::enroll, super::list_people, super::get_person, super::remove_person, super::info,
+        super::metrics_text, super::pprof_profile, super::pprof_flamegraph, super::openapi_json
+    ),
+    components(schemas(
+        VerifyRequest, VerifyBatchRequest, IdentifyRequest, EmbedRequest, EnrollRequest, VerifyResponse,
+        VerifyBatchResponse, TargetResult, IdentifyResponse, MatchBody, EmbedResponse, PersonBody, PeoplePage,
+        RemovedBody, InfoBody, LimitsBody, StatusBody, TimingsMs, ErrorBody, ErrorDetail
+    )),
+    modifiers(&Bearer)
+)]
+struct ApiDoc;
+
+/// The document as JSON (built once).
+pub fn document() -> String {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_json()
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    })
+    .clone()
+}

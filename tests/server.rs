@@ -1,0 +1,761 @@
+//! The HTTP API end to end on the real models: a server on `127.0.0.1:0`
+//! (in-process, or the `serve` binary as a child process) and HTTP
+//! requests to it. Every route, the error statuses, 429, 504, a client
+//! that disconnects, SIGTERM's drain and the gallery across a restart.
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{assets, photos_of, wait_until, TempDir};
+use facepool::server::{App, ServerConfig};
+use facepool::service::{FaceConfig, FaceService};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "test-token-1";
+
+/// A server running in this process, on its own runtime thread.
+struct InProc {
+    addr: SocketAddr,
+    app: App,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProc {
+    /// A server with `config`, ready with a service built from the assets
+    /// (changed by `tweak`); `None`: never made ready.
+    fn start(config: ServerConfig, tweak: Option<&dyn Fn(&mut FaceConfig)>) -> Self {
+        let app = App::new(config);
+        if let Some(tweak) = tweak {
+            let mut c = FaceConfig::from_assets(&assets());
+            c.admission_wait = None;
+            tweak(&mut c);
+            let svc = FaceService::start(c).expect("the service starts");
+            app.ready(svc).expect("ready once");
+        }
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let router = app.router();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        Self {
+            addr,
+            app,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for InProc {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(svc) = self.app.service() {
+            svc.shutdown(Duration::from_secs(10));
+        }
+    }
+}
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        tokens: vec![TOKEN.to_owned(), "another".to_owned()],
+        ..ServerConfig::default()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// An HTTP answer: status, headers we look at, body.
+struct Answer {
+    status: u16,
+    retry_after: Option<String>,
+    content_type: String,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The error code of a JSON error answer.
+    fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or("").to_owned()
+    }
+}
+
+fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
+    let mut r = r.unwrap_or_else(|e| panic!("request failed: {e}"));
+    let h = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (retry_after, content_type) = (h("retry-after"), h("content-type").unwrap_or_default());
+    Answer {
+        status: r.status().as_u16(),
+        retry_after,
+        content_type,
+        body: r.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
+
+fn get(url: &str, token: Option<&str>) -> Answer {
+    let mut req = agent().get(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    answer(req.call())
+}
+
+fn send(method: &str, url: &str, token: Option<&str>, body: Value, headers: &[(&str, &str)]) -> Answer {
+    let a = agent();
+    let mut req = match method {
+        "PUT" => a.put(url),
+        _ => a.post(url),
+    }
+    .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    answer(req.send(body.to_string()))
+}
+
+fn post(url: &str, body: Value) -> Answer {
+    send("POST", url, Some(TOKEN), body, &[])
+}
+
+fn b64(path: &Path) -> String {
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
+}
+
+fn photo(person: &str, n: usize) -> PathBuf {
+    photos_of(person)[n].clone()
+}
+
+/// A multipart/form-data body of (field, bytes) parts.
+fn multipart(parts: &[(&str, Vec<u8>)]) -> (String, Vec<u8>) {
+    let boundary = "facepool-test-boundary-7d31";
+    let mut body = Vec::new();
+    for (name, bytes) in parts {
+        write!(
+            body,
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}.jpg\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .unwrap();
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    write!(body, "--{boundary}--\r\n").unwrap();
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn send_multipart(method: &str, url: &str, parts: &[(&str, Vec<u8>)]) -> Answer {
+    let (ct, body) = multipart(parts);
+    let a = agent();
+    let req = match method {
+        "PUT" => a.put(url),
+        _ => a.post(url),
+    };
+    answer(
+        req.header("content-type", ct)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .send(&body[..]),
+    )
+}
+
+/// Checks OpenMetrics/Prometheus text: comments, then `name{labels} value`
+/// samples with parseable values, and the `# EOF` end.
+fn check_prometheus_text(text: &str) -> usize {
+    let mut samples = 0;
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.pop(), Some("# EOF"), "ends with # EOF");
+    for l in lines {
+        if let Some(c) = l.strip_prefix("# ") {
+            assert!(
+                c.starts_with("HELP ") || c.starts_with("TYPE ") || c.starts_with("UNIT "),
+                "{l}"
+            );
+            continue;
+        }
+        let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {l}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{l}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "{l}");
+        }
+        assert!(
+            value == "+Inf" || value == "NaN" || value.parse::<f64>().is_ok(),
+            "{l}"
+        );
+        samples += 1;
+    }
+    samples
+}
+
+#[test]
+fn every_route_answers_and_the_gallery_works() {
+    let s = InProc::start(config(), Some(&|_| {}));
+    let (a, a2, b) = (
+        photo("John_Savage", 0),
+        photo("John_Savage", 1),
+        photo("John_Simm", 0),
+    );
+
+    assert_eq!(get(&s.url("/livez"), None).status, 200);
+    assert_eq!(get(&s.url("/readyz"), None).json()["status"], "ok");
+    let info = get(&s.url("/v1/info"), Some(TOKEN));
+    assert_eq!(info.status, 200, "{}", info.body);
+    let info = info.json();
+    assert_eq!(info["dimension"], 512);
+    assert_eq!(info["limits"]["max_body_bytes"], 8 << 20);
+
+    // Verify, as JSON and as multipart.
+    let v = post(
+        &s.url("/v1/verify"),
+        json!({"image1": b64(&a), "image2": b64(&a2)}),
+    );
+    assert_eq!(v.status, 200, "{}", v.body);
+    let v = v.json();
+    assert_eq!(
+        (v["same"].as_bool(), v["faces"][0].as_str()),
+        (Some(true), Some("aligned"))
+    );
+    assert!(v["timings_ms"]["inference"].as_f64().unwrap() > 0.0);
+    let v = send_multipart(
+        "POST",
+        &s.url("/v1/verify"),
+        &[
+            ("image1", std::fs::read(&a).unwrap()),
+            ("image2", std::fs::read(&b).unwrap()),
+        ],
+    );
+    assert_eq!(v.status, 200, "{}", v.body);
+    assert_eq!(v.json()["same"], false);
+
+    // Verify one source against many targets; a bad target fails alone.
+    let v = post(
+        &s.url("/v1/verify/batch"),
+        json!({"source": b64(&a), "targets": [b64(&a2), b64(&b), base64::engine::general_purpose::STANDARD.encode(b"not an image")]}),
+    );
+    assert_eq!(v.status, 200, "{}", v.body);
+    let v = v.json();
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 3);
+    assert_eq!(
+        (r[0]["same"].as_bool(), r[1]["same"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(r[2]["error"]["code"], "not_an_image", "{v}");
+
+    // Embed.
+    let e = post(&s.url("/v1/embed"), json!({"image": b64(&a)}));
+    assert_eq!(e.status, 200, "{}", e.body);
+    let e = e.json();
+    let norm: f64 = e["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap().powi(2))
+        .sum();
+    assert_eq!(e["dimension"], 512);
+    assert!((norm - 1.0).abs() < 1e-3, "{norm}");
+
+    // The gallery: enroll (JSON, then multipart with replace), list, get,
+    // identify, delete.
+    let id = post(&s.url("/v1/identify"), json!({"image": b64(&a2)}));
+    assert_eq!(
+        (id.status, id.json()["best"].clone()),
+        (200, Value::Null),
+        "{}",
+        id.body
+    );
+    let p = send(
+        "PUT",
+        &s.url("/v1/people/John_Savage"),
+        Some(TOKEN),
+        json!({"images": [b64(&a)], "meta": "{\"team\": 7}"}),
+        &[],
+    );
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert_eq!(
+        (p.json()["faces"].as_u64(), p.json()["meta"].as_str()),
+        (Some(1), Some("{\"team\": 7}"))
+    );
+    let p = send_multipart(
+        "PUT",
+        &s.url("/v1/people/John_Savage?replace=true"),
+        &[
+            ("images", std::fs::read(&a).unwrap()),
+            ("images", std::fs::read(&a2).unwrap()),
+        ],
+    );
+    assert_eq!(
+        (p.status, p.json()["faces"].as_u64()),
+        (200, Some(2)),
+        "{}",
+        p.body
+    );
+    let simm = send(
+        "PUT",
+        &s.url("/v1/people/John_Simm"),
+        Some(TOKEN),
+        json!({"images": [b64(&b)]}),
+        &[],
+    );
+    assert_eq!(simm.status, 200);
+    let list = get(&s.url("/v1/people?limit=1&offset=1"), Some(TOKEN)).json();
+    assert_eq!(
+        (list["total"].as_u64(), list["people"][0]["id"].as_str()),
+        (Some(2), Some("John_Simm"))
+    );
+    let one = get(&s.url("/v1/people/John_Savage"), Some(TOKEN));
+    assert_eq!((one.status, one.json()["faces"].as_u64()), (200, Some(2)));
+    let id = post(
+        &s.url("/v1/identify"),
+        json!({"image": b64(&photo("John_Savage", 3)), "k": 2}),
+    );
+    assert_eq!(id.status, 200, "{}", id.body);
+    let id = id.json();
+    assert_eq!(id["best"]["id"], "John_Savage", "{id}");
+    assert_eq!(id["matches"].as_array().unwrap().len(), 2);
+    let gone = agent()
+        .delete(&s.url("/v1/people/John_Savage"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .call();
+    let gone = answer(gone);
+    assert_eq!(
+        (gone.status, gone.json()["removed_faces"].as_u64()),
+        (200, Some(2))
+    );
+    let missing = get(&s.url("/v1/people/John_Savage"), Some(TOKEN));
+    assert_eq!(
+        (missing.status, missing.code()),
+        (404, "unknown_person".to_owned())
+    );
+
+    // Metrics, as Prometheus text.
+    let m = get(&s.url("/metrics"), None);
+    assert_eq!(m.status, 200);
+    assert!(m.content_type.contains("openmetrics"), "{}", m.content_type);
+    assert!(check_prometheus_text(&m.body) > 20);
+    for needle in [
+        "facepool_http_requests_total{route=\"/v1/verify\",method=\"POST\",status=\"200\"} 2",
+        "facepool_stage_duration_seconds_count{stage=\"inference\"}",
+        "facepool_pool_workers",
+        "facepool_batch_size_bucket",
+    ] {
+        assert!(m.body.contains(needle), "{needle} missing from\n{}", m.body);
+    }
+
+    // The OpenAPI document names every route.
+    let doc = get(&s.url("/openapi.json"), None).json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    for path in [
+        "/v1/verify",
+        "/v1/verify/batch",
+        "/v1/identify",
+        "/v1/embed",
+        "/v1/people",
+        "/v1/people/{id}",
+        "/v1/info",
+        "/livez",
+        "/readyz",
+        "/metrics",
+        "/debug/pprof/profile",
+        "/debug/pprof/flamegraph",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+}
+
+#[test]
+fn auth_and_bad_input_get_clear_errors() {
+    let s = InProc::start(
+        ServerConfig {
+            max_body: 64 << 10,
+            max_images: 4,
+            ..config()
+        },
+        Some(&|c: &mut FaceConfig| c.find.mode = facepool::face::FaceMode::Auto),
+    );
+    let a = b64(&photo("John_Savage", 0));
+    let url = s.url("/v1/verify");
+    let body = json!({"image1": a, "image2": a});
+    let no_token = send("POST", &url, None, body.clone(), &[]);
+    assert_eq!(
+        (no_token.status, no_token.code()),
+        (401, "unauthorized".to_owned())
+    );
+    let wrong = send("POST", &url, Some("wrong"), body.clone(), &[]);
+    assert_eq!((wrong.status, wrong.code()), (403, "forbidden".to_owned()));
+    assert_eq!(send("POST", &url, Some("another"), body.clone(), &[]).status, 200);
+    // Probes and metrics stay open.
+    assert_eq!(get(&s.url("/readyz"), None).status, 200);
+    assert_eq!(get(&s.url("/metrics"), None).status, 200);
+
+    // 413: body over the limit, too many images.
+    let big = "A".repeat(100 << 10);
+    let r = post(&url, json!({"image1": big, "image2": big}));
+    assert_eq!(
+        (r.status, r.code()),
+        (413, "body_too_large".to_owned()),
+        "{}",
+        r.body
+    );
+    let r = post(
+        &s.url("/v1/verify/batch"),
+        json!({"source": a, "targets": [a, a, a, a]}),
+    );
+    assert_eq!((r.status, r.code()), (413, "too_many_images".to_owned()));
+
+    // 400: bad JSON, unknown fields, bad base64, bad parameters.
+    let r = answer(
+        agent()
+            .post(&url)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
+            .send("{\"image1\": "),
+    );
+    assert_eq!((r.status, r.code()), (400, "bad_json".to_owned()), "{}", r.body);
+    let r = post(&url, json!({"image1": a, "image2": a, "extra": 1}));
+    assert_eq!((r.status, r.code()), (400, "bad_json".to_owned()));
+    let r = post(&url, json!({"image1": "%%%", "image2": a}));
+    assert_eq!((r.status, r.code()), (400, "bad_base64".to_owned()));
+    let r = post(&s.url("/v1/identify"), json!({"image": a, "k": 0}));
+    assert_eq!((r.status, r.code()), (400, "bad_k".to_owned()));
+    let r = get(&s.url("/v1/people?limit=zero"), Some(TOKEN));
+    assert_eq!((r.status, r.code()), (400, "bad_query".to_owned()));
+    let r = send_multipart("POST", &url, &[("image1", b"x".to_vec())]);
+    assert_eq!((r.status, r.code()), (400, "bad_form".to_owned()));
+
+    // 422: not an image, no face.
+    let text = base64::engine::general_purpose::STANDARD.encode(b"plain text, not a picture");
+    let r = post(&url, json!({"image1": text, "image2": a}));
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "not_an_image".to_owned()),
+        "{}",
+        r.body
+    );
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("image 1:"));
+    // A plain grey picture: decodes, has no face (small enough for the 64 KiB limit).
+    let mut grey = Vec::new();
+    image::RgbImage::from_pixel(320, 240, image::Rgb([128, 128, 128]))
+        .write_to(&mut std::io::Cursor::new(&mut grey), image::ImageFormat::Png)
+        .unwrap();
+    let grey = base64::engine::general_purpose::STANDARD.encode(grey);
+    let r = post(&url, json!({"image1": a, "image2": grey}));
+    assert_eq!((r.status, r.code()), (422, "no_face".to_owned()), "{}", r.body);
+
+    // 404: unknown person, unknown route (JSON errors both).
+    let r = get(&s.url("/v1/people/nobody"), Some(TOKEN));
+    assert_eq!((r.status, r.code()), (404, "unknown_person".to_owned()));
+    let r = get(&s.url("/v2/nothing"), None);
+    assert_eq!((r.status, r.code()), (404, "no_route".to_owned()));
+    let r = post(&s.url("/v1/identify"), json!({"image": a}));
+    assert_eq!(r.status, 200, "an empty gallery still answers: {}", r.body);
+}
+
+#[test]
+fn a_full_service_refuses_at_once_with_429_and_does_no_work() {
+    let s = InProc::start(config(), Some(&|c: &mut FaceConfig| c.queue = 8));
+    let svc = s.app.service().unwrap();
+    // Everything the service may hold is taken (as by other requests).
+    let held = svc.admit(8).unwrap();
+    let before = (svc.pool_stats().submitted, svc.batch_stats().submitted);
+    let a = b64(&photo("John_Savage", 0));
+    let t0 = Instant::now();
+    let r = post(&s.url("/v1/verify"), json!({"image1": a, "image2": a}));
+    let took = t0.elapsed();
+    assert_eq!((r.status, r.code()), (429, "overloaded".to_owned()), "{}", r.body);
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
+    assert_eq!(
+        (svc.pool_stats().submitted, svc.batch_stats().submitted),
+        before,
+        "no work was done"
+    );
+    eprintln!("429 in {took:?}");
+    drop(held);
+    assert_eq!(
+        post(&s.url("/v1/verify"), json!({"image1": a, "image2": a})).status,
+        200
+    );
+    // A request larger than the whole queue could never fit: 413, not 429.
+    let r = post(
+        &s.url("/v1/verify/batch"),
+        json!({"source": a, "targets": vec![a.clone(); 8]}),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (413, "too_many_faces".to_owned()),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
+fn a_short_deadline_answers_504() {
+    let s = InProc::start(config(), Some(&|_| {}));
+    let photo = b64(&assets().join("photos/faces/bald_guys.jpg"));
+    let r = send(
+        "POST",
+        &s.url("/v1/verify"),
+        Some(TOKEN),
+        json!({"image1": photo, "image2": photo}),
+        &[("x-request-timeout-ms", "1")],
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (504, "deadline_exceeded".to_owned()),
+        "{}",
+        r.body
+    );
+    let r = send(
+        "POST",
+        &s.url("/v1/verify"),
+        Some(TOKEN),
+        json!({"image1": photo, "image2": photo}),
+        &[("x-request-timeout-ms", "soon")],
+    );
+    assert_eq!((r.status, r.code()), (400, "bad_timeout".to_owned()));
+}
+
+#[test]
+fn a_client_that_disconnects_has_its_work_dropped() {
+    let s = InProc::start(
+        config(),
+        Some(&|c: &mut FaceConfig| {
+            c.find.mode = facepool::face::FaceMode::Detect;
+            c.workers = 1;
+        }),
+    );
+    let svc = s.app.service().unwrap();
+    let photo = b64(&assets().join("photos/faces/bald_guys.jpg"));
+    let body = json!({"image1": photo, "image2": photo}).to_string();
+    // Many requests whose images need detection, each client gone as soon
+    // as its request is sent.
+    for _ in 0..12 {
+        let mut c = TcpStream::connect(s.addr).unwrap();
+        write!(
+            c,
+            "POST /v1/verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        c.flush().unwrap();
+        drop(c);
+    }
+    wait_until("requests seen and ended", || {
+        let p = svc.pool_stats();
+        p.submitted > 0 && p.in_flight() == 0 && svc.admitted() == 0
+    });
+    let p = svc.pool_stats();
+    eprintln!("{p:?}");
+    assert!(
+        p.cancelled > 0,
+        "images of clients that left were still prepared: {p:?}"
+    );
+    assert!(p.completed < p.submitted);
+}
+
+#[test]
+fn not_ready_until_the_service_is_set() {
+    let s = InProc::start(config(), None);
+    let r = get(&s.url("/readyz"), None);
+    assert_eq!((r.status, r.json()["status"].as_str()), (503, Some("loading")));
+    assert_eq!(get(&s.url("/livez"), None).status, 200);
+    let r = post(&s.url("/v1/embed"), json!({"image": "AAAA"}));
+    assert_eq!((r.status, r.code()), (503, "not_ready".to_owned()));
+    assert!(r.retry_after.is_some());
+}
+
+/// The `serve` binary as a child process.
+struct Child {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Child {
+    fn start(dir: &Path, extra: &[&str]) -> Self {
+        std::fs::write(dir.join("tokens"), format!("# tokens\n{TOKEN}\n")).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_serve"))
+            .args(["--listen", "127.0.0.1:0", "--token-file"])
+            .arg(dir.join("tokens"))
+            .arg("--index")
+            .arg(dir.join("gallery.fpi"))
+            .arg("--assets")
+            .arg(assets())
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let out = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{line}"))
+            .to_owned();
+        let c = Self { child, addr };
+        wait_until("ready", || get(&c.url("/readyz"), None).status == 200);
+        c
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn wait(&mut self) -> i32 {
+        let limit = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < limit, "the server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sigterm_drains_admitted_requests_saves_the_gallery_and_it_survives_a_restart() {
+    let dir = TempDir::new("serve-drain");
+    let mut s = Child::start(dir.path(), &["--faces", "detect", "--threads", "1"]);
+    let simm = b64(&photo("John_Simm", 0));
+    let r = send(
+        "PUT",
+        &s.url("/v1/people/John_Simm"),
+        Some(TOKEN),
+        json!({"images": [simm]}),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A slow request in flight (a group photo against several targets, with
+    // detection), then SIGTERM while it runs.
+    let photo = b64(&assets().join("photos/faces/bald_guys.jpg"));
+    let url = s.url("/v1/verify/batch");
+    let slow =
+        std::thread::spawn(move || post(&url, json!({"source": photo, "targets": vec![photo.clone(); 6]})));
+    std::thread::sleep(Duration::from_millis(300));
+    s.terminate();
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200, "the admitted request finished: {}", r.body);
+    assert_eq!(r.json()["results"].as_array().unwrap().len(), 6);
+    assert_eq!(s.wait(), 0, "a clean exit");
+    assert!(dir.path().join("gallery.fpi").is_file(), "the gallery was saved");
+
+    // The gallery survives a restart.
+    let s2 = Child::start(dir.path(), &[]);
+    let r = get(&s2.url("/v1/people/John_Simm"), Some(TOKEN));
+    assert_eq!(
+        (r.status, r.json()["faces"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        r.body
+    );
+    let id = post(&s2.url("/v1/identify"), json!({"image": b64(&photo_of_simm())}));
+    assert_eq!(id.json()["best"]["id"], "John_Simm", "{}", id.body);
+}
+
+fn photo_of_simm() -> PathBuf {
+    photo("John_Simm", 4)
+}
+
+#[test]
+fn serve_refuses_to_start_without_tokens_or_with_a_bad_model() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_serve"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--token-file"));
+    let dir = TempDir::new("serve-bad-model");
+    std::fs::write(dir.path().join("tokens"), "t\n").unwrap();
+    std::fs::write(dir.path().join("model.onnx"), b"not a model").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_serve"))
+        .args(["--listen", "127.0.0.1:0", "--token-file"])
+        .arg(dir.path().join("tokens"))
+        .arg("--model")
+        .arg(dir.path().join("model.onnx"))
+        .arg("--assets")
+        .arg(assets())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -420,7 +420,7 @@ fn faces_of(r: &FaceResult) -> String {
 }
 
 #[utoipa::path(post, path = "/v1/verify", request_body = VerifyRequest,
-    responses((status = 200, body = VerifyResponse), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)),
+    responses((status = 200, body = VerifyResponse), (status = 400, description = "Malformed request: bad JSON, base64, form or parameter", body = ErrorBody), (status = 401, description = "No bearer token", body = ErrorBody), (status = 403, description = "Wrong bearer token", body = ErrorBody), (status = 413, description = "Body, images or faces over the limits", body = ErrorBody), (status = 422, description = "Not an image, over the decode limits, or no face", body = ErrorBody), (status = 429, description = "At capacity: nothing was done (see Retry-After)", body = ErrorBody), (status = 500, description = "Model, index or gallery failure", body = ErrorBody), (status = 503, description = "Not ready yet, or shutting down (see Retry-After)", body = ErrorBody), (status = 504, description = "The request's deadline passed", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn verify(
     State(app): State<App>,
@@ -464,7 +464,7 @@ fn missing<T>() -> Result<T, ApiError> {
 }
 
 #[utoipa::path(post, path = "/v1/verify/batch", request_body = VerifyBatchRequest,
-    responses((status = 200, body = VerifyBatchResponse), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)),
+    responses((status = 200, body = VerifyBatchResponse), (status = 400, description = "Malformed request: bad JSON, base64, form or parameter", body = ErrorBody), (status = 401, description = "No bearer token", body = ErrorBody), (status = 403, description = "Wrong bearer token", body = ErrorBody), (status = 413, description = "Body, images or faces over the limits", body = ErrorBody), (status = 422, description = "Not an image, over the decode limits, or no face", body = ErrorBody), (status = 429, description = "At capacity: nothing was done (see Retry-After)", body = ErrorBody), (status = 500, description = "Model, index or gallery failure", body = ErrorBody), (status = 503, description = "Not ready yet, or shutting down (see Retry-After)", body = ErrorBody), (status = 504, description = "The request's deadline passed", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn verify_batch(
     State(app): State<App>,
@@ -543,7 +543,7 @@ async fn verify_batch(
 }
 
 #[utoipa::path(post, path = "/v1/identify", request_body = IdentifyRequest,
-    responses((status = 200, body = IdentifyResponse), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)),
+    responses((status = 200, body = IdentifyResponse), (status = 400, description = "Malformed request: bad JSON, base64, form or parameter", body = ErrorBody), (status = 401, description = "No bearer token", body = ErrorBody), (status = 403, description = "Wrong bearer token", body = ErrorBody), (status = 413, description = "Body, images or faces over the limits", body = ErrorBody), (status = 422, description = "Not an image, over the decode limits, or no face", body = ErrorBody), (status = 429, description = "At capacity: nothing was done (see Retry-After)", body = ErrorBody), (status = 500, description = "Model, index or gallery failure", body = ErrorBody), (status = 503, description = "Not ready yet, or shutting down (see Retry-After)", body = ErrorBody), (status = 504, description = "The request's deadline passed", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn identify(
     State(app): State<App>,
@@ -592,7 +592,7 @@ async fn identify(
 }
 
 #[utoipa::path(post, path = "/v1/embed", request_body = EmbedRequest,
-    responses((status = 200, body = EmbedResponse), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)),
+    responses((status = 200, body = EmbedResponse), (status = 400, description = "Malformed request: bad JSON, base64, form or parameter", body = ErrorBody), (status = 401, description = "No bearer token", body = ErrorBody), (status = 403, description = "Wrong bearer token", body = ErrorBody), (status = 413, description = "Body, images or faces over the limits", body = ErrorBody), (status = 422, description = "Not an image, over the decode limits, or no face", body = ErrorBody), (status = 429, description = "At capacity: nothing was done (see Retry-After)", body = ErrorBody), (status = 500, description = "Model, index or gallery failure", body = ErrorBody), (status = 503, description = "Not ready yet, or shutting down (see Retry-After)", body = ErrorBody), (status = 504, description = "The request's deadline passed", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn embed(
     State(app): State<App>,
@@ -647,7 +647,7 @@ fn person_id(id: &str) -> Result<&str, ApiError> {
 
 #[utoipa::path(put, path = "/v1/people/{id}", request_body = EnrollRequest,
     params(("id" = String, Path, description = "The person's id"), EnrollQuery),
-    responses((status = 200, body = PersonBody), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)),
+    responses((status = 200, body = PersonBody), (status = 400, description = "Malformed request: bad JSON, base64, form or parameter", body = ErrorBody), (status = 401, description = "No bearer token", body = ErrorBody), (status = 403, description = "Wrong bearer token", body = ErrorBody), (status = 413, description = "Body, images or faces over the limits", body = ErrorBody), (status = 422, description = "Not an image, over the decode limits, or no face", body = ErrorBody), (status = 429, description = "At capacity: nothing was done (see Retry-After)", body = ErrorBody), (status = 500, description = "Model, index or gallery failure", body = ErrorBody), (status = 503, description = "Not ready yet, or shutting down (see Retry-After)", body = ErrorBody), (status = 504, description = "The request's deadline passed", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn enroll(
     State(app): State<App>,
@@ -706,7 +706,7 @@ async fn enroll(
 }
 
 #[utoipa::path(get, path = "/v1/people", params(PageQuery),
-    responses((status = 200, body = PeoplePage), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, body = PeoplePage), (status = 400, description = "Malformed request: bad JSON, base64, form or parameter", body = ErrorBody), (status = 401, description = "No bearer token", body = ErrorBody), (status = 403, description = "Wrong bearer token", body = ErrorBody), (status = 503, description = "Not ready yet, or shutting down (see Retry-After)", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn list_people(
     State(app): State<App>,
@@ -740,7 +740,7 @@ async fn list_people(
 }
 
 #[utoipa::path(get, path = "/v1/people/{id}", params(("id" = String, Path, description = "The person's id")),
-    responses((status = 200, body = PersonBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = PersonBody), (status = 400, description = "Malformed request: bad JSON, base64, form or parameter", body = ErrorBody), (status = 401, description = "No bearer token", body = ErrorBody), (status = 403, description = "Wrong bearer token", body = ErrorBody), (status = 404, description = "Unknown person", body = ErrorBody), (status = 503, description = "Not ready yet, or shutting down (see Retry-After)", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn get_person(
     State(app): State<App>,
@@ -762,7 +762,7 @@ async fn get_person(
 }
 
 #[utoipa::path(delete, path = "/v1/people/{id}", params(("id" = String, Path, description = "The person's id")),
-    responses((status = 200, body = RemovedBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = RemovedBody), (status = 400, description = "Malformed request: bad JSON, base64, form or parameter", body = ErrorBody), (status = 401, description = "No bearer token", body = ErrorBody), (status = 403, description = "Wrong bearer token", body = ErrorBody), (status = 404, description = "Unknown person", body = ErrorBody), (status = 500, description = "Model, index or gallery failure", body = ErrorBody), (status = 503, description = "Not ready yet, or shutting down (see Retry-After)", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn remove_person(
     State(app): State<App>,
@@ -782,7 +782,7 @@ async fn remove_person(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/info", responses((status = 200, body = InfoBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/info", responses((status = 200, body = InfoBody), (status = 401, description = "No bearer token", body = ErrorBody), (status = 403, description = "Wrong bearer token", body = ErrorBody), (status = 503, description = "Not ready yet, or shutting down (see Retry-After)", body = ErrorBody)), security(("bearer" = [])))]
 async fn info(State(app): State<App>) -> Result<Json<InfoBody>, ApiError> {
     let svc = app.ready_service()?;
     let c = svc.config();
@@ -806,7 +806,7 @@ async fn info(State(app): State<App>) -> Result<Json<InfoBody>, ApiError> {
     }))
 }
 
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus (OpenMetrics) text", content_type = "application/openmetrics-text")))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus (OpenMetrics) text", content_type = "application/openmetrics-text"), (status = 401, description = "No bearer token", body = ErrorBody), (status = 403, description = "Wrong bearer token", body = ErrorBody), (status = 500, description = "Model, index or gallery failure", body = ErrorBody)))]
 async fn metrics_text(State(app): State<App>) -> Response {
     match app.inner.metrics.encode() {
         Ok(text) => (
@@ -855,7 +855,7 @@ async fn profile(
 }
 
 #[utoipa::path(get, path = "/debug/pprof/profile", params(ProfileQuery),
-    responses((status = 200, description = "A pprof protobuf", content_type = "application/octet-stream"), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "A pprof protobuf", content_type = "application/octet-stream"), (status = 400, description = "Malformed request: bad JSON, base64, form or parameter", body = ErrorBody), (status = 401, description = "No bearer token", body = ErrorBody), (status = 403, description = "Wrong bearer token", body = ErrorBody), (status = 409, description = "A profile is already being taken", body = ErrorBody), (status = 500, description = "Model, index or gallery failure", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn pprof_profile(
     State(app): State<App>,
@@ -867,7 +867,7 @@ async fn pprof_profile(
 }
 
 #[utoipa::path(get, path = "/debug/pprof/flamegraph", params(ProfileQuery),
-    responses((status = 200, description = "A flamegraph", content_type = "image/svg+xml"), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "A flamegraph", content_type = "image/svg+xml"), (status = 400, description = "Malformed request: bad JSON, base64, form or parameter", body = ErrorBody), (status = 401, description = "No bearer token", body = ErrorBody), (status = 403, description = "Wrong bearer token", body = ErrorBody), (status = 409, description = "A profile is already being taken", body = ErrorBody), (status = 500, description = "Model, index or gallery failure", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn pprof_flamegraph(
     State(app): State<App>,

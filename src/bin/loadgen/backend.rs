@@ -165,6 +165,7 @@ pub fn synthetic(profile: &Profile, mode: Mode) -> Result<Arc<dyn Target>, Strin
             prepare,
             pool: pool(request_queue(profile))?,
         }),
+        Mode::Http => return Err("an HTTP target is not built here".into()),
         Mode::PoolBatch => {
             let handler_ds = ds.clone();
             let batcher = Batcher::builder(batch_policy(profile))
@@ -448,6 +449,7 @@ impl Real {
                     .map_err(|e| format!("pool: {e}"))?;
                 Arc::new(RealPool { shared, pool })
             }
+            Mode::Http => return Err("an HTTP target is not built here".into()),
             Mode::PoolBatch => {
                 let r = &profile.runtime;
                 // The same core budget as the service's own defaults.

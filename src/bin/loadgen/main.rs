@@ -6,14 +6,22 @@
 //! loadgen --profile profiles/saturate.toml --modes direct,pool,pool+batch
 //! loadgen --profile profiles/overload.toml --synthetic --json --out results/
 //! loadgen --profile profiles/steady.toml --check
+//! loadgen --profile profiles/http_saturate.toml --target http://127.0.0.1:8080 --token T
+//! loadgen --profile profiles/http_overload.toml --target serve=http://127.0.0.1:8080 \
+//!         --target-pid serve=1234 --target python=http://127.0.0.1:8099 --out results/
 //! ```
 //!
+//! With `--target`, the profile's requests go over HTTP to running
+//! services, one after another, instead of to the in-process modes.
+//!
 //! It stops by itself (the profile bounds every run), never retries, and
-//! touches nothing outside the process but the files it is told to write.
+//! touches nothing outside the process but the files it is told to write
+//! (and the services it is pointed at).
 //! Exit codes: 0 after a run (with `--strict`: only if every SLO held),
 //! 1 when `--strict` and an SLO was missed, 2 for usage and set-up errors.
 
 mod backend;
+mod http;
 mod profile;
 mod report;
 mod run;
@@ -83,6 +91,17 @@ struct Args {
     /// Write the run's CPU profile in pprof's protobuf format.
     #[arg(long)]
     pprof: Option<PathBuf>,
+    /// Drive a running service over HTTP instead of the in-process modes:
+    /// `[LABEL=]http://HOST:PORT`; several run one after another.
+    #[arg(long)]
+    target: Vec<http::TargetSpec>,
+    /// The Bearer token sent to the targets.
+    #[arg(long, env = "FACEPOOL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Sample this process's memory (and its children's) during the run of
+    /// the target with the same label: `[LABEL=]PID`.
+    #[arg(long)]
+    target_pid: Vec<http::PidSpec>,
 }
 
 fn main() -> ExitCode {
@@ -138,6 +157,10 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     let capture = Capture::start(args.flamegraph.clone(), args.pprof.clone()).map_err(|e| e.to_string())?;
+    if !args.target.is_empty() {
+        let runs = run_http(args, &profile)?;
+        return finish(args, &profile, &name, runs, capture, "HTTP".into());
+    }
     let real = if args.synthetic {
         None
     } else {
@@ -157,22 +180,72 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         if !args.json && !show {
             eprintln!("running {} ...", mode.name());
         }
-        runs.push(run::run_mode(&profile, mode, target, photos, show));
+        let label = mode.name().to_owned();
+        runs.push(run::run_mode(
+            &profile,
+            (mode, label),
+            target,
+            photos,
+            (show, None),
+        ));
     }
+    let backend = report::backend_line(
+        &profile,
+        real.as_ref().map(|r| r.backend().used.to_string()).as_deref(),
+        photos,
+    );
+    finish(args, &profile, &name, runs, capture, backend)
+}
+
+/// Runs the profile against each `--target` in turn.
+fn run_http(args: &Args, profile: &Profile) -> Result<Vec<run::ModeRun>, String> {
+    let assets = FaceConfig::locate_assets(args.assets.clone());
+    let photos = backend::Photos::load(&assets, profile.request.images)?;
+    let bodies = http::encode(&photos);
+    let show = !args.json && std::io::stderr().is_terminal();
+    let mut runs = Vec::new();
+    for spec in &args.target {
+        let target = http::Http::new(spec, args.token.as_deref(), bodies.clone(), profile);
+        target.probe()?;
+        let pid = args
+            .target_pid
+            .iter()
+            .find(|p| p.label.as_deref().is_none_or(|l| l == spec.label))
+            .map(|p| p.pid);
+        if !args.json && !show {
+            eprintln!("running {} ({}) ...", spec.label, spec.url);
+        }
+        let label = (Mode::Http, spec.label.clone());
+        runs.push(run::run_mode(
+            profile,
+            label,
+            Arc::new(target),
+            photos.len(),
+            (show, pid),
+        ));
+    }
+    Ok(runs)
+}
+
+/// Reports the runs: the table or JSON, the files, the CPU profile.
+fn finish(
+    args: &Args,
+    profile: &Profile,
+    name: &str,
+    runs: Vec<run::ModeRun>,
+    capture: Option<Capture>,
+    backend: String,
+) -> Result<ExitCode, String> {
     let report = report::Report {
-        profile: name.clone(),
+        profile: name.to_owned(),
         description: profile.description.clone(),
         arrival: profile.arrival_line(),
-        backend: report::backend_line(
-            &profile,
-            real.as_ref().map(|r| r.backend().used.to_string()).as_deref(),
-            photos,
-        ),
+        backend,
         slo: profile.slo.clone(),
         modes: runs.iter().map(|r| report::summarise(r, &profile.slo)).collect(),
     };
     if let Some(dir) = &args.out {
-        let files = report::write_out(dir, &runs, &name)?;
+        let files = report::write_out(dir, &runs, name)?;
         if !args.json {
             eprintln!("wrote {} files to {}", files.len(), dir.display());
         }

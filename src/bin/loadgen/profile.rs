@@ -51,6 +51,9 @@ pub enum Mode {
     /// all requests into model runs.
     #[serde(rename = "pool+batch")]
     PoolBatch,
+    /// A running service over HTTP (`--target`), however it serves.
+    #[serde(skip)]
+    Http,
 }
 
 impl Mode {
@@ -59,6 +62,7 @@ impl Mode {
             Mode::Direct => "direct",
             Mode::Pool => "pool",
             Mode::PoolBatch => "pool+batch",
+            Mode::Http => "http",
         }
     }
 }

@@ -23,7 +23,7 @@ pub struct Latency {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ModeReport {
-    pub mode: &'static str,
+    pub mode: String,
     /// Requests sent per second of sending.
     pub offered_rps: f64,
     /// Requests answered per second, from the first send to the last answer.
@@ -146,7 +146,7 @@ pub fn summarise(run: &ModeRun, slo: &Slo) -> ModeReport {
         });
     }
     ModeReport {
-        mode: run.mode.name(),
+        mode: run.label.clone(),
         offered_rps: round(run.sent as f64 / secs(run.send_time), 1),
         throughput_rps: round(completed as f64 / secs(run.total_time), 1),
         faces_per_sec: round(faces as f64 / secs(run.total_time), 1),
@@ -239,7 +239,7 @@ pub fn write_out(dir: &Path, runs: &[ModeRun], profile_name: &str) -> Result<Vec
         Ok(())
     };
     for run in runs {
-        let m = file_name(run.mode.name());
+        let m = file_name(run.label.as_str());
         let h = histograms(run);
         write(
             format!("{m}.latency.hgrm"),
@@ -284,7 +284,7 @@ fn windows(run: &ModeRun) -> Vec<(f64, [f64; 2])> {
 /// Latency over time: p50 and p99 of answered requests per second of send
 /// time, a line per mode.
 fn plot(path: &Path, runs: &[ModeRun], profile_name: &str) -> Result<(), String> {
-    let series: Vec<_> = runs.iter().map(|r| (r.mode.name(), windows(r))).collect();
+    let series: Vec<_> = runs.iter().map(|r| (r.label.as_str(), windows(r))).collect();
     let x_max = series
         .iter()
         .flat_map(|(_, w)| w.iter().map(|p| p.0))

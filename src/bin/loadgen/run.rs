@@ -37,7 +37,8 @@ pub enum Kind {
 
 /// What one mode's run recorded.
 pub struct ModeRun {
-    pub mode: Mode,
+    /// The name in the report: the mode's, or an HTTP target's label.
+    pub label: String,
     /// Every request sent, answered or not, in completion order.
     pub samples: Vec<Sample>,
     /// Requests sent (scheduled, for an open loop).
@@ -177,13 +178,16 @@ impl Shapes {
 
 /// Runs `mode` against `target` as `profile` says. `photos` is the size of
 /// the image set requests draw from.
+/// `label` names the run in the report; the memory sampled is this
+/// process's, or `rss_pid`'s and its descendants' (a service under test).
 pub fn run_mode(
     profile: &Profile,
-    mode: Mode,
+    (mode, label): (Mode, String),
     target: Arc<dyn Target>,
     photos: usize,
-    show: bool,
+    (show, rss_pid): (bool, Option<u32>),
 ) -> ModeRun {
+    let rss_mb = move || rss_pid.map_or_else(rss_mb, crate::http::rss_tree_mb);
     let shapes = Shapes {
         rng: Mutex::new(fastrand::Rng::with_seed(0x5eed)),
         faces: profile.request.faces.bounds(),
@@ -208,7 +212,7 @@ pub fn run_mode(
     let start = Instant::now();
     let rec = Arc::new(Recorder::new(start));
     let sent = Arc::new(AtomicU64::new(0));
-    let bar = progress(profile, mode, show);
+    let bar = progress(profile, &label, show);
     let ticker = {
         let (rec, sent, stop, bar) = (rec.clone(), sent.clone(), stop.clone(), bar.clone());
         let window = profile.send_window();
@@ -257,7 +261,7 @@ pub fn run_mode(
     let samples = std::mem::take(&mut *lock(&rec.samples));
     let failures = std::mem::take(&mut *lock(&rec.failures));
     ModeRun {
-        mode,
+        label,
         samples,
         sent: sent.load(Ordering::Relaxed),
         send_time,
@@ -271,7 +275,7 @@ pub fn run_mode(
     }
 }
 
-fn progress(profile: &Profile, mode: Mode, show: bool) -> ProgressBar {
+fn progress(profile: &Profile, label: &str, show: bool) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
@@ -281,7 +285,7 @@ fn progress(profile: &Profile, mode: Mode, show: bool) -> ProgressBar {
         (None, None) => (0, ""),
     };
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    let template = format!("{:<10} [{{bar:30}}] {unit} {{msg}}", mode.name());
+    let template = format!("{label:<10} [{{bar:30}}] {unit} {{msg}}");
     if let Ok(style) = ProgressStyle::with_template(&template) {
         bar.set_style(style.progress_chars("=> "));
     }

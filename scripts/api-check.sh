@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Property tests of the HTTP API from its own OpenAPI document: starts
+# `serve` on a free loopback port with a throwaway gallery and token, and
+# lets schemathesis (PyPI, pinned in tests/api/requirements.txt, installed
+# into target/api-venv) send it generated requests, valid and invalid, to
+# every operation. Fails on any 5xx, and on any answer whose status, content
+# type, headers or body the document does not describe.
+#
+#   bash scripts/api-check.sh [MAX_EXAMPLES]     (default 100 per operation)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+examples="${1:-100}"
+
+venv=target/api-venv
+if [ ! -x "$venv/bin/schemathesis" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q -r tests/api/requirements.txt
+fi
+
+bash scripts/fetch-assets.sh >/dev/null
+cargo build -q --bin serve
+
+work="$(mktemp -d)"
+serve_pid=""
+cleanup() {
+    if [ -n "$serve_pid" ]; then
+        kill -TERM "$serve_pid" 2>/dev/null || true
+        wait "$serve_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+token="api-check-$RANDOM$RANDOM"
+printf '%s\n' "$token" > "$work/tokens"
+mkfifo "$work/out"
+# Small limits so that generated requests stay cheap: four images per
+# request, 2 MiB bodies, a 20 s timeout.
+target/debug/serve --listen 127.0.0.1:0 --index "$work/gallery.fpi" --token-file "$work/tokens" \
+    --max-images 4 --max-body 2097152 \
+    > "$work/out" 2> "$work/serve.log" &
+serve_pid=$!
+exec 3< "$work/out"
+addr=""
+if read -r -t 120 line <&3; then
+    addr="${line#listening on }"
+fi
+if [ -z "$addr" ]; then
+    echo "api-check: serve did not start:" >&2
+    cat "$work/serve.log" >&2
+    exit 1
+fi
+base="http://$addr"
+# Ready once the models and the gallery are loaded.
+python3 - "$base/readyz" <<'PY'
+import sys, time, urllib.request
+for _ in range(600):
+    try:
+        if urllib.request.urlopen(sys.argv[1], timeout=5).status == 200:
+            sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.1)
+sys.exit("api-check: serve never became ready")
+PY
+
+# Operations that sample the CPU for seconds are left out (their
+# parameters are still checked by tests/server.rs).
+"$venv/bin/schemathesis" run "$base/openapi.json" \
+    --header "Authorization: Bearer $token" \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,negative_data_rejection \
+    --phases examples,coverage,fuzzing \
+    --max-examples "$examples" \
+    --exclude-path-regex '^/debug/' \
+    --request-timeout 30 \
+    --workers 2 \
+    --seed 1 \
+    --no-color

@@ -54,9 +54,11 @@ struct Args {
     /// Most images in one request.
     #[arg(long, env = "FACEPOOL_MAX_IMAGES", default_value_t = 64)]
     max_images: usize,
-    /// Faces in flight at most; more are refused with 429.
-    #[arg(long, env = "FACEPOOL_QUEUE", default_value_t = 256)]
-    queue: usize,
+    /// Faces admitted at most (waiting or in work); more are refused with
+    /// 429. Default: 48 per core, about half a second of work for a CPU
+    /// backend, so that admitted requests keep a bounded latency.
+    #[arg(long, env = "FACEPOOL_QUEUE")]
+    queue: Option<usize>,
     /// A request's timeout when it sets no X-Request-Timeout-Ms, ms.
     #[arg(long, env = "FACEPOOL_TIMEOUT_MS", default_value_t = 30_000)]
     timeout_ms: u64,
@@ -101,11 +103,20 @@ fn logging(json: bool) {
     }
 }
 
+/// Faces admitted per core by default: a CPU core embeds about 80 faces a
+/// second, so 48 is about 0.6 s of queue. Measured on 2 cores at twice the
+/// capacity (benches/peers/http_compare.sh): 256 faces kept the admitted
+/// p99 at 1.7 s, 128 at 1.04 s, 96 at 0.69 s, at the same throughput.
+const QUEUE_PER_CORE: usize = 48;
+
 /// Loads the models and the gallery (on a thread of its own, while the
 /// server already answers its probes).
 fn load(args: &Args) -> Result<FaceService, String> {
     let mut c = config(&args.service);
-    c.queue = args.queue.max(1);
+    c.queue = args
+        .queue
+        .unwrap_or_else(|| QUEUE_PER_CORE * facepool::service::budget::cores())
+        .max(1);
     // A server sheds load: a full queue refuses at once (429).
     c.admission_wait = None;
     let mut svc = FaceService::start(c).map_err(|e| e.to_string())?;

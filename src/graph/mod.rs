@@ -129,9 +129,12 @@ impl RunOptions {
         }
     }
 
-    /// A run that must end within `d` from now.
+    /// A run that must end within `d` from now (no deadline if `d` is too
+    /// far to represent).
     pub fn within(d: Duration) -> Self {
-        Self::deadline(Instant::now() + d)
+        Self {
+            deadline: Instant::now().checked_add(d),
+        }
     }
 }
 
@@ -141,8 +144,9 @@ impl<I: Send + Sync + 'static> Graph<I> {
         GraphBuilder::new()
     }
 
-    /// Starts a run on `pool` with `input`; returns at once (once the roots
-    /// are submitted).
+    /// Starts a run on `pool` with `input` and returns once its roots are
+    /// submitted (a blocking pool that is full makes this wait, as
+    /// `submit` does; see the module's notes on admission).
     pub fn run<S: 'static>(&self, pool: &Pool<S>, input: I) -> RunHandle {
         self.run_with(pool, input, RunOptions::default())
     }

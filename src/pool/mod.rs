@@ -44,12 +44,15 @@ pub use self::multi::{Balance, MultiPool};
 pub use self::worker_queue::IdleOrder;
 
 use self::core::{Shared, Task, Wait};
-use self::handle::{ExecJob, HandleJob, Job};
+#[cfg(not(loom))]
+use self::handle::Job;
+use self::handle::{ExecJob, HandleJob};
 use self::job::JobBox;
 
 /// A job the pool refused, handed back to its submitter so that it can
 /// note why before the job is dropped (a graph node's job ends its node
 /// when dropped unrun).
+#[cfg(not(loom))]
 pub(crate) struct RefusedJob<S: 'static>(#[allow(dead_code)] Task<S>);
 
 /// A point-in-time view of the pool's gauges and counters.
@@ -292,7 +295,9 @@ impl<S: 'static> Pool<S> {
     /// itself through [`Job`] instead of a result handle. It never blocks
     /// when `from_runtime` is set or when called on one of this pool's own
     /// workers (a worker waiting for room would wait for itself); otherwise
-    /// it waits as `submit` does.
+    /// it waits as `submit` does. (The graph, its only user, has no loom
+    /// model.)
+    #[cfg(not(loom))]
     pub(crate) fn push_job<J: Job<S> + 'static>(
         &self,
         job: J,

@@ -8,12 +8,17 @@
 //!   callers into one downstream call and splits the results back, and the
 //!   batch-completion synchronizer ([`batch::map_completed`]);
 //! - [`guard`]: rate limit, timeout, retry with backoff, circuit breaker and
-//!   degrade, as small wrappers around any call.
+//!   degrade, as small wrappers around any call;
+//! - [`graph`]: dependency-graph scheduling on the pool: each node submitted
+//!   by the end of its last input, with per-node timeout, default, retry and
+//!   breaker, cancellation, and per-node timings.
 #![warn(missing_docs)]
 
 pub mod batch;
 #[cfg(feature = "face")]
 pub mod face;
+#[cfg(not(loom))]
+pub mod graph;
 pub mod guard;
 #[cfg(feature = "index")]
 pub mod index;

@@ -44,8 +44,16 @@ pub use self::multi::{Balance, MultiPool};
 pub use self::worker_queue::IdleOrder;
 
 use self::core::{Shared, Task, Wait};
+#[cfg(not(loom))]
+use self::handle::Job;
 use self::handle::{ExecJob, HandleJob};
 use self::job::JobBox;
+
+/// A job the pool refused, handed back to its submitter so that it can
+/// note why before the job is dropped (a graph node's job ends its node
+/// when dropped unrun).
+#[cfg(not(loom))]
+pub(crate) struct RefusedJob<S: 'static>(#[allow(dead_code)] Task<S>);
 
 /// A point-in-time view of the pool's gauges and counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -281,6 +289,31 @@ impl<S: 'static> Pool<S> {
         let (task, handle) = Self::make_task(f, JobOptions::default());
         self.push_task(task, Wait::Block(None)).map_err(|(_, e)| e)?;
         Ok(handle)
+    }
+
+    /// Submits one of the runtime's own jobs (a graph node), which ends
+    /// itself through [`Job`] instead of a result handle. It never blocks
+    /// when `from_runtime` is set or when called on one of this pool's own
+    /// workers (a worker waiting for room would wait for itself); otherwise
+    /// it waits as `submit` does. (The graph, its only user, has no loom
+    /// model.)
+    #[cfg(not(loom))]
+    pub(crate) fn push_job<J: Job<S> + 'static>(
+        &self,
+        job: J,
+        deadline: Option<Instant>,
+        from_runtime: bool,
+    ) -> Result<(), (RefusedJob<S>, SubmitError)> {
+        let wait = if from_runtime || core::on_worker_of(self.shared()) {
+            Wait::No
+        } else {
+            self.default_wait()
+        };
+        let task = Task {
+            job: JobBox::new(job),
+            deadline,
+        };
+        self.push_task(task, wait).map_err(|(t, e)| (RefusedJob(t), e))
     }
 
     /// How many jobs the pool holds at most: running plus waiting.

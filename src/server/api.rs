@@ -362,9 +362,20 @@ pub async fn read_input<T: serde::de::DeserializeOwned>(
         }
         return Ok(Input::Form(form));
     }
-    let bytes = axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|_| ApiError::too_large(limit))?;
+    let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+        // The length limit is 413; a broken or aborted upload is 400.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+        let mut over = false;
+        while let Some(c) = cause {
+            over |= c.is::<http_body_util::LengthLimitError>();
+            cause = c.source();
+        }
+        if over {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::bad_request("bad_body", format!("cannot read the body: {e}"))
+        }
+    })?;
     serde_json::from_slice(&bytes)
         .map(Input::Json)
         .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))

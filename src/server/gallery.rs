@@ -4,7 +4,7 @@
 //! are served by the next one.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
@@ -18,13 +18,22 @@ pub struct Gallery {
     tx: mpsc::Sender<Reply>,
     index: Index,
     path: PathBuf,
+    /// Held across each whole save (its snapshot and its rename), so two
+    /// saves never race and the last rename is of the newest snapshot.
+    one: Arc<Mutex<()>>,
+}
+
+fn save(one: &Mutex<()>, index: &Index, path: &std::path::Path) -> Result<(), String> {
+    let _one = one.lock().unwrap_or_else(PoisonError::into_inner);
+    index.save(path).map_err(|e| e.to_string())
 }
 
 impl Gallery {
     /// Starts the writer of `index` to `path`.
     pub fn start(index: Index, path: PathBuf) -> Self {
         let (tx, rx) = mpsc::channel::<Reply>();
-        let (idx, p) = (index.clone(), path.clone());
+        let one = Arc::new(Mutex::new(()));
+        let (idx, p, lock) = (index.clone(), path.clone(), one.clone());
         let spawned = std::thread::Builder::new()
             .name("gallery-writer".to_owned())
             .spawn(move || {
@@ -32,17 +41,18 @@ impl Gallery {
                     // Everything asked so far is covered by one save.
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
-                    let r = idx.save(&p).map_err(|e| e.to_string());
+                    let r = save(&lock, &idx, &p);
                     for w in waiting {
                         let _ = w.send(r.clone());
                     }
                 }
             });
         if let Err(e) = spawned {
-            // Without a writer, saves happen on the caller's thread.
-            tracing::warn!("cannot start the gallery writer ({e}); saves will be inline");
+            // Without a writer, changes answer 500 (never a file write on
+            // a tokio worker); the save at shutdown still runs.
+            tracing::error!("cannot start the gallery writer ({e}); changes cannot be saved until a restart");
         }
-        Self { tx, index, path }
+        Self { tx, index, path, one }
     }
 
     /// Saves the gallery; done when the file holds at least the index as it
@@ -50,13 +60,13 @@ impl Gallery {
     pub async fn save(&self) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(tx).is_err() {
-            return self.save_now();
+            return Err("the gallery writer is not running".to_owned());
         }
         rx.await.map_err(|_| "the gallery writer stopped".to_owned())?
     }
 
-    /// Saves on the calling thread (at shutdown).
+    /// Saves on the calling thread (at shutdown), after any save under way.
     pub fn save_now(&self) -> Result<(), String> {
-        self.index.save(&self.path).map_err(|e| e.to_string())
+        save(&self.one, &self.index, &self.path)
     }
 }

@@ -348,7 +348,17 @@ impl FaceService {
             max_delay: config.batch_delay,
             in_flight: config.inference_threads.max(1),
         };
-        let batcher = Batcher::builder(policy).queue_capacity(config.queue.max(1));
+        // Where requests are admitted up front (`admit`), the queues get
+        // room for twice the admitted faces: a request dropped by its
+        // caller (a timeout, a disconnect) releases its admission at once,
+        // while its cancelled jobs keep their places until a worker pops
+        // them; the headroom keeps those from refusing the next admitted
+        // request half-way.
+        let room = match config.admission_wait {
+            None => config.queue.max(1).saturating_mul(2),
+            Some(_) => config.queue.max(1),
+        };
+        let batcher = Batcher::builder(policy).queue_capacity(room);
         let batcher = match config.admission_wait {
             None => batcher,
             Some(t) => batcher.blocking(Some(t)),
@@ -376,7 +386,7 @@ impl FaceService {
         let workers = config.workers.max(1);
         let mut pool = Pool::builder()
             .capacity(workers)
-            .queue_capacity(config.queue)
+            .queue_capacity(room)
             .thread_name("face-prep")
             .worker_state(move || det.detector());
         pool = match config.autoscale {
@@ -598,7 +608,9 @@ impl FaceService {
     /// if more than `queue` faces would then be in flight (`TooHeavy` if the
     /// request alone is more than `queue`). While admitted
     /// faces stay within that bound, neither the pool's nor the batcher's
-    /// queue can refuse them. Released when the `Admission` is dropped.
+    /// queue refuses them (with `admission_wait: None` both queues hold
+    /// twice `queue`, for the cancelled work of dropped requests that is
+    /// not yet popped). Released when the `Admission` is dropped.
     pub fn admit(&self, faces: usize) -> Result<Admission, ServiceError> {
         let limit = self.config.queue.max(1);
         let mut now = self.admitted.load(Ordering::Relaxed);

@@ -51,8 +51,16 @@ pub struct ServiceArgs {
     #[arg(long, env = "FACEPOOL_BATCH_MAX")]
     pub batch_max: Option<usize>,
     /// Most time a face waits for its batch, ms.
-    #[arg(long, env = "FACEPOOL_BATCH_DELAY_MS")]
+    #[arg(long, env = "FACEPOOL_BATCH_DELAY_MS", value_parser = delay_ms)]
     pub batch_delay_ms: Option<f64>,
+}
+
+/// A delay in milliseconds: a finite number, 0 to one hour.
+fn delay_ms(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=3.6e6).contains(&v) => Ok(v),
+        _ => Err(format!("a delay in ms from 0 to 3600000, not {s:?}")),
+    }
 }
 
 /// The service settings the flags give (the rest from the assets folder

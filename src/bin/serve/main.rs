@@ -9,8 +9,9 @@
 //! then `/readyz` answers 503), and serves until SIGTERM or SIGINT: then it
 //! stops accepting, finishes what was admitted (at most `--drain-timeout`),
 //! saves the gallery and exits 0. Every flag can be given as a `FACEPOOL_*`
-//! environment variable. Exit codes: 0 after a clean shutdown, 2 for usage
-//! and set-up errors.
+//! environment variable. Exit codes: 0 after a clean shutdown, 1 when the
+//! gallery cannot be saved at the end, 2 for usage and set-up errors
+//! (also a signal that comes before the models are loaded).
 
 #[path = "../common/service_args.rs"]
 mod service_args;
@@ -109,14 +110,18 @@ fn logging(json: bool) {
 /// p99 at 1.7 s, 128 at 1.04 s, 96 at 0.69 s, at the same throughput.
 const QUEUE_PER_CORE: usize = 48;
 
+/// The faces admitted at most: `--queue`, or the default per core.
+fn queue_faces(args: &Args) -> usize {
+    args.queue
+        .unwrap_or_else(|| QUEUE_PER_CORE * facepool::service::budget::cores())
+        .max(1)
+}
+
 /// Loads the models and the gallery (on a thread of its own, while the
 /// server already answers its probes).
 fn load(args: &Args) -> Result<FaceService, String> {
     let mut c = config(&args.service);
-    c.queue = args
-        .queue
-        .unwrap_or_else(|| QUEUE_PER_CORE * facepool::service::budget::cores())
-        .max(1);
+    c.queue = queue_faces(args);
     // A server sheds load: a full queue refuses at once (429).
     c.admission_wait = None;
     let mut svc = FaceService::start(c).map_err(|e| e.to_string())?;
@@ -183,12 +188,20 @@ fn main() -> ExitCode {
         },
         None => None,
     };
-    let drain = Duration::from_secs_f64(args.drain_timeout.max(0.0));
+    let Ok(drain) = Duration::try_from_secs_f64(args.drain_timeout.max(0.0)) else {
+        eprintln!(
+            "serve: --drain-timeout: not a number of seconds: {}",
+            args.drain_timeout
+        );
+        return ExitCode::from(2);
+    };
+    let queue = queue_faces(&args);
     let app = App::new(ServerConfig {
         tokens,
         metrics_token,
         max_body: args.max_body,
-        max_images: args.max_images.max(1),
+        // More images than the queue could never be admitted.
+        max_images: args.max_images.clamp(1, queue),
         default_timeout: Duration::from_millis(args.timeout_ms.max(1)),
         max_timeout: Duration::from_millis(args.max_timeout_ms.max(1)),
         retry_after: Duration::from_secs(1),
@@ -214,25 +227,29 @@ fn main() -> ExitCode {
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, "listening");
         // Load on a thread of its own; a failure ends the server.
-        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
         let loader = app.clone();
-        std::thread::spawn(move || match load(&args) {
-            Ok(svc) => {
+        std::thread::spawn(move || {
+            let r = load(&args).map(|svc| {
                 let _ = loader.ready(svc);
                 tracing::info!("ready");
-            }
-            Err(e) => {
-                let _ = failed_tx.send(e);
-            }
+            });
+            let _ = loaded_tx.send(r);
         });
+        let load_failed = async move {
+            match loaded_rx.await {
+                Ok(Ok(())) => std::future::pending::<String>().await,
+                Ok(Err(e)) => e,
+                // The loader panicked: never ready.
+                Err(_) => "loading the models failed".to_owned(),
+            }
+        };
         let stop = {
             let app = app.clone();
             async move {
                 tokio::select! {
                     _ = signal() => tracing::info!("stopping: finishing admitted requests"),
-                    Ok(e) = failed_rx => {
-                        eprintln!("serve: {e}");
-                    }
+                    e = load_failed => eprintln!("serve: {e}"),
                 }
                 app.stop_accepting();
             }

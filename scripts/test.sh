@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # The project's test command: fetches the models and photos the tests run
-# on, then unit, integration and stress tests (nextest), then the
+# on (and Debian's nats-server for the async-mode tests), then unit,
+# integration and stress tests (nextest), then the
 # documentation examples (nextest does not run doc tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-assets.sh
+# The NATS tests start their own broker: Debian's nats-server.
+if ! command -v nats-server >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq nats-server
+    else
+        echo "test.sh: the NATS tests need nats-server (apt-get install nats-server)" >&2
+        exit 1
+    fi
+fi
 cargo nextest run --no-fail-fast "$@"
 cargo test --doc

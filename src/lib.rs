@@ -24,6 +24,8 @@ pub mod guard;
 pub mod index;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub(crate) mod panics;
 pub mod pool;
 #[cfg(feature = "server")]

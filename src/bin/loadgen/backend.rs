@@ -47,6 +47,10 @@ pub trait Target: Send + Sync {
     fn stages(&self) -> Option<facepool::metrics::Snapshot> {
         None
     }
+    /// Counts of its own for the report (a broker's jobs, results, lost).
+    fn extra(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        Default::default()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -36,11 +36,24 @@ impl std::str::FromStr for TargetSpec {
     fn from_str(s: &str) -> Result<Self, String> {
         let (label, url) = match s.split_once('=') {
             Some((l, u)) if !l.contains("://") => (l.trim().to_owned(), u.trim()),
-            _ => ("http".to_owned(), s.trim()),
+            _ => (
+                if s.trim().starts_with("nats://") {
+                    "nats"
+                } else {
+                    "http"
+                }
+                .to_owned(),
+                s.trim(),
+            ),
         };
         let url = url.trim_end_matches('/');
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!("a target is [LABEL=]http://HOST:PORT, not {s:?}"));
+        if !["http://", "https://", "nats://"]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
+            return Err(format!(
+                "a target is [LABEL=]http://HOST:PORT or [LABEL=]nats://HOST:PORT, not {s:?}"
+            ));
         }
         if label.is_empty() || label.contains(char::is_whitespace) {
             return Err(format!("a target's label is one word, not {label:?}"));

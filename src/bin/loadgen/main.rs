@@ -22,6 +22,7 @@
 
 mod backend;
 mod http;
+mod nats;
 mod profile;
 mod report;
 mod run;
@@ -91,10 +92,14 @@ struct Args {
     /// Write the run's CPU profile in pprof's protobuf format.
     #[arg(long)]
     pprof: Option<PathBuf>,
-    /// Drive a running service over HTTP instead of the in-process modes:
-    /// `[LABEL=]http://HOST:PORT`; several run one after another.
+    /// Drive a running service instead of the in-process modes: over HTTP
+    /// (`[LABEL=]http://HOST:PORT`), or as the producer of `serve --nats`
+    /// (`[LABEL=]nats://HOST:PORT`); several run one after another.
     #[arg(long)]
     target: Vec<http::TargetSpec>,
+    /// With a nats:// target: the names `serve --nats-prefix` uses.
+    #[arg(long, default_value = "facepool")]
+    nats_prefix: String,
     /// The Bearer token sent to the targets.
     #[arg(long, env = "FACEPOOL_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -159,7 +164,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     let capture = Capture::start(args.flamegraph.clone(), args.pprof.clone()).map_err(|e| e.to_string())?;
     if !args.target.is_empty() {
         let runs = run_http(args, &profile)?;
-        return finish(args, &profile, &name, runs, capture, "HTTP".into());
+        return finish(args, &profile, &name, runs, capture, "a running service".into());
     }
     let real = if args.synthetic {
         None
@@ -205,8 +210,18 @@ fn run_http(args: &Args, profile: &Profile) -> Result<Vec<run::ModeRun>, String>
     let show = !args.json && std::io::stderr().is_terminal();
     let mut runs = Vec::new();
     for spec in &args.target {
-        let target = http::Http::new(spec, args.token.as_deref(), bodies.clone(), profile);
-        target.probe()?;
+        let target: Arc<dyn backend::Target> = if spec.url.starts_with("nats://") {
+            Arc::new(nats::NatsTarget::connect(
+                &spec.url,
+                &args.nats_prefix,
+                bodies.clone(),
+                profile,
+            )?)
+        } else {
+            let t = http::Http::new(spec, args.token.as_deref(), bodies.clone(), profile);
+            t.probe()?;
+            Arc::new(t)
+        };
         let pid = args
             .target_pid
             .iter()
@@ -216,13 +231,7 @@ fn run_http(args: &Args, profile: &Profile) -> Result<Vec<run::ModeRun>, String>
             eprintln!("running {} ({}) ...", spec.label, spec.url);
         }
         let label = (Mode::Http, spec.label.clone());
-        runs.push(run::run_mode(
-            profile,
-            label,
-            Arc::new(target),
-            photos.len(),
-            (show, pid),
-        ));
+        runs.push(run::run_mode(profile, label, target, photos.len(), (show, pid)));
     }
     Ok(runs)
 }

@@ -47,6 +47,10 @@ pub struct ModeReport {
     pub slo_missed: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<Failure>,
+    /// A target's own counts (a broker's jobs, results, lost, duplicates,
+    /// dead letters).
+    #[serde(flatten)]
+    pub extra: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,6 +166,7 @@ pub fn summarise(run: &ModeRun, slo: &Slo) -> ModeReport {
         slo_ok: missed.is_empty(),
         slo_missed: missed,
         failures,
+        extra: run.extra.clone(),
     }
 }
 

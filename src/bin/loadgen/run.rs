@@ -55,6 +55,7 @@ pub struct ModeRun {
     pub peak_rss_mb: f64,
     pub mean_batch: Option<f64>,
     pub stages: Option<facepool::metrics::Snapshot>,
+    pub extra: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -254,6 +255,7 @@ pub fn run_mode(
     bar.finish_and_clear();
     let mean_batch = target.mean_batch();
     let stages = target.stages();
+    let extra = target.extra();
     if unanswered == 0 {
         target.shutdown();
     }
@@ -272,6 +274,7 @@ pub fn run_mode(
         peak_rss_mb,
         mean_batch,
         stages,
+        extra,
     }
 }
 

@@ -20,10 +20,13 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use facepool::index::Index;
+use facepool::nats::{Consumer, NatsConfig};
 use facepool::server::{App, ServerConfig};
 use facepool::service::FaceService;
 
@@ -73,7 +76,81 @@ struct Args {
     #[arg(long, env = "FACEPOOL_LOG_JSON")]
     log_json: bool,
     #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
     service: ServiceArgs,
+}
+
+/// The async mode: jobs from NATS JetStream, beside the HTTP API.
+#[derive(clap::Args)]
+struct NatsArgs {
+    /// Also take jobs from NATS JetStream at this URL (nats://HOST:PORT;
+    /// several, comma-separated, for a cluster).
+    #[arg(long, env = "FACEPOOL_NATS")]
+    nats: Option<String>,
+    /// Names: subjects PREFIX.jobs, PREFIX.results.<id>, PREFIX.dead.<id>;
+    /// streams PREFIX_JOBS, PREFIX_RESULTS, PREFIX_DEAD (upper case);
+    /// the durable consumer PREFIX; the image bucket PREFIX-images.
+    #[arg(long, env = "FACEPOOL_NATS_PREFIX", default_value = "facepool")]
+    nats_prefix: String,
+    /// Deliveries of a failing job before it is dead-lettered.
+    #[arg(long, env = "FACEPOOL_NATS_MAX_DELIVER", default_value_t = 3)]
+    nats_max_deliver: i64,
+    /// Seconds the broker waits for an ack before redelivering a job.
+    #[arg(long, env = "FACEPOOL_NATS_ACK_WAIT", default_value_t = 30)]
+    nats_ack_wait: u64,
+    /// Jobs held at once (the consumer's max_ack_pending; default: half
+    /// the queue).
+    #[arg(long, env = "FACEPOOL_NATS_INFLIGHT")]
+    nats_inflight: Option<usize>,
+    /// Faces per second sent to the model from NATS jobs at most.
+    #[arg(long, env = "FACEPOOL_NATS_RATE")]
+    nats_rate: Option<f64>,
+    /// Most jobs the jobs stream keeps waiting.
+    #[arg(long, env = "FACEPOOL_NATS_MAX_JOBS", default_value_t = 1_000_000)]
+    nats_max_jobs: i64,
+    /// Replicas of each stream (3 on a 3-node cluster).
+    #[arg(long, env = "FACEPOOL_NATS_REPLICAS", default_value_t = 1)]
+    nats_replicas: usize,
+}
+
+impl NatsArgs {
+    fn config(&self, drain: Duration) -> Result<Option<NatsConfig>, String> {
+        let Some(url) = &self.nats else { return Ok(None) };
+        let p = self.nats_prefix.trim();
+        if p.is_empty()
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!("--nats-prefix: letters, digits, _ and - only, not {p:?}"));
+        }
+        if let Some(r) = self.nats_rate {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(format!(
+                    "--nats-rate: a positive number of faces per second, not {r}"
+                ));
+            }
+        }
+        let upper = p.to_ascii_uppercase().replace('-', "_");
+        let mut c = NatsConfig::new(url.clone());
+        c.jobs_stream = format!("{upper}_JOBS");
+        c.jobs_subject = format!("{p}.jobs");
+        c.results_stream = format!("{upper}_RESULTS");
+        c.results_prefix = format!("{p}.results");
+        c.dead_stream = format!("{upper}_DEAD");
+        c.dead_prefix = format!("{p}.dead");
+        c.consumer = p.to_owned();
+        c.bucket = format!("{p}-images");
+        c.max_deliver = self.nats_max_deliver.max(1);
+        c.ack_wait = Duration::from_secs(self.nats_ack_wait.max(1));
+        c.max_inflight = self.nats_inflight.unwrap_or(0);
+        c.rate_limit = self.nats_rate;
+        c.max_jobs = self.nats_max_jobs.max(1);
+        c.replicas = self.nats_replicas.max(1);
+        c.drain = drain;
+        Ok(Some(c))
+    }
 }
 
 fn read_tokens(path: &Path) -> Result<Vec<String>, String> {
@@ -196,6 +273,13 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let queue = queue_faces(&args);
+    let nats = match args.nats.config(drain) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let app = App::new(ServerConfig {
         tokens,
         metrics_token,
@@ -227,31 +311,75 @@ fn main() -> ExitCode {
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, "listening");
         // Load on a thread of its own; a failure ends the server.
-        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+        // A failure to load, or to bind the NATS consumer, ends the server
+        // (exit 2).
+        let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<String>(2);
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
         let loader = app.clone();
+        let load_failed = failed_tx.clone();
         std::thread::spawn(move || {
-            let r = load(&args).map(|svc| {
-                let _ = loader.ready(svc);
-                tracing::info!("ready");
-            });
-            let _ = loaded_tx.send(r);
-        });
-        let load_failed = async move {
-            match loaded_rx.await {
-                Ok(Ok(())) => std::future::pending::<String>().await,
-                Ok(Err(e)) => e,
-                // The loader panicked: never ready.
-                Err(_) => "loading the models failed".to_owned(),
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&args)));
+            match r {
+                Ok(Ok(svc)) => {
+                    let _ = loader.ready(svc);
+                    tracing::info!("ready");
+                    let _ = loaded_tx.send(());
+                }
+                Ok(Err(e)) => {
+                    let _ = load_failed.blocking_send(e);
+                }
+                Err(_) => {
+                    let _ = load_failed.blocking_send("loading the models failed".to_owned());
+                }
             }
-        };
+        });
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let consumer = nats.map(|config| {
+            let (app, failed, mut stop) = (app.clone(), failed_tx.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                if loaded_rx.await.is_err() {
+                    return;
+                }
+                let url = config.url.clone();
+                let c = tokio::select! {
+                    c = Consumer::connect(config, app) => c,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                match c {
+                    Ok(c) => {
+                        tracing::info!(%url, inflight = c.max_inflight(), "nats: consuming jobs");
+                        c.run(async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        })
+                        .await;
+                        tracing::info!("nats: stopped");
+                    }
+                    Err(e) => {
+                        let _ = failed.send(e.to_string()).await;
+                    }
+                }
+            })
+        });
+        drop(failed_tx);
+        let fatal = Arc::new(AtomicBool::new(false));
         let stop = {
-            let app = app.clone();
+            let (app, fatal) = (app.clone(), fatal.clone());
             async move {
+                let failed = async move {
+                    match failed_rx.recv().await {
+                        Some(e) => e,
+                        None => std::future::pending::<String>().await,
+                    }
+                };
                 tokio::select! {
-                    _ = signal() => tracing::info!("stopping: finishing admitted requests"),
-                    e = load_failed => eprintln!("serve: {e}"),
+                    _ = signal() => tracing::info!("stopping: finishing admitted requests and jobs"),
+                    e = failed => {
+                        eprintln!("serve: {e}");
+                        fatal.store(true, Ordering::SeqCst);
+                    }
                 }
                 app.stop_accepting();
+                let _ = stop_tx.send(true);
             }
         };
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
@@ -266,10 +394,18 @@ fn main() -> ExitCode {
         if drained.is_err() {
             tracing::warn!("drain timeout: some requests were still running");
         }
+        if let Some(c) = consumer {
+            // It drains its own jobs (at most `drain`).
+            let _ = c.await;
+        }
         let Some(svc) = app.service() else {
             // The models never loaded: a set-up error.
             return ExitCode::from(2);
         };
+        if fatal.load(Ordering::SeqCst) {
+            svc.shutdown(Duration::from_secs(5));
+            return ExitCode::from(2);
+        }
         if let Err(e) = app.save_gallery() {
             eprintln!("serve: cannot save the gallery: {e}");
             return ExitCode::from(1);

@@ -1,0 +1,556 @@
+//! The async mode against a real broker: each test starts its own
+//! `nats-server -js` on a free loopback port with a temporary store, and
+//! `serve --nats` consumer processes on the real model; the test is the
+//! producer (async-nats). `.ci/run` installs nats-server (Debian's package).
+
+#![cfg(feature = "nats")]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use base64::Engine as _;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use common::{photos_of, TempDir};
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A `nats-server -js` of the test's own, stopped on drop.
+struct Broker {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Self {
+        let mut b = Broker {
+            child: None,
+            port: free_port(),
+            dir: dir.join("js"),
+        };
+        b.launch();
+        b
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian's package nats-server; .ci/run installs it)");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops it (SIGTERM: it syncs its store) and starts it again on the
+    /// same port and store.
+    fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "TERM");
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A `serve --nats` consumer process, killed on drop.
+struct Consumer {
+    child: Option<Child>,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Consumer {
+    fn start(dir: &Path, name: &str, url: &str, extra: &[&str]) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_serve"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--no-auth",
+                "--nats",
+                url,
+                "--threads",
+                "1",
+            ])
+            .args(["--index"])
+            .arg(dir.join(format!("{name}.fpi")))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line.trim().trim_start_matches("listening on ").to_owned();
+        let c = Consumer {
+            child: Some(child),
+            addr,
+            log,
+        };
+        c.wait_log("nats: consuming jobs");
+        c
+    }
+
+    fn wait_log(&self, needle: &str) {
+        let t0 = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.contains(needle) {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "no {needle:?} in the consumer's log:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "KILL");
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit code.
+    fn terminate(&mut self) -> i32 {
+        let mut c = self.child.take().unwrap();
+        signal(c.id(), "TERM");
+        c.wait().unwrap().code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(url: &str) -> jetstream::Context {
+    let client = async_nats::ConnectOptions::new()
+        .max_reconnects(None)
+        .connect(url)
+        .await
+        .unwrap();
+    jetstream::new(client)
+}
+
+fn b64(path: &Path) -> String {
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
+}
+
+/// Publishes a job (its id as the dedup id), retrying while the broker
+/// is away.
+async fn publish(js: &jetstream::Context, job: &Value) {
+    let id = job["id"].as_str().unwrap_or("x").to_owned();
+    publish_raw(js, &id, serde_json::to_vec(job).unwrap()).await;
+}
+
+async fn publish_raw(js: &jetstream::Context, id: &str, body: Vec<u8>) {
+    for _ in 0..200 {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", id);
+        if let Ok(ack) = js
+            .publish_with_headers("facepool.jobs", h, body.clone().into())
+            .await
+        {
+            if ack.await.is_ok() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot publish job {id}");
+}
+
+/// Every message of a stream so far, by subject (read with an ephemeral
+/// ordered consumer from the start).
+async fn all_messages(js: &jetstream::Context, name: &str) -> Vec<(String, Value)> {
+    let mut s = js.get_stream(name).await.unwrap();
+    let n = s.info().await.unwrap().state.messages as usize;
+    let mut out = Vec::with_capacity(n);
+    if n == 0 {
+        return out;
+    }
+    let c = s
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut m = c.messages().await.unwrap();
+    while out.len() < n {
+        let next = tokio::time::timeout(Duration::from_secs(10), m.next()).await;
+        let Ok(Some(Ok(msg))) = next else { break };
+        out.push((
+            msg.subject.to_string(),
+            serde_json::from_slice(&msg.payload).unwrap_or(Value::Null),
+        ));
+    }
+    out
+}
+
+async fn count(js: &jetstream::Context, name: &str) -> u64 {
+    match js.get_stream(name).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Waits until the stream holds `n` messages.
+async fn wait_count(js: &jetstream::Context, name: &str, n: u64, within: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let got = count(js, name).await;
+        if got >= n {
+            return;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "{name}: {got} of {n} messages after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn verify_job(id: &str, a: &Path, b: &Path) -> Value {
+    json!({"id": id, "kind": "verify", "image1": b64(a), "image2": b64(b)})
+}
+
+/// Results by job id (the results stream drops a duplicate publish, so a
+/// job with two results would show here as two messages).
+fn by_id(results: &[(String, Value)]) -> HashMap<String, Vec<Value>> {
+    let mut m: HashMap<String, Vec<Value>> = HashMap::new();
+    for (_, v) in results {
+        m.entry(v["id"].as_str().unwrap_or("").to_owned())
+            .or_default()
+            .push(v.clone());
+    }
+    m
+}
+
+#[test]
+fn each_kind_of_job_round_trips() {
+    let dir = TempDir::new("nats-kinds");
+    let broker = Broker::start(dir.path());
+    let c = Consumer::start(dir.path(), "a", &broker.url(), &[]);
+    let simm = photos_of("John_Simm");
+    let savage = photos_of("John_Savage");
+    // The gallery, through the HTTP API of the same process.
+    let body = json!({"images": [b64(&simm[0])]});
+    let r = ureq::put(&format!("http://{}/v1/people/simm", c.addr))
+        .send_json(&body)
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    rt().block_on(async {
+        let js = connect(&broker.url()).await;
+        // An image in the object store bucket the consumer made.
+        let store = js.get_object_store("facepool-images").await.unwrap();
+        let bytes = std::fs::read(&simm[2]).unwrap();
+        store.put("simm-2.jpg", &mut bytes.as_slice()).await.unwrap();
+
+        publish(&js, &verify_job("same", &simm[0], &simm[1])).await;
+        publish(&js, &verify_job("other", &simm[0], &savage[0])).await;
+        publish(&js, &json!({"id": "obj", "kind": "verify", "image1": b64(&simm[1]), "image2": {"object": "simm-2.jpg"}})).await;
+        publish(&js, &json!({"id": "who", "kind": "identify", "image": b64(&simm[1]), "k": 3})).await;
+        let frames = |p: &[PathBuf]| p.iter().map(|f| Value::String(b64(f))).collect::<Vec<_>>();
+        publish(&js, &json!({"id": "rev-ok", "kind": "review", "video": "v1", "frames": frames(&simm[1..4]), "reference": b64(&simm[0])})).await;
+        let mut mixed = frames(&simm[1..3]);
+        mixed.push(Value::String(b64(&savage[1])));
+        publish(&js, &json!({"id": "rev-bad", "kind": "review", "video": "v2", "frames": mixed, "reference": b64(&simm[0])})).await;
+        publish(&js, &json!({"id": "watch", "kind": "review", "video": "v3", "frames": frames(&savage[..2])})).await;
+        publish(&js, &json!({"id": "watch-hit", "kind": "review", "video": "v4", "frames": frames(&simm[3..5])})).await;
+
+        wait_count(&js, "FACEPOOL_RESULTS", 8, Duration::from_secs(120)).await;
+        let results = by_id(&all_messages(&js, "FACEPOOL_RESULTS").await);
+        let one = |id: &str| {
+            let v = &results[id];
+            assert_eq!(v.len(), 1, "{id}: {v:?}");
+            v[0].clone()
+        };
+        assert_eq!(one("same")["same"], true);
+        assert_eq!(one("same")["kind"], "verify");
+        assert!(one("same")["timings_ms"]["inference"].as_f64().unwrap() > 0.0);
+        assert_eq!(one("other")["same"], false);
+        assert_eq!(one("obj")["same"], true, "the object store image");
+        assert_eq!(one("who")["best"]["id"], "simm");
+        let ok = one("rev-ok");
+        assert_eq!((ok["passes"].clone(), ok["frames"].as_array().unwrap().len()), (json!(true), 3));
+        let bad = one("rev-bad");
+        assert_eq!(bad["passes"], false);
+        assert_eq!(bad["frames"][2]["same"], false);
+        assert_eq!(bad["frames"][0]["same"], true);
+        assert_eq!(one("watch")["passes"], true, "nobody of the gallery");
+        let hit = one("watch-hit");
+        assert_eq!(hit["passes"], false);
+        assert_eq!(hit["frames"][0]["match"]["id"], "simm");
+        assert_eq!(count(&js, "FACEPOOL_DEAD").await, 0);
+    });
+}
+
+#[test]
+fn poison_jobs_end_in_the_dead_letters_after_max_deliver() {
+    let dir = TempDir::new("nats-poison");
+    let broker = Broker::start(dir.path());
+    let _c = Consumer::start(dir.path(), "a", &broker.url(), &["--nats-max-deliver", "2"]);
+    let simm = photos_of("John_Simm");
+    rt().block_on(async {
+        let js = connect(&broker.url()).await;
+        let text = base64::engine::general_purpose::STANDARD.encode(b"not a picture at all");
+        publish(&js, &json!({"id": "undecodable", "kind": "verify", "image1": text, "image2": b64(&simm[0])})).await;
+        publish_raw(&js, "garbage", b"{this is not json".to_vec()).await;
+        publish(&js, &json!({"id": "bad id with spaces", "kind": "verify", "image1": "", "image2": ""})).await;
+        publish(&js, &json!({"id": "late", "kind": "verify", "image1": b64(&simm[0]), "image2": b64(&simm[1]), "deadline_ms": 1})).await;
+        publish(&js, &json!({"id": "fine", "kind": "verify", "image1": b64(&simm[0]), "image2": b64(&simm[1])})).await;
+
+        wait_count(&js, "FACEPOOL_DEAD", 4, Duration::from_secs(60)).await;
+        wait_count(&js, "FACEPOOL_RESULTS", 1, Duration::from_secs(60)).await;
+        let dead = all_messages(&js, "FACEPOOL_DEAD").await;
+        let codes: HashMap<String, (String, i64)> = dead
+            .iter()
+            .map(|(_, v)| {
+                let code = v["error"]["code"].as_str().unwrap().to_owned();
+                (code, (v["id"].as_str().unwrap().to_owned(), v["deliveries"].as_i64().unwrap()))
+            })
+            .collect();
+        assert_eq!(codes["not_an_image"], ("undecodable".to_owned(), 2), "retried to max_deliver: {dead:?}");
+        assert_eq!(codes["bad_job"].1, 1, "not a job: dead at once");
+        assert!(codes["bad_job"].0.starts_with("seq-"));
+        assert_eq!(codes["bad_id"].1, 1);
+        assert_eq!(codes["deadline_exceeded"].0, "late");
+        // Each dead letter carries the job it was.
+        assert!(dead.iter().all(|(_, v)| v["job"].is_string()));
+        let results = all_messages(&js, "FACEPOOL_RESULTS").await;
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].1["id"], "fine");
+        // The jobs stream is empty: every job was acked.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(count(&js, "FACEPOOL_JOBS").await, 0);
+    });
+}
+
+/// Two consumer processes share one durable consumer; one is killed with
+/// SIGKILL in the middle of the work, the other finishes it; every job has
+/// exactly one result; the survivor stops on SIGTERM with exit 0.
+#[test]
+fn a_killed_consumer_loses_nothing_and_two_share_the_work() {
+    let dir = TempDir::new("nats-kill");
+    let broker = Broker::start(dir.path());
+    let extra = ["--nats-ack-wait", "2"];
+    let mut a = Consumer::start(dir.path(), "a", &broker.url(), &extra);
+    let mut b = Consumer::start(dir.path(), "b", &broker.url(), &extra);
+    let johns = photos_of("John_Salley");
+    const JOBS: usize = 120;
+    rt().block_on(async {
+        let js = connect(&broker.url()).await;
+        for i in 0..JOBS {
+            let (x, y) = (&johns[i % johns.len()], &johns[(i + 1) % johns.len()]);
+            publish(&js, &verify_job(&format!("job-{i}"), x, y)).await;
+        }
+        wait_count(&js, "FACEPOOL_RESULTS", 20, Duration::from_secs(120)).await;
+        a.kill9();
+        wait_count(&js, "FACEPOOL_RESULTS", JOBS as u64, Duration::from_secs(180)).await;
+        // Redeliveries of what `a` held come after ack_wait; give any
+        // duplicate the time to show.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let results = all_messages(&js, "FACEPOOL_RESULTS").await;
+        let ids = by_id(&results);
+        assert_eq!(results.len(), JOBS, "one result per job, no duplicate");
+        assert_eq!(ids.len(), JOBS);
+        for i in 0..JOBS {
+            assert_eq!(ids[&format!("job-{i}")].len(), 1);
+        }
+        let consumers: HashSet<&str> = results
+            .iter()
+            .filter_map(|(_, v)| v["consumer"].as_str())
+            .collect();
+        assert_eq!(consumers.len(), 2, "both processes did work: {consumers:?}");
+        assert_eq!(count(&js, "FACEPOOL_DEAD").await, 0);
+    });
+    assert_eq!(b.terminate(), 0, "graceful stop");
+}
+
+/// The broker restarts in the middle of a run (file storage): no job is
+/// lost, the consumer reconnects by itself.
+#[test]
+fn a_broker_restart_loses_no_job() {
+    let dir = TempDir::new("nats-restart");
+    let mut broker = Broker::start(dir.path());
+    let _c = Consumer::start(dir.path(), "a", &broker.url(), &["--nats-ack-wait", "3"]);
+    let johns = photos_of("John_Schneider");
+    const BEFORE: usize = 80;
+    const AFTER: usize = 40;
+    rt().block_on(async {
+        let js = connect(&broker.url()).await;
+        for i in 0..BEFORE {
+            publish(
+                &js,
+                &verify_job(&format!("b-{i}"), &johns[i % johns.len()], &johns[0]),
+            )
+            .await;
+        }
+        wait_count(&js, "FACEPOOL_RESULTS", 10, Duration::from_secs(120)).await;
+        broker.restart();
+        for i in 0..AFTER {
+            publish(
+                &js,
+                &verify_job(&format!("a-{i}"), &johns[i % johns.len()], &johns[1]),
+            )
+            .await;
+        }
+        wait_count(
+            &js,
+            "FACEPOOL_RESULTS",
+            (BEFORE + AFTER) as u64,
+            Duration::from_secs(180),
+        )
+        .await;
+        let ids = by_id(&all_messages(&js, "FACEPOOL_RESULTS").await);
+        assert_eq!(ids.len(), BEFORE + AFTER);
+        assert!(ids.values().all(|v| v.len() == 1));
+    });
+}
+
+/// A backlog of many times what the consumer may hold stays in the
+/// broker: the consumer never holds more than its max_ack_pending, and its
+/// memory stays flat while it works through the backlog.
+#[test]
+fn a_backlog_stays_in_the_broker() {
+    let dir = TempDir::new("nats-backlog");
+    let broker = Broker::start(dir.path());
+    // A queue of 8 faces: 4 jobs held at most.
+    let c = Consumer::start(dir.path(), "a", &broker.url(), &["--queue", "8"]);
+    let johns = photos_of("John_Shimkus");
+    const JOBS: usize = 160; // 40x what it may hold
+    let pid = c.pid();
+    let rss = move || -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+        s.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 4096
+    };
+    rt().block_on(async {
+        let js = connect(&broker.url()).await;
+        for i in 0..JOBS {
+            publish(
+                &js,
+                &verify_job(&format!("j-{i}"), &johns[i % johns.len()], &johns[0]),
+            )
+            .await;
+        }
+        wait_count(&js, "FACEPOOL_RESULTS", 8, Duration::from_secs(120)).await;
+        let warm = rss();
+        let jobs = js.get_stream("FACEPOOL_JOBS").await.unwrap();
+        let (mut peak_rss, mut peak_held) = (warm, 0i64);
+        let t0 = Instant::now();
+        while count(&js, "FACEPOOL_RESULTS").await < JOBS as u64 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(240),
+                "backlog not worked through"
+            );
+            let mut cons: consumer::PullConsumer = jobs.get_consumer("facepool").await.unwrap();
+            let held = cons.info().await.unwrap().num_ack_pending as i64;
+            peak_rss = peak_rss.max(rss());
+            peak_held = peak_held.max(held);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(peak_held <= 4, "held {peak_held} jobs, max_ack_pending is 4");
+        assert!(peak_held >= 1);
+        let grown = peak_rss.saturating_sub(warm) as f64 / (1 << 20) as f64;
+        eprintln!(
+            "rss warm {} MiB, growth {grown:.1} MiB while working through the backlog",
+            warm >> 20
+        );
+        assert!(
+            grown < 64.0,
+            "the consumer's memory grew {grown:.1} MiB with the backlog"
+        );
+    });
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error_at_start() {
+    let dir = TempDir::new("nats-unreachable");
+    let port = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_serve"))
+        .args(["--listen", "127.0.0.1:0", "--no-auth", "--nats"])
+        .arg(format!("nats://127.0.0.1:{port}"))
+        .arg("--index")
+        .arg(dir.path().join("g.fpi"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot connect to NATS at nats://127.0.0.1:"),
+        "{err}"
+    );
+}

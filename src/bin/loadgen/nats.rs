@@ -258,7 +258,21 @@ impl Target for NatsTarget {
         let s = lock(&self.shared.seen);
         let answered: HashSet<&String> = s.answered.keys().collect();
         let lost = jobs.saturating_sub(answered.len() as u64);
+        let snap = self.shared.stages.snapshot();
+        let stages: serde_json::Map<String, Value> = [
+            Stage::PoolWait,
+            Stage::Prepare,
+            Stage::BatchWait,
+            Stage::Inference,
+        ]
+        .into_iter()
+        .map(|st| {
+            let x = snap.summary(st);
+            (st.name().to_owned(), json!({"p50": x.p50, "p99": x.p99}))
+        })
+        .collect();
         BTreeMap::from([
+            ("stages_ms".to_owned(), Value::Object(stages)),
             ("jobs".to_owned(), json!(jobs)),
             ("results".to_owned(), json!(s.results)),
             ("lost".to_owned(), json!(lost)),

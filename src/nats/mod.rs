@@ -4,8 +4,7 @@
 //!
 //! - A durable **pull consumer** on the jobs stream, bound by several
 //!   processes at once (they share the work). It pulls no more jobs than
-//!   it has room for (`max_inflight`, also the consumer's
-//!   `max_ack_pending`), so the broker holds the backlog and the process's
+//!   it has room for (`max_inflight`), so the broker holds the backlog and the process's
 //!   memory stays bounded; each job's faces are then admitted to the pool
 //!   and the batcher all or none, waiting for room.
 //! - A result goes to `RESULTS.<id>` with `Nats-Msg-Id: <id>`, so the
@@ -17,7 +16,9 @@
 //!   unacked jobs are redelivered to another after `ack_wait`.
 //! - A job that fails (an image that does not decode, no face, a model
 //!   error) is retried with a backoff until its `max_deliver`-th delivery,
-//!   then goes to the dead-letter subject `DEAD.<id>` with its error; a
+//!   then goes to the dead-letter subject `DEAD.<id>` with its error (a
+//!   delivery past `max_deliver + 2`, after crashes or stops, goes there at
+//!   once); a
 //!   message that is not a job at all (bad JSON, bad id), a job past its
 //!   deadline or too big for the queue goes there at once. Nothing is
 //!   dropped silently.
@@ -88,8 +89,8 @@ pub struct NatsConfig {
     pub ack_wait: Duration,
     /// Deliveries of a failing job before it is dead-lettered.
     pub max_deliver: i64,
-    /// Jobs held at once (pulled and not yet acked): the consumer's
-    /// `max_ack_pending`. 0: from the service's queue (half of it).
+    /// Jobs this process holds at once (pulled and not yet acked). 0:
+    /// half the service's queue.
     pub max_inflight: usize,
     /// Faces per second sent to the model at most (a token bucket).
     pub rate_limit: Option<f64>,
@@ -200,6 +201,9 @@ impl Consumer {
                 name: config.jobs_stream.clone(),
                 subjects: vec![config.jobs_subject.clone()],
                 retention: stream::RetentionPolicy::WorkQueue,
+                // A full backlog refuses new jobs (the producer sees the
+                // error) instead of deleting the oldest.
+                discard: stream::DiscardPolicy::New,
                 storage: stream::StorageType::File,
                 max_messages: config.max_jobs,
                 max_bytes: config.max_bytes,
@@ -249,8 +253,15 @@ impl Consumer {
                     durable_name: Some(config.consumer.clone()),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: config.ack_wait,
-                    max_deliver: config.max_deliver,
-                    max_ack_pending: inflight as i64,
+                    // Deliveries are counted by the consumer code (with
+                    // slack for crashes and stops), so a job whose last
+                    // delivery was interrupted still ends in the dead
+                    // letters instead of staying in the stream.
+                    max_deliver: -1,
+                    // Shared by every process bound to the consumer: each
+                    // holds at most its own `max_inflight` (its permits);
+                    // a broker-side cap would cap the whole fleet.
+                    max_ack_pending: -1,
                     ..Default::default()
                 },
             )
@@ -275,34 +286,43 @@ impl Consumer {
     /// Pulls and runs jobs until `stop` resolves, then finishes and acks
     /// what is in flight (at most the drain time) and returns.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        // The broker's ack_wait rules (an existing consumer keeps its own).
+        let mut config = self.config.clone();
+        let on_broker = &self.consumer.cached_info().config;
+        if on_broker.ack_wait != config.ack_wait && !on_broker.ack_wait.is_zero() {
+            tracing::warn!(
+                broker = ?on_broker.ack_wait, asked = ?config.ack_wait,
+                "nats: the consumer exists with another ack_wait; using the broker's"
+            );
+            config.ack_wait = on_broker.ack_wait;
+        }
         let me = Arc::new(process::Worker {
-            config: self.config.clone(),
+            config,
             app: self.app.clone(),
             js: self.js.clone(),
             results: self.results.clone(),
             rate: self.rate.clone(),
+            bucket: tokio::sync::OnceCell::new(),
         });
         let permits = Arc::new(Semaphore::new(self.inflight));
+        let mut tasks = tokio::task::JoinSet::new();
         let mut failures = 0u32;
+        let expires = Duration::from_secs(1);
         tokio::pin!(stop);
-        loop {
+        'pull: loop {
             // Room first: never pull more than can be held.
             let room = tokio::select! {
-                _ = &mut stop => break,
+                _ = &mut stop => break 'pull,
                 p = permits.clone().acquire_owned() => match p {
                     Ok(p) => p,
-                    Err(_) => break,
+                    Err(_) => break 'pull,
                 },
             };
             let free = permits.available_permits() + 1;
+            let started = tokio::time::Instant::now();
             let batch = tokio::select! {
-                _ = &mut stop => break,
-                b = self
-                    .consumer
-                    .fetch()
-                    .max_messages(free)
-                    .expires(Duration::from_secs(1))
-                    .messages() => b,
+                _ = &mut stop => break 'pull,
+                b = self.consumer.fetch().max_messages(free).expires(expires).messages() => b,
             };
             let mut batch = match batch {
                 Ok(b) => {
@@ -317,25 +337,25 @@ impl Consumer {
                     drop(room);
                     let wait = Duration::from_millis(100 * u64::from(failures.min(20)));
                     tokio::select! {
-                        _ = &mut stop => break,
-                        _ = tokio::time::sleep(wait) => continue,
+                        _ = &mut stop => break 'pull,
+                        _ = tokio::time::sleep(wait) => continue 'pull,
                     }
                 }
             };
+            // Every message of the batch gets a task (the batch ends by
+            // itself within `expires`), even when stopping: a message
+            // pulled is never left to its ack_wait.
             let mut room = Some(room);
-            loop {
-                let next = tokio::select! {
-                    _ = &mut stop => None,
-                    m = batch.next() => m,
-                };
-                let Some(msg) = next else { break };
+            let mut got = 0usize;
+            while let Some(msg) = batch.next().await {
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
-                        tracing::warn!(error = %e, "nats: pull");
+                        tracing::debug!(error = %e, "nats: pull");
                         continue;
                     }
                 };
+                got += 1;
                 // The first message uses the permit already held; the
                 // others were counted as free when pulled.
                 let permit = match room.take() {
@@ -346,22 +366,38 @@ impl Consumer {
                     },
                 };
                 let me = me.clone();
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     me.handle(msg).await;
                     drop(permit);
                 });
+                // Reap the finished ones as we go.
+                while tasks.try_join_next().is_some() {}
             }
-            // Stopping: leave the loop (the batch's other messages, if any,
-            // are redelivered after ack_wait).
-            if futures_util::FutureExt::now_or_never(&mut stop).is_some() {
-                break;
+            drop(room);
+            // An empty batch that ended early (the broker answers at once
+            // when other pulls are waiting): back off instead of spinning.
+            if got == 0 && started.elapsed() < expires / 2 {
+                tokio::select! {
+                    _ = &mut stop => break 'pull,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
             }
         }
-        // Drain: every permit back means every job in flight was answered.
-        let all = u32::try_from(self.inflight).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(self.config.drain, permits.acquire_many(all)).await;
+        // Drain: every task done means every job held was answered.
+        let drained = tokio::time::timeout(self.config.drain, async {
+            while let Some(r) = tasks.join_next().await {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "nats: a job task failed");
+                }
+            }
+        })
+        .await;
         if drained.is_err() {
-            tracing::warn!("nats: drain timeout; unacked jobs will be redelivered");
+            tracing::warn!(
+                left = tasks.len(),
+                "nats: drain timeout; the jobs left are redelivered after ack_wait"
+            );
+            tasks.abort_all();
         }
     }
 }

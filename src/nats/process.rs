@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream, AckKind};
+use futures_util::FutureExt;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
@@ -14,7 +15,9 @@ use crate::server::{decode_image, ApiError, App, IdentifyResponse, MatchBody, Ve
 use crate::service::{FaceResult, FaceService, ImageSource, Timings};
 
 /// Most bytes of an image read from the object store.
-const MAX_OBJECT_BYTES: u64 = 64 << 20;
+const MAX_OBJECT_BYTES: u64 = 16 << 20;
+/// Most bytes of all a job's images together.
+const MAX_JOB_BYTES: usize = 32 << 20;
 
 /// Why a job failed: its error code and message, and whether trying
 /// again can help.
@@ -58,12 +61,45 @@ pub(super) struct Worker {
     pub js: jetstream::Context,
     pub results: stream::Stream,
     pub rate: Option<Arc<RateLimit>>,
+    /// The object store, looked up once.
+    pub bucket: tokio::sync::OnceCell<jetstream::object_store::ObjectStore>,
+}
+
+/// Deliveries past `max_deliver` a job may get (after crashes, stops or a
+/// broker away) before it is dead-lettered without being run again.
+const DELIVERY_SLACK: i64 = 2;
+
+/// Sends progress acks until dropped.
+struct Progress(tokio::task::JoinHandle<()>);
+
+impl Progress {
+    fn start(msg: &jetstream::Message, ack_wait: Duration) -> Self {
+        let msg = msg.clone();
+        let every = (ack_wait / 3).max(Duration::from_millis(100));
+        Self(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+        }))
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Worker {
     /// Runs one job to exactly one of: a result published, a dead letter
     /// published, or a nak (tried again later); then acks it.
     pub async fn handle(&self, msg: jetstream::Message) {
+        // From the first moment: the job is not redelivered elsewhere
+        // while this delivery works on it (result lookup, publish retries
+        // included).
+        let _progress = Progress::start(&msg, self.config.ack_wait);
         let (delivered, age, seq) = match msg.info() {
             Ok(i) => {
                 let age = time::OffsetDateTime::now_utc() - i.published;
@@ -73,26 +109,65 @@ impl Worker {
                     i.stream_sequence,
                 )
             }
-            Err(_) => (1, Duration::ZERO, 0),
+            // Not a JetStream delivery: nothing to count; answer it once.
+            Err(_) => (i64::MAX, Duration::ZERO, 0),
         };
-        let job = match serde_json::from_slice::<Job>(&msg.payload) {
-            Ok(j) if valid_id(&j.id) => j,
-            Ok(j) => {
+        // The id first (so a job whose body is wrong is dead-lettered
+        // under the id its producer waits on), then the job.
+        let value = serde_json::from_slice::<Value>(&msg.payload).ok();
+        let named = value
+            .as_ref()
+            .and_then(|v| v.get("id"))
+            .and_then(Value::as_str)
+            .filter(|id| valid_id(id))
+            .map(str::to_owned);
+        let fallback = || match seq {
+            0 => format!("noseq-{}", time::OffsetDateTime::now_utc().unix_timestamp_nanos()),
+            n => format!("seq-{n}"),
+        };
+        let job = match value.map(serde_json::from_value::<Job>) {
+            Some(Ok(j)) if valid_id(&j.id) => j,
+            Some(Ok(j)) => {
                 let f = Fail::now(
                     "bad_id",
                     format!("a job id is 1 to 128 of A-Z a-z 0-9 _ -, not {:?}", j.id),
                 );
-                return self.dead(&msg, &format!("seq-{seq}"), delivered, f).await;
+                return self.dead(&msg, &fallback(), delivered, f).await;
             }
-            Err(e) => {
-                let f = Fail::now("bad_job", format!("not a job: {e}"));
-                return self.dead(&msg, &format!("seq-{seq}"), delivered, f).await;
+            Some(Err(e)) => {
+                let id = named.unwrap_or_else(fallback);
+                return self
+                    .dead(
+                        &msg,
+                        &id,
+                        delivered,
+                        Fail::now("bad_job", format!("not a job: {e}")),
+                    )
+                    .await;
+            }
+            None => {
+                let f = Fail::now("bad_job", "not a job: not JSON");
+                return self.dead(&msg, &fallback(), delivered, f).await;
             }
         };
-        if delivered > 1 && self.has_result(&job.id).await {
-            // Computed and published before a crash or a lost ack.
-            ack(&msg).await;
-            return;
+        if delivered > 1 {
+            match self.has_result(&job.id).await {
+                // Computed and published before a crash or a lost ack.
+                Ok(true) => return ack(&msg).await,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(id = %job.id, error = %e, "nats: cannot look the result up; later");
+                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    return;
+                }
+            }
+        }
+        if delivered > self.config.max_deliver.saturating_add(DELIVERY_SLACK) {
+            let f = Fail::now(
+                "max_deliver_exceeded",
+                format!("delivered {delivered} times without an answer (crashes or stops on the way)"),
+            );
+            return self.dead(&msg, &job.id, delivered, f).await;
         }
         let deadline = match job.deadline_ms {
             None => None,
@@ -110,21 +185,25 @@ impl Worker {
                 }
             }
         };
-        // Progress acks keep a long job from being redelivered meanwhile.
-        let work = self.run(&job, deadline);
-        tokio::pin!(work);
-        let every = (self.config.ack_wait / 3).max(Duration::from_millis(100));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let outcome = loop {
-            tokio::select! {
-                r = &mut work => break r,
-                _ = tick.tick() => {
-                    let _ = msg.ack_with(AckKind::Progress).await;
-                }
-            }
-        };
+        // A panic in the work is a failure of this delivery, not of the
+        // consumer.
+        let outcome = std::panic::AssertUnwindSafe(self.run(&job, deadline))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(Fail {
+                    code: "internal".into(),
+                    message: "the job's work panicked".into(),
+                    permanent: false,
+                })
+            });
         match outcome {
-            Ok(result) => {
+            Ok(mut result) => {
+                // Which delivery answered (more than 1: after a crash, a
+                // stop or a failure).
+                if let Value::Object(m) = &mut result {
+                    m.insert("delivered".into(), delivered.into());
+                }
                 let subject = format!("{}.{}", self.config.results_prefix, job.id);
                 if self.publish(&subject, &job.id, result).await {
                     ack(&msg).await;
@@ -133,6 +212,11 @@ impl Worker {
                     // stored, the redelivery finds it and only acks).
                     let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                 }
+            }
+            // The service is stopping: another consumer (or this one,
+            // restarted) takes the job; never a dead letter for that.
+            Err(f) if f.code == "shutting_down" => {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
             }
             Err(f) if f.permanent || delivered >= self.config.max_deliver => {
                 self.dead(&msg, &job.id, delivered, f).await;
@@ -145,12 +229,14 @@ impl Worker {
         }
     }
 
-    async fn has_result(&self, id: &str) -> bool {
+    /// Whether the job's result is in the results stream.
+    async fn has_result(&self, id: &str) -> Result<bool, String> {
         let subject = format!("{}.{}", self.config.results_prefix, id);
-        self.results
-            .get_last_raw_message_by_subject(&subject)
-            .await
-            .is_ok()
+        match self.results.get_last_raw_message_by_subject(&subject).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Publishes `body` with `id` as its dedup id, waiting for the
@@ -184,11 +270,11 @@ impl Worker {
     async fn dead(&self, msg: &jetstream::Message, id: &str, delivered: i64, f: Fail) {
         tracing::warn!(id, code = %f.code, error = %f.message, delivered, "nats: dead letter");
         let text = String::from_utf8_lossy(&msg.payload);
-        let job = if text.len() <= DEAD_LETTER_JOB_BYTES {
-            Value::String(text.into_owned())
-        } else {
-            Value::Null
-        };
+        let mut cut = text.len().min(DEAD_LETTER_JOB_BYTES);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let job = Value::String(text[..cut].to_owned());
         let body = json!({
             "id": id,
             "error": {"code": f.code, "message": f.message},
@@ -218,9 +304,27 @@ impl Worker {
         if refs.is_empty() {
             return Err(Fail::now("no_images", "the job has no images"));
         }
+        // Before reading any image: a job bigger than the whole queue
+        // could never be admitted.
+        let queue = svc.config().queue.max(1);
+        if refs.len() > queue {
+            return Err(Fail::now(
+                "too_many_faces",
+                format!("{} images, more than the queue of {queue}", refs.len()),
+            ));
+        }
         let mut images = Vec::with_capacity(refs.len());
+        let mut total = 0usize;
         for (i, r) in refs.iter().enumerate() {
-            images.push(self.image(i + 1, r).await?);
+            let img = self.image(i + 1, r).await?;
+            total += img.len();
+            if total > MAX_JOB_BYTES {
+                return Err(Fail::now(
+                    "job_too_large",
+                    format!("the job's images are over {MAX_JOB_BYTES} bytes together"),
+                ));
+            }
+            images.push(img);
         }
         let _admitted = admit(svc, images.len(), deadline).await?;
         if let Some(rate) = &self.rate {
@@ -340,8 +444,8 @@ impl Worker {
                     permanent: false,
                 };
                 let store = self
-                    .js
-                    .get_object_store(&self.config.bucket)
+                    .bucket
+                    .get_or_try_init(|| self.js.get_object_store(&self.config.bucket))
                     .await
                     .map_err(|e| transient("bucket of", &e))?;
                 let obj = store.get(object).await.map_err(|e| transient("cannot get", &e))?;
@@ -351,11 +455,17 @@ impl Worker {
                         format!("image {n}: object {object:?} is over {MAX_OBJECT_BYTES} bytes"),
                     ));
                 }
-                let mut bytes = Vec::with_capacity(obj.info.size);
+                let mut bytes = Vec::with_capacity(obj.info.size.min(MAX_OBJECT_BYTES as usize));
                 obj.take(MAX_OBJECT_BYTES + 1)
                     .read_to_end(&mut bytes)
                     .await
                     .map_err(|e| transient("cannot read", &e))?;
+                if bytes.len() as u64 > MAX_OBJECT_BYTES {
+                    return Err(Fail::now(
+                        "image_too_large",
+                        format!("image {n}: object {object:?} is over {MAX_OBJECT_BYTES} bytes"),
+                    ));
+                }
                 if bytes.is_empty() {
                     return Err(Fail::now(
                         "empty_image",

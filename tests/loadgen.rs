@@ -47,6 +47,10 @@ fn every_shipped_profile_is_valid() {
         [
             "burst",
             "cameras",
+            "http_overload",
+            "http_saturate",
+            "nats_saturate",
+            "nats_trial",
             "overload",
             "saturate",
             "smoke",

@@ -24,6 +24,7 @@ fn settings(backend: Backend, library: PathBuf) -> EmbedSettings {
         model: assets().join("models/fr_feature.onnx"),
         onnxruntime: library,
         tract_batch_sizes: vec![1],
+        cuda_batch_sizes: vec![1, 8],
         max_batch: 8,
         intra_threads: 1,
     }
@@ -81,7 +82,7 @@ fn ort_and_tract_agree_on_the_labelled_photos() {
     assert_eq!(choice.used, Backend::Tract);
     let (ort, choice) = EmbedModel::load(&settings(Backend::Ort, library())).unwrap();
     assert_eq!(choice.used, Backend::Ort);
-    assert_eq!(choice.fallback, None);
+    assert_eq!(choice.passed_over, vec![]);
     assert_eq!(ort.backend(), Backend::Ort);
     assert_eq!(ort.dim(), 512);
     assert_eq!(tract.dim(), ort.dim());
@@ -149,10 +150,22 @@ fn auto_falls_back_to_tract_when_the_library_is_absent() {
     let (m, choice) = EmbedModel::load(&settings(Backend::Auto, missing.clone())).unwrap();
     assert_eq!(m.backend(), Backend::Tract);
     assert_eq!(choice.used, Backend::Tract);
-    let why = choice.fallback.clone().expect("a reason for the fallback");
+    // Each backend passed over, in the order tried, with its reason: CUDA
+    // (the test machines have no GPU, or the build no `cuda` feature), then
+    // ONNX Runtime (the library is absent).
+    let tried: Vec<Backend> = choice.passed_over.iter().map(|p| p.0).collect();
+    assert_eq!(tried, vec![Backend::Cuda, Backend::Ort], "{choice}");
+    assert!(choice.passed_over[0].1.contains("CUDA"), "{choice}");
+    let why = &choice.passed_over[1].1;
     assert!(why.contains(&missing.display().to_string()), "{why}");
     assert!(
-        choice.to_string().starts_with("tract (ONNX Runtime unavailable"),
+        choice.to_string().starts_with("tract (cuda passed over: "),
+        "{choice}"
+    );
+    assert!(
+        choice
+            .to_string()
+            .contains("; ort passed over: ONNX Runtime library"),
         "{choice}"
     );
     // The fallback embeds.
@@ -169,10 +182,9 @@ fn auto_falls_back_to_tract_when_the_library_is_absent() {
     }
     // With the library present, auto takes ONNX Runtime.
     let (m, choice) = EmbedModel::load(&settings(Backend::Auto, library())).unwrap();
-    assert_eq!(
-        (m.backend(), choice.used, choice.fallback),
-        (Backend::Ort, Backend::Ort, None)
-    );
+    assert_eq!((m.backend(), choice.used), (Backend::Ort, Backend::Ort));
+    let tried: Vec<Backend> = choice.passed_over.iter().map(|p| p.0).collect();
+    assert_eq!(tried, vec![Backend::Cuda], "{choice}");
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -200,7 +212,8 @@ fn a_corrupt_library_is_a_clear_error_and_auto_falls_back() {
         }
         let (m, choice) = EmbedModel::load(&settings(Backend::Auto, bad)).unwrap();
         assert_eq!((m.backend(), choice.used), (Backend::Tract, Backend::Tract));
-        assert!(choice.fallback.unwrap().contains("failed to load"));
+        let ort = choice.passed_over.iter().find(|p| p.0 == Backend::Ort);
+        assert!(ort.is_some_and(|p| p.1.contains("failed to load")), "{choice}");
     }
     // Once a library is loaded, another one in the same process is refused
     // by name rather than silently ignored.

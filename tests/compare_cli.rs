@@ -340,15 +340,44 @@ fn a_missing_runtime_is_an_error_for_ort_and_a_fallback_for_auto() {
     let (code, out, err) = compare(&["--backend", "auto", "--onnxruntime", &missing, &a, &b]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("embedding backend: tract (ONNX Runtime unavailable"),
+        err.contains("embedding backend: tract (cuda passed over: "),
         "{err}"
     );
+    assert!(err.contains("; ort passed over: ONNX Runtime library"), "{err}");
     assert!(err.contains(&missing), "{err}");
     assert!(out.contains("same"), "{out}");
 
     let (code, _, err) = compare(&["--backend", "gpu", &a, &b]);
     assert_eq!(code, 2);
     assert!(err.contains("unknown backend"), "{err}");
+}
+
+/// The test machines have no NVIDIA GPU: `--backend cuda` is a start-up
+/// error that says what is missing (exit 2, nothing on stdout), and `auto`
+/// says why it passed CUDA over and runs on ONNX Runtime.
+#[test]
+fn cuda_without_a_gpu_is_a_clear_error_and_auto_passes_it_over() {
+    let (a, b) = (photo("John_Savage", 0), photo("John_Savage", 1));
+    let (code, out, err) = compare(&["--backend", "cuda", &a, &b]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("CUDA backend unavailable"), "{err}");
+    // It names the missing piece: the driver library, the device or a
+    // CUDA library.
+    assert!(
+        err.contains("libcuda") || err.contains("device") || err.contains("sub-library"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let (code, out, err) = compare(&["--backend", "auto", &a, &b]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("embedding backend: ort ("), "{err}");
+    assert!(
+        err.contains("cuda passed over: CUDA backend unavailable"),
+        "{err}"
+    );
+    assert!(out.contains("same"), "{out}");
 }
 
 /// The verdict lines of a `--json` pairs run, and its summary.

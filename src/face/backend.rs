@@ -1,8 +1,11 @@
-//! Choosing the embedding backend: tract (pure Rust, always built) or ONNX
-//! Runtime (feature `ort`, a shared library loaded at run time).
+//! Choosing the embedding backend: tract (pure Rust, always built), ONNX
+//! Runtime (feature `ort`, a shared library loaded at run time) or CUDA
+//! (feature `cuda`, tract's CUDA runtime, its libraries loaded at run time).
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "cuda")]
+use super::cuda::CudaModel;
 use super::embed::{Embedder, TractModel};
 #[cfg(feature = "ort")]
 use super::onnxruntime::{OrtModel, OrtOptions, OrtRuntime};
@@ -11,13 +14,17 @@ use super::FaceError;
 /// Which backend to run the embedding model on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
-    /// ONNX Runtime when its library is present and loads, else tract.
+    /// CUDA when a device and its libraries load, else ONNX Runtime when
+    /// its library is present and loads, else tract.
     #[default]
     Auto,
     /// tract (pure Rust).
     Tract,
     /// ONNX Runtime; an error when its library is missing or unusable.
     Ort,
+    /// tract's CUDA runtime on the first GPU; an error naming what is
+    /// missing when there is no driver, device or CUDA library.
+    Cuda,
 }
 
 impl std::str::FromStr for Backend {
@@ -27,7 +34,8 @@ impl std::str::FromStr for Backend {
             "auto" => Ok(Self::Auto),
             "tract" => Ok(Self::Tract),
             "ort" | "onnxruntime" => Ok(Self::Ort),
-            other => Err(format!("unknown backend {other:?} (auto, tract, ort)")),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!("unknown backend {other:?} (auto, tract, ort, cuda)")),
         }
     }
 }
@@ -38,6 +46,7 @@ impl std::fmt::Display for Backend {
             Self::Auto => "auto",
             Self::Tract => "tract",
             Self::Ort => "ort",
+            Self::Cuda => "cuda",
         })
     }
 }
@@ -53,6 +62,9 @@ pub struct EmbedSettings {
     pub onnxruntime: PathBuf,
     /// Batch sizes tract builds a plan for (1 is always added).
     pub tract_batch_sizes: Vec<usize>,
+    /// Batch sizes the CUDA backend builds a plan for (1 is always added; a
+    /// batch runs on the smallest plan that holds it, padded).
+    pub cuda_batch_sizes: Vec<usize>,
     /// Most faces per ONNX Runtime run.
     pub max_batch: usize,
     /// ONNX Runtime's intra-op threads per inference thread (tract's states
@@ -65,19 +77,26 @@ pub struct EmbedSettings {
 pub struct BackendChoice {
     /// The backend that runs (never `Auto`).
     pub used: Backend,
-    /// Why `auto` did not take ONNX Runtime (the load error), when it did not.
-    pub fallback: Option<String>,
+    /// The backends `auto` tried first and passed over, each with its load
+    /// error, in the order tried (empty when asked for a backend by name).
+    pub passed_over: Vec<(Backend, String)>,
     /// The ONNX Runtime library, when it is the one that runs.
     pub library: Option<PathBuf>,
 }
 
 impl std::fmt::Display for BackendChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.library, &self.fallback) {
-            (Some(lib), _) => write!(f, "{} ({})", self.used, lib.display()),
-            (None, Some(why)) => write!(f, "{} (ONNX Runtime unavailable: {why})", self.used),
-            (None, None) => write!(f, "{}", self.used),
+        write!(f, "{}", self.used)?;
+        let mut notes: Vec<String> = self.library.iter().map(|l| l.display().to_string()).collect();
+        notes.extend(
+            self.passed_over
+                .iter()
+                .map(|(b, why)| format!("{b} passed over: {why}")),
+        );
+        if !notes.is_empty() {
+            write!(f, " ({})", notes.join("; "))?;
         }
+        Ok(())
     }
 }
 
@@ -90,59 +109,78 @@ pub enum EmbedModel {
     /// ONNX Runtime.
     #[cfg(feature = "ort")]
     Ort(OrtModel),
+    /// tract's CUDA runtime.
+    #[cfg(feature = "cuda")]
+    Cuda(CudaModel),
 }
 
 impl EmbedModel {
-    /// Loads the model on the backend `settings` ask for. Under `auto` a
-    /// runtime that is missing or does not load, or a model it cannot run,
-    /// falls back to tract, and the choice says why.
+    /// Loads the model on the backend `settings` ask for. Under `auto`, a
+    /// GPU or runtime that is missing or does not load, or a model it
+    /// cannot run, passes to the next of CUDA, ONNX Runtime and tract, and
+    /// the choice says why.
     pub fn load(settings: &EmbedSettings) -> Result<(Self, BackendChoice), FaceError> {
-        let tract = || -> Result<Self, FaceError> {
-            Ok(Self::Tract(TractModel::load(
-                &settings.model,
-                &settings.tract_batch_sizes,
-            )?))
+        let named = |m: Self| {
+            let used = m.backend();
+            let library = (used == Backend::Ort).then(|| settings.onnxruntime.clone());
+            Ok((
+                m,
+                BackendChoice {
+                    used,
+                    passed_over: Vec::new(),
+                    library,
+                },
+            ))
         };
         match settings.backend {
-            Backend::Tract => Ok((
-                tract()?,
-                BackendChoice {
-                    used: Backend::Tract,
-                    fallback: None,
-                    library: None,
-                },
-            )),
-            Backend::Ort => {
-                let m = Self::load_ort(settings)?;
-                let library = Some(settings.onnxruntime.clone());
-                Ok((
-                    m,
-                    BackendChoice {
-                        used: Backend::Ort,
-                        fallback: None,
-                        library,
-                    },
-                ))
+            Backend::Tract => named(Self::load_tract(settings)?),
+            Backend::Ort => named(Self::load_ort(settings)?),
+            Backend::Cuda => named(Self::load_cuda(settings)?),
+            Backend::Auto => {
+                let mut passed_over = Vec::new();
+                for (backend, load) in [
+                    (
+                        Backend::Cuda,
+                        Self::load_cuda as fn(&EmbedSettings) -> Result<Self, FaceError>,
+                    ),
+                    (Backend::Ort, Self::load_ort),
+                ] {
+                    match load(settings) {
+                        Ok(m) => {
+                            let (m, mut choice) = named(m)?;
+                            choice.passed_over = passed_over;
+                            return Ok((m, choice));
+                        }
+                        Err(e) => passed_over.push((backend, e.to_string())),
+                    }
+                }
+                let (m, mut choice) = named(Self::load_tract(settings)?)?;
+                choice.passed_over = passed_over;
+                Ok((m, choice))
             }
-            Backend::Auto => match Self::load_ort(settings) {
-                Ok(m) => Ok((
-                    m,
-                    BackendChoice {
-                        used: Backend::Ort,
-                        fallback: None,
-                        library: Some(settings.onnxruntime.clone()),
-                    },
-                )),
-                Err(e) => Ok((
-                    tract()?,
-                    BackendChoice {
-                        used: Backend::Tract,
-                        fallback: Some(e.to_string()),
-                        library: None,
-                    },
-                )),
-            },
         }
+    }
+
+    fn load_tract(settings: &EmbedSettings) -> Result<Self, FaceError> {
+        Ok(Self::Tract(TractModel::load(
+            &settings.model,
+            &settings.tract_batch_sizes,
+        )?))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn load_cuda(settings: &EmbedSettings) -> Result<Self, FaceError> {
+        Ok(Self::Cuda(CudaModel::load(
+            &settings.model,
+            &settings.cuda_batch_sizes,
+        )?))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn load_cuda(_: &EmbedSettings) -> Result<Self, FaceError> {
+        Err(FaceError::Gpu(
+            "this build has no CUDA backend (cargo feature `cuda`)".into(),
+        ))
     }
 
     #[cfg(feature = "ort")]
@@ -170,6 +208,8 @@ impl EmbedModel {
             Self::Tract(m) => Box::new(m.embedder()?),
             #[cfg(feature = "ort")]
             Self::Ort(m) => Box::new(m.embedder()?),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(m) => Box::new(m.embedder()?),
         })
     }
 
@@ -179,6 +219,8 @@ impl EmbedModel {
             Self::Tract(m) => m.dim(),
             #[cfg(feature = "ort")]
             Self::Ort(m) => m.dim(),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(m) => m.dim(),
         }
     }
 
@@ -188,6 +230,8 @@ impl EmbedModel {
             Self::Tract(_) => Backend::Tract,
             #[cfg(feature = "ort")]
             Self::Ort(_) => Backend::Ort,
+            #[cfg(feature = "cuda")]
+            Self::Cuda(_) => Backend::Cuda,
         }
     }
 }

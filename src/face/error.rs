@@ -44,6 +44,10 @@ pub enum FaceError {
         /// Why it could not be used.
         message: String,
     },
+    /// The CUDA backend cannot run: no driver, no device, a CUDA library
+    /// missing or too old, or a build without the `cuda` feature.
+    #[error("CUDA backend unavailable: {0}")]
+    Gpu(String),
     /// The model returned something unusable (wrong shape, NaN, zero vector).
     #[error("model output unusable: {0}")]
     BadOutput(String),

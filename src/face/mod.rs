@@ -6,6 +6,8 @@
 
 pub mod align;
 pub mod backend;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod decode;
 pub mod detect;
 pub mod embed;

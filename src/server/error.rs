@@ -148,7 +148,7 @@ impl ApiError {
             FaceError::TooSmall { .. } => "image_too_small",
             FaceError::Unsupported(_) | FaceError::Decode(_) => "not_an_image",
             FaceError::Io { .. } => "io",
-            FaceError::Model(_) | FaceError::Runtime { .. } | FaceError::BadOutput(_) => {
+            FaceError::Model(_) | FaceError::Runtime { .. } | FaceError::Gpu(_) | FaceError::BadOutput(_) => {
                 return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "model", f.to_string());
             }
         };

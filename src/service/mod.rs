@@ -114,6 +114,9 @@ pub struct FaceConfig {
     /// Images that may wait for a pool worker, and faces that may wait for
     /// a model run (each queue has this bound).
     pub queue: usize,
+    /// The batching that replaces `batch_max`, `batch_delay`, `batch_sizes`
+    /// and `inference_threads` when the model runs on the CUDA backend.
+    pub gpu: GpuBatching,
     /// Scale the preparation workers between 1 and `workers` on the images
     /// waiting, holding growth while a round of full batches waits for the
     /// model (the pool's autoscaler sees the batcher's queue). Off: a fixed
@@ -133,9 +136,24 @@ impl FaceConfig {
             model: self.model.clone(),
             onnxruntime: self.onnxruntime.clone(),
             tract_batch_sizes: self.batch_sizes.clone(),
+            cuda_batch_sizes: self.gpu.plan_sizes(),
             max_batch: self.batch_max.max(1),
             intra_threads: self.intra_threads.max(1),
         }
+    }
+
+    /// These settings as they run on `backend`: on CUDA, the batching of
+    /// [`FaceConfig::gpu`]; on the CPU backends, unchanged.
+    pub fn for_backend(&self, backend: Backend) -> Self {
+        let mut c = self.clone();
+        if backend == Backend::Cuda {
+            c.batch_max = self.gpu.batch_max.max(1);
+            c.batch_delay = self.gpu.batch_delay;
+            c.batch_sizes = self.gpu.plan_sizes();
+            c.inference_threads = self.gpu.inference_threads.max(1);
+            c.intra_threads = 1;
+        }
+        c
     }
 
     /// The threads of each stage from the core budget, keeping what
@@ -191,9 +209,59 @@ impl FaceConfig {
             batch_delay: Duration::from_millis(2),
             limits: DecodeLimits::default(),
             queue: 4096,
+            gpu: GpuBatching::default(),
             autoscale: false,
             admission_wait: Some(Duration::from_secs(60)),
         }
+    }
+}
+
+/// The batching of the CUDA backend. A GPU runs 64 faces in about the
+/// time of one, so it is fed large batches: the batcher gathers up to
+/// `batch_max` faces for a few milliseconds, and a plan exists for a ladder
+/// of sizes up to it (a batch runs on the smallest plan that holds it,
+/// padded). One or two inference threads keep one device busy: each owns
+/// its own state and CUDA stream, so one copies and runs while the other
+/// waits for its batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuBatching {
+    /// Most faces per model run.
+    pub batch_max: usize,
+    /// Most time a face waits for its batch to fill.
+    pub batch_delay: Duration,
+    /// Batch sizes with a plan (those above `batch_max` are dropped and
+    /// `batch_max` and 1 are added).
+    pub batch_sizes: Vec<usize>,
+    /// Inference threads on the device.
+    pub inference_threads: usize,
+}
+
+impl Default for GpuBatching {
+    fn default() -> Self {
+        Self {
+            batch_max: 256,
+            batch_delay: Duration::from_millis(4),
+            batch_sizes: vec![1, 8, 32, 64, 128, 256],
+            inference_threads: 2,
+        }
+    }
+}
+
+impl GpuBatching {
+    /// The plan sizes: `batch_sizes` up to `batch_max`, with 1 and
+    /// `batch_max`, sorted and unique.
+    pub fn plan_sizes(&self) -> Vec<usize> {
+        let max = self.batch_max.max(1);
+        let mut sizes: Vec<usize> = self
+            .batch_sizes
+            .iter()
+            .copied()
+            .filter(|b| (1..=max).contains(b))
+            .collect();
+        sizes.extend([1, max]);
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
     }
 }
 
@@ -338,6 +406,8 @@ impl FaceService {
     /// Loads the models and starts the pool and the batcher.
     pub fn start(config: FaceConfig) -> Result<Self, StartError> {
         let (model, backend) = EmbedModel::load(&config.embed_settings())?;
+        // The batching of the backend that runs.
+        let config = config.for_backend(backend.used);
         let dim = model.dim();
         let det = DetectModels::load(&config.detector, config.landmarks.as_deref())?;
         let metrics = Metrics::new();
@@ -854,5 +924,71 @@ impl FaceService {
     pub fn shutdown(&self, timeout: Duration) {
         self.pool.shutdown(timeout);
         self.batcher.shutdown(timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> FaceConfig {
+        FaceConfig::from_assets(Path::new("assets"))
+    }
+
+    #[test]
+    fn the_cpu_backends_keep_their_batching() {
+        let c = config();
+        for b in [Backend::Tract, Backend::Ort] {
+            let r = c.for_backend(b);
+            assert_eq!(
+                (
+                    r.batch_max,
+                    r.batch_delay,
+                    &r.batch_sizes,
+                    r.inference_threads,
+                    r.intra_threads
+                ),
+                (
+                    c.batch_max,
+                    c.batch_delay,
+                    &c.batch_sizes,
+                    c.inference_threads,
+                    c.intra_threads
+                ),
+                "{b}"
+            );
+        }
+        // Small batches on the CPU (the cost per face rises above 4 on ONNX
+        // Runtime; see benches/backends.rs).
+        assert_eq!((c.batch_max, c.batch_delay), (4, Duration::from_millis(2)));
+    }
+
+    #[test]
+    fn the_gpu_gets_large_batches_a_few_ms_and_two_threads() {
+        let c = config();
+        let r = c.for_backend(Backend::Cuda);
+        assert_eq!(r.batch_max, 256);
+        assert_eq!(r.batch_delay, Duration::from_millis(4));
+        assert_eq!(r.inference_threads, 2);
+        assert_eq!(r.intra_threads, 1);
+        assert_eq!(r.batch_sizes, vec![1, 8, 32, 64, 128, 256]);
+        // Preparation is untouched: it stays on the CPU pool.
+        assert_eq!((r.workers, r.queue), (c.workers, c.queue));
+        // The plans the model is loaded with are the ones it runs.
+        assert_eq!(c.embed_settings().cuda_batch_sizes, r.batch_sizes);
+    }
+
+    #[test]
+    fn gpu_plan_sizes_end_at_batch_max() {
+        let mut g = GpuBatching {
+            batch_max: 100,
+            ..GpuBatching::default()
+        };
+        assert_eq!(g.plan_sizes(), vec![1, 8, 32, 64, 100]);
+        g.batch_max = 0;
+        assert_eq!(g.plan_sizes(), vec![1]);
+        g.batch_max = 512;
+        g.batch_sizes = vec![0, 512, 300, 8, 8];
+        assert_eq!(g.plan_sizes(), vec![1, 8, 300, 512]);
     }
 }

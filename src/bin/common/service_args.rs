@@ -19,8 +19,9 @@ pub struct ServiceArgs {
     /// The face detector model.
     #[arg(long, env = "FACEPOOL_DETECTOR")]
     pub detector: Option<PathBuf>,
-    /// Embedding backend: ort (ONNX Runtime), tract, or auto (ort when its
-    /// library loads, else tract).
+    /// Embedding backend: cuda (tract's CUDA runtime on the first GPU), ort
+    /// (ONNX Runtime), tract, or auto (cuda when a GPU and its libraries
+    /// load, else ort when its library loads, else tract).
     #[arg(long, env = "FACEPOOL_BACKEND", default_value = "auto")]
     pub backend: Backend,
     /// The ONNX Runtime library (default: assets/lib/libonnxruntime.so.1).
@@ -37,7 +38,7 @@ pub struct ServiceArgs {
     #[arg(long, env = "FACEPOOL_THREADS")]
     pub threads: Option<usize>,
     /// Inference threads, each with its own model state (default: the
-    /// cores, divided by the intra-op threads).
+    /// cores, divided by the intra-op threads; 2 on a GPU).
     #[arg(long, env = "FACEPOOL_INFERENCE_THREADS")]
     pub inference_threads: Option<usize>,
     /// Scale the preparation workers between 1 and --threads on their
@@ -47,10 +48,11 @@ pub struct ServiceArgs {
     /// ONNX Runtime intra-op threads per inference thread (default: 1).
     #[arg(long, env = "FACEPOOL_INTRA_THREADS")]
     pub intra_threads: Option<usize>,
-    /// Most faces per model run.
+    /// Most faces per model run (default: 4 on the CPU, 256 on a GPU).
     #[arg(long, env = "FACEPOOL_BATCH_MAX")]
     pub batch_max: Option<usize>,
-    /// Most time a face waits for its batch, ms.
+    /// Most time a face waits for its batch, ms (default: 2 on the CPU, 4
+    /// on a GPU).
     #[arg(long, env = "FACEPOOL_BATCH_DELAY_MS", value_parser = delay_ms)]
     pub batch_delay_ms: Option<f64>,
 }
@@ -88,11 +90,18 @@ pub fn config(args: &ServiceArgs) -> FaceConfig {
         inference_threads: args.inference_threads,
         intra_threads: args.intra_threads,
     });
+    // What the flags set holds on every backend (the GPU's own defaults
+    // apply only where a flag leaves them).
+    if let Some(n) = args.inference_threads {
+        c.gpu.inference_threads = n.max(1);
+    }
     if let Some(b) = args.batch_max {
         c.batch_max = b.max(1);
+        c.gpu.batch_max = b.max(1);
     }
     if let Some(d) = args.batch_delay_ms {
         c.batch_delay = Duration::from_secs_f64(d.max(0.0) / 1e3);
+        c.gpu.batch_delay = c.batch_delay;
     }
     c
 }

@@ -7,11 +7,13 @@
 //! compare identify --index people.fpi IMG...
 //! compare remove --index people.fpi --id NAME
 //! compare index-info people.fpi
+//! compare model-check --backend cuda --against ort
 //! ```
 //!
 //! Exit codes: 0 when every input was handled, 1 when some inputs failed
 //! (each is reported), 2 for usage and set-up errors.
 
+mod check;
 mod index;
 mod pairs;
 #[path = "../common/service_args.rs"]
@@ -30,6 +32,16 @@ use self::pairs::{Pair, PairsReader, Pipeline};
 use self::service_args::{config, ServiceArgs};
 use serde_json::json;
 
+#[derive(clap::Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Index(index::Command),
+    /// One embedding backend (--backend) against another (--against) on
+    /// the labelled photos: parity of each embedding and of every pair's
+    /// verdict, and the bare model's faces/s at each batch size (JSON).
+    ModelCheck(check::CheckArgs),
+}
+
 #[derive(Parser)]
 #[command(
     about = "Compare face images: are they the same person? Enroll people and identify faces.",
@@ -37,7 +49,7 @@ use serde_json::json;
 )]
 struct Args {
     #[command(subcommand)]
-    command: Option<index::Command>,
+    command: Option<Command>,
     /// Two images to compare (or use --pairs).
     images: Vec<PathBuf>,
     /// A CSV file of pairs: `a,b` or `a,b,label` per line (label 1/0 or
@@ -131,8 +143,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> ExitCode {
-    if let Some(cmd) = args.command {
-        return index::run(cmd);
+    match args.command {
+        Some(Command::Index(cmd)) => return index::run(cmd),
+        Some(Command::ModelCheck(a)) => return check::run(a),
+        None => {}
     }
     let mut pairs: Box<dyn Iterator<Item = Pair>> = match (&args.pairs, args.images.len()) {
         (Some(file), 0) => match PairsReader::open(file) {

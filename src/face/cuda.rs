@@ -1,0 +1,342 @@
+//! The CUDA embedding backend (feature `cuda`): the model on tract's CUDA
+//! runtime (`tract-cuda`).
+//!
+//! Nothing CUDA is needed to build: the driver (`libcuda.so.1`) and the
+//! CUDA 13 libraries (cudart, cuBLAS, cuDNN, NVRTC) are opened at run time
+//! through the loader's path (`LD_LIBRARY_PATH`), and the kernels are
+//! compiled by NVRTC at first start (headers under `CUDA_HOME`) and cached.
+//! Loading checks all of that first, so a machine without a GPU gets an
+//! error that names what is missing instead of a panic deep in the runtime.
+//!
+//! One plan per batch size, each shared by the inference threads; each
+//! thread runs its own state on its own CUDA stream. A batch runs on the
+//! smallest plan that holds it, padded with blank faces (a GPU runs 64 faces
+//! in about the time of one, so padding costs little and keeps the number
+//! of plans small); a batch larger than the largest plan is split.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::runtime::{runtime_for_name, Runnable, Runtime, State};
+
+use super::align::FACE_SIZE;
+use super::embed::{concat, probe_dim, rows, Embedder, Embedding, FaceInput, INPUT_LEN};
+use super::FaceError;
+
+// Linking the crate registers its runtime with tract-core.
+use tract_cuda as _;
+
+/// The name tract-core knows the runtime by.
+const RUNTIME: &str = "cuda";
+
+fn gpu_err(e: impl std::fmt::Display) -> FaceError {
+    FaceError::Gpu(e.to_string())
+}
+
+/// tract's CUDA runtime, once its driver, device and libraries are checked:
+/// an error that says which one is missing otherwise.
+fn runtime() -> Result<&'static dyn Runtime, FaceError> {
+    let found = catch_unwind(|| runtime_for_name(RUNTIME))
+        .map_err(|_| gpu_err("the CUDA runtime panicked while checking the device"))?;
+    match found {
+        Ok(Some(rt)) => Ok(rt),
+        Ok(None) => Err(gpu_err("tract's CUDA runtime is not linked into this build")),
+        Err(e) => Err(gpu_err(format!("{e:#}"))),
+    }
+}
+
+/// Whether a node of a prepared plan runs on the GPU: CUDA and generic GPU
+/// operators, the copies between host and device, inputs and constants.
+pub(crate) fn on_gpu(op: &str) -> bool {
+    op.starts_with("Cuda")
+        || op.starts_with("Gpu")
+        || op.starts_with("DeviceSync")
+        || op == "Source"
+        || op == "Const"
+}
+
+/// The embedding model on the GPU: one plan per batch size.
+#[derive(Clone)]
+pub struct CudaModel {
+    plans: Vec<(usize, Arc<dyn Runnable>)>,
+    dim: usize,
+    cpu_nodes: Vec<String>,
+}
+
+impl std::fmt::Debug for CudaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: Vec<usize> = self.plans.iter().map(|p| p.0).collect();
+        f.debug_struct("CudaModel")
+            .field("batch_sizes", &sizes)
+            .field("dim", &self.dim)
+            .field("cpu_nodes", &self.cpu_nodes)
+            .finish()
+    }
+}
+
+/// The plan sizes to build from those asked for: positive, sorted, unique,
+/// with 1 always among them (every batch can then be run).
+pub(crate) fn plan_sizes(asked: &[usize]) -> Vec<usize> {
+    let mut sizes: Vec<usize> = asked.iter().copied().filter(|b| *b > 0).collect();
+    sizes.push(1);
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
+}
+
+/// How a batch of `n` faces runs on plans of `sizes` (sorted, holding 1):
+/// pieces of the largest plan while more than it remain, then the smallest
+/// plan that holds the rest. Each piece is (plan index, faces it takes).
+pub(crate) fn schedule(sizes: &[usize], n: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let Some(&largest) = sizes.last() else {
+        return out;
+    };
+    let mut rest = n;
+    while rest > largest {
+        out.push((sizes.len() - 1, largest));
+        rest -= largest;
+    }
+    if rest > 0 {
+        let index = sizes.iter().position(|b| *b >= rest).unwrap_or(sizes.len() - 1);
+        out.push((index, rest));
+    }
+    out
+}
+
+impl CudaModel {
+    /// Loads the model at `path` onto the GPU with a plan for each of
+    /// `batch_sizes` (1 is always added). Fails with [`FaceError::Gpu`]
+    /// naming what is missing when there is no driver, no device or no
+    /// CUDA library, and with [`FaceError::Model`] when the file is not a
+    /// usable model.
+    pub fn load(path: &Path, batch_sizes: &[usize]) -> Result<Self, FaceError> {
+        if !path.is_file() {
+            return Err(FaceError::Model(format!(
+                "{}: no such file (run scripts/fetch-assets.sh)",
+                path.display()
+            )));
+        }
+        let rt = runtime()?;
+        let mut plans = Vec::new();
+        let mut cpu_nodes = Vec::new();
+        for b in plan_sizes(batch_sizes) {
+            let plan = prepare(rt, path, b)?;
+            if cpu_nodes.is_empty() {
+                cpu_nodes = off_gpu(&*plan);
+            }
+            plans.push((b, plan));
+        }
+        let mut m = Self {
+            plans,
+            dim: 0,
+            cpu_nodes,
+        };
+        let mut e = m.embedder()?;
+        m.dim = probe_dim(|f| e.run_plan(0, f))?;
+        Ok(m)
+    }
+
+    /// An embedder for one inference thread (its own states).
+    pub fn embedder(&self) -> Result<CudaEmbedder, FaceError> {
+        let states = self
+            .plans
+            .iter()
+            .map(|(_, p)| {
+                catch_unwind(AssertUnwindSafe(|| p.spawn()))
+                    .map_err(|_| gpu_err("the CUDA runtime panicked while making a state"))?
+                    .map_err(|e| gpu_err(format!("{e:#}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CudaEmbedder {
+            sizes: self.plans.iter().map(|p| p.0).collect(),
+            states,
+            dim: self.dim,
+            data: Vec::new(),
+        })
+    }
+
+    /// Length of the embeddings.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The batch sizes with a plan.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.plans.iter().map(|p| p.0).collect()
+    }
+
+    /// The nodes of the plan that stay on the CPU (name and operator),
+    /// empty when the whole model runs on the GPU.
+    pub fn cpu_nodes(&self) -> &[String] {
+        &self.cpu_nodes
+    }
+}
+
+/// The model decluttered (not optimised for the CPU: the CUDA runtime
+/// translates the generic operators, then optimises) and prepared for
+/// batches of `b`.
+fn prepare(rt: &dyn Runtime, path: &Path, b: usize) -> Result<Arc<dyn Runnable>, FaceError> {
+    let model_err = |e: String| FaceError::Model(format!("{}: {e}", path.display()));
+    let typed = catch_unwind(AssertUnwindSafe(|| -> TractResult<TypedModel> {
+        tract_onnx::onnx()
+            .model_for_path(path)?
+            .with_input_fact(0, f32::fact([b, 3, FACE_SIZE, FACE_SIZE]).into())?
+            .into_typed()?
+            .into_decluttered()
+    }))
+    .map_err(|_| model_err("the model loader panicked (not a usable ONNX model)".into()))?
+    .map_err(|e| model_err(format!("{e:#}")))?;
+    let plan = catch_unwind(AssertUnwindSafe(|| rt.prepare(typed)))
+        .map_err(|_| gpu_err("the CUDA runtime panicked while preparing the model (no usable device?)"))?
+        .map_err(|e| gpu_err(format!("preparing the model for batches of {b}: {e:#}")))?;
+    Ok(Arc::from(plan))
+}
+
+/// The nodes of a prepared plan that are not on the GPU.
+fn off_gpu(plan: &dyn Runnable) -> Vec<String> {
+    let Some(model) = plan.typed_model() else {
+        return Vec::new();
+    };
+    model
+        .nodes()
+        .iter()
+        .filter(|n| !on_gpu(&n.op.name()))
+        .map(|n| format!("{} ({})", n.name, n.op.name()))
+        .collect()
+}
+
+/// The CUDA backend for one inference thread.
+pub struct CudaEmbedder {
+    sizes: Vec<usize>,
+    states: Vec<Box<dyn State>>,
+    dim: usize,
+    /// The batch's input, kept between runs (its capacity reused).
+    data: Vec<f32>,
+}
+
+impl CudaEmbedder {
+    /// Runs `faces` (at most the plan's size) on the plan at `index`,
+    /// padded with blank faces; returns one row per face of `faces`.
+    fn run_plan(&mut self, index: usize, faces: &[FaceInput]) -> Result<Vec<Vec<f32>>, FaceError> {
+        let b = self.sizes[index];
+        if faces.len() > b {
+            return Err(FaceError::Model(format!(
+                "{} faces for a plan of {b}",
+                faces.len()
+            )));
+        }
+        self.data.clear();
+        concat(faces, &mut self.data)?;
+        self.data.resize(b * INPUT_LEN, 0.0);
+        let input = Tensor::from_shape(&[b, 3, FACE_SIZE, FACE_SIZE], &self.data)
+            .map_err(|e| FaceError::Model(format!("{e:#}")))?;
+        let state = &mut self.states[index];
+        let outputs = catch_unwind(AssertUnwindSafe(|| state.run(tvec!(input.into_tvalue()))))
+            .map_err(|_| FaceError::Model("the model panicked while running on the GPU".into()))?
+            .map_err(|e| FaceError::Model(format!("{e:#}")))?;
+        let Some(out) = outputs.into_iter().next() else {
+            return Err(FaceError::BadOutput("the model has no output".into()));
+        };
+        let view = out
+            .to_plain_array_view::<f32>()
+            .map_err(|e| FaceError::BadOutput(format!("{e:#}")))?;
+        let flat: Vec<f32> = view.iter().copied().collect();
+        let mut rows = rows(&flat, b, self.dim, view.shape())?;
+        rows.truncate(faces.len());
+        Ok(rows)
+    }
+}
+
+impl Embedder for CudaEmbedder {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn batch_sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+
+    fn embed(&mut self, faces: &[FaceInput]) -> Result<Vec<Result<Embedding, FaceError>>, FaceError> {
+        let mut out = Vec::with_capacity(faces.len());
+        let mut rest = faces;
+        for (index, take) in schedule(&self.sizes, faces.len()) {
+            let (now, later) = rest.split_at(take);
+            for row in self.run_plan(index, now)? {
+                out.push(Embedding::normalised(row));
+            }
+            rest = later;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_sizes_hold_one_and_are_sorted_and_unique() {
+        assert_eq!(plan_sizes(&[256, 0, 64, 64, 8]), vec![1, 8, 64, 256]);
+        assert_eq!(plan_sizes(&[]), vec![1]);
+    }
+
+    #[test]
+    fn a_batch_runs_on_the_smallest_plan_that_holds_it() {
+        let sizes = plan_sizes(&[8, 32, 64, 128, 256]);
+        assert_eq!(schedule(&sizes, 0), vec![]);
+        assert_eq!(schedule(&sizes, 1), vec![(0, 1)]);
+        assert_eq!(schedule(&sizes, 2), vec![(1, 2)]);
+        assert_eq!(schedule(&sizes, 33), vec![(3, 33)]);
+        assert_eq!(schedule(&sizes, 256), vec![(5, 256)]);
+        // Beyond the largest plan: full pieces of it, then the rest.
+        assert_eq!(schedule(&sizes, 600), vec![(5, 256), (5, 256), (4, 88)]);
+        let total: usize = schedule(&sizes, 1000).iter().map(|p| p.1).sum();
+        assert_eq!(total, 1000);
+        // Only the plan of one: one face at a time.
+        assert_eq!(schedule(&[1], 3), vec![(0, 1), (0, 1), (0, 1)]);
+    }
+
+    #[test]
+    fn gpu_and_cpu_operators_are_told_apart() {
+        for op in [
+            "CudaConv",
+            "GpuSlice",
+            "CudaAdd",
+            "DeviceSyncToHost",
+            "Source",
+            "Const",
+        ] {
+            assert!(on_gpu(op), "{op}");
+        }
+        for op in ["OptMatMul", "Conv", "Reshape"] {
+            assert!(!on_gpu(op), "{op}");
+        }
+    }
+
+    #[test]
+    fn the_load_embeds_on_a_gpu_or_fails_naming_what_is_missing() {
+        // The test machines have no NVIDIA driver: there the load must be a
+        // GPU error (never a panic); on a GPU machine it must embed.
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models/fr_feature.onnx");
+        match (runtime(), CudaModel::load(&model, &[1, 4])) {
+            (Ok(_), Ok(m)) => {
+                let face = FaceInput(vec![0.5; INPUT_LEN].into_boxed_slice());
+                let out = m
+                    .embedder()
+                    .unwrap()
+                    .embed(&[face.clone(), face.clone(), face])
+                    .unwrap();
+                assert_eq!(out.len(), 3);
+                assert!(out.iter().all(|e| e.as_ref().unwrap().0.len() == m.dim()));
+            }
+            (Err(FaceError::Gpu(why)), Err(FaceError::Gpu(m))) => {
+                assert_eq!(why, m);
+                assert!(m.contains("CUDA"), "{m}");
+            }
+            (rt, load) => panic!("runtime {rt:?}, load {load:?}"),
+        }
+    }
+}

@@ -51,6 +51,15 @@ pub struct ServiceArgs {
     /// Most faces per model run (default: 4 on the CPU, 256 on a GPU).
     #[arg(long, env = "FACEPOOL_BATCH_MAX")]
     pub batch_max: Option<usize>,
+    /// Largest image file accepted, bytes (default: 32 MiB).
+    #[arg(long, env = "FACEPOOL_MAX_IMAGE_BYTES")]
+    pub max_image_bytes: Option<u64>,
+    /// Widest and tallest image accepted, pixels (default: 8192).
+    #[arg(long, env = "FACEPOOL_MAX_IMAGE_SIDE")]
+    pub max_image_side: Option<u32>,
+    /// Most pixels (width × height) of an image accepted (default: 40000000).
+    #[arg(long, env = "FACEPOOL_MAX_IMAGE_PIXELS")]
+    pub max_image_pixels: Option<u64>,
     /// Most time a face waits for its batch, ms (default: 2 on the CPU, 4
     /// on a GPU).
     #[arg(long, env = "FACEPOOL_BATCH_DELAY_MS", value_parser = delay_ms)]
@@ -90,6 +99,16 @@ pub fn config(args: &ServiceArgs) -> FaceConfig {
         inference_threads: args.inference_threads,
         intra_threads: args.intra_threads,
     });
+    if let Some(b) = args.max_image_bytes {
+        c.limits.max_file_bytes = b;
+    }
+    if let Some(side) = args.max_image_side {
+        c.limits.max_width = side;
+        c.limits.max_height = side;
+    }
+    if let Some(p) = args.max_image_pixels {
+        c.limits.max_pixels = p;
+    }
     // What the flags set holds on every backend (the GPU's own defaults
     // apply only where a flag leaves them).
     if let Some(n) = args.inference_threads {

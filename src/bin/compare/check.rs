@@ -110,7 +110,7 @@ pub(crate) fn run(args: CheckArgs) -> ExitCode {
 }
 
 fn check(args: &CheckArgs) -> Result<serde_json::Value, String> {
-    if args.batches.iter().any(|b| *b == 0) || !(args.seconds > 0.0 && args.seconds <= 600.0) {
+    if args.batches.contains(&0) || !(args.seconds > 0.0 && args.seconds <= 600.0) {
         return Err("--batches must be positive and --seconds in (0, 600]".into());
     }
     let base = config(&args.service);

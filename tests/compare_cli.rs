@@ -467,3 +467,18 @@ fn a_pairs_line_too_long_is_an_error_in_its_place() {
     );
     assert_eq!(s["failed"].as_u64(), Some(1));
 }
+
+/// The decode limits are flags: an image over them is that pair's error
+/// (exit 1), with the limit named.
+#[test]
+fn decode_limits_are_flags() {
+    let (a, b) = (photo("John_Savage", 0), photo("John_Savage", 1));
+    let (code, out, err) = compare(&["--max-image-bytes", "100", &a, &b]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("more than the limit of 100"), "{out}");
+    let (code, out, _) = compare(&["--max-image-side", "20", &a, &b]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("image too large"), "{out}");
+    let (code, out, err) = compare(&["--max-image-pixels", "100000000", &a, &b]);
+    assert_eq!(code, 0, "{out}{err}");
+}

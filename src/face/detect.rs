@@ -45,14 +45,39 @@ pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 
 /// Greedy non-maximum suppression: keeps the best-scoring boxes, dropping
 /// any that overlaps a kept one by more than `max_iou`.
-pub fn nms(mut dets: Vec<Detection>, max_iou: f32) -> Vec<Detection> {
+pub fn nms(dets: Vec<Detection>, max_iou: f32) -> Vec<Detection> {
+    nms_at_most(dets, max_iou, usize::MAX)
+}
+
+/// [`nms`] that stops once `max` boxes are kept (the best-scoring ones), so
+/// its cost is at most candidates × `max` overlap tests.
+fn nms_at_most(mut dets: Vec<Detection>, max_iou: f32, max: usize) -> Vec<Detection> {
     dets.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut kept: Vec<Detection> = Vec::new();
     for d in dets {
+        if kept.len() >= max {
+            break;
+        }
         if kept.iter().all(|k| iou(&k.bbox, &d.bbox) <= max_iou) {
             kept.push(d);
         }
     }
+    kept
+}
+
+/// The most faces found in one image: the [`MAX_FACES`] best-scoring after
+/// NMS. A crowd, or an image made to look like one, costs a bounded time
+/// (NMS, then one landmark run and one alignment per face) and memory.
+/// The service embeds one face per image (the largest of these); only
+/// [`find_faces`](super::find_faces) with `all_faces` hands back more.
+pub const MAX_FACES: usize = 64;
+
+/// The faces [`Detector::detect`] reports from the candidates scoring above
+/// its threshold: NMS at `max_iou`, at most [`MAX_FACES`] (the best-scoring),
+/// largest first.
+pub fn select_faces(dets: Vec<Detection>, max_iou: f32) -> Vec<Detection> {
+    let mut kept = nms_at_most(dets, max_iou, MAX_FACES);
+    kept.sort_by(|a, b| b.area().total_cmp(&a.area()));
     kept
 }
 
@@ -116,7 +141,8 @@ pub enum PointsFrom {
 }
 
 impl Detector {
-    /// Faces scoring at least `min_score`, after NMS at `max_iou`, largest first.
+    /// Faces scoring at least `min_score`, after NMS at `max_iou`, at most
+    /// [`MAX_FACES`], largest first ([`select_faces`]).
     pub fn detect(
         &mut self,
         img: &RgbImage,
@@ -157,9 +183,7 @@ impl Detector {
                 dets.push(Detection { bbox, score });
             }
         }
-        let mut kept = nms(dets, max_iou);
-        kept.sort_by(|a, b| b.area().total_cmp(&a.area()));
-        Ok(kept)
+        Ok(select_faces(dets, max_iou))
     }
 
     /// The 5 alignment points (eyes, nose, mouth corners) of a detected face.

@@ -13,7 +13,7 @@
 //! | 4 | flags (0: f32 vectors) |
 //! | 4 | CRC-32 of the 44 bytes above |
 //! | … | people: id length u32, id (UTF-8), has-metadata u8, [metadata length u32, metadata] |
-//! | 4 × vectors | owner of each vector (index into people) |
+//! | 4 × vectors | owner of each vector (index into people, who are numbered in the order of their first vector) |
 //! | 4 × dim × vectors | the vectors, f32, unit length |
 //! | 4 | CRC-32 of everything before it |
 //! | 4 | end marker `XDIP` |
@@ -23,7 +23,7 @@
 //! anything sized by the header; then it reads the rest, validating every
 //! field, and checks the whole-file checksum before the index is used.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -130,17 +130,25 @@ pub(super) fn save(path: &Path, dim: usize, chunks: &[Arc<Chunk>]) -> Result<(),
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| corrupt(path, "the path names no file"))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(
-        ".{name}.tmp.{}.{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
+    let prefix = temp_prefix(path)?;
+    let tmp = dir.join(format!("{prefix}{}.{}", std::process::id(), fastrand::u64(..)));
     let write = || -> std::io::Result<()> {
-        let f = File::create(&tmp)?;
+        let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        // Held until the temp file is renamed or its writer dies, so that a
+        // later save can tell an abandoned temp file from one being written.
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                // A concurrent save is removing it as abandoned (possible only
+                // in the instant between its creation and this lock).
+                return Err(std::io::Error::other(
+                    "the temp file was taken by a concurrent save",
+                ));
+            }
+            // No locks on this filesystem: write anyway; abandoned temp
+            // files are then left for the operator.
+            Err(TryLockError::Error(_)) => {}
+        }
         let mut w = Crc {
             inner: BufWriter::with_capacity(1 << 20, f),
             crc: crc32fast::Hasher::new(),
@@ -177,7 +185,43 @@ pub(super) fn save(path: &Path, dim: usize, chunks: &[Arc<Chunk>]) -> Result<(),
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io(path, e)
-    })
+    })?;
+    remove_abandoned(&dir, &prefix);
+    Ok(())
+}
+
+/// The start of the name of every temp file a save of `path` writes:
+/// `.{file name}.tmp.`, followed by the writer's process id and a random
+/// number.
+fn temp_prefix(path: &Path) -> Result<String, IndexError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| corrupt(path, "the path names no file"))?
+        .to_string_lossy();
+    Ok(format!(".{name}.tmp."))
+}
+
+/// Removes the temp files of saves whose writer died before its rename (a
+/// crash, `kill -9`): those whose lock can be taken. A temp file being
+/// written holds its writer's lock, in this process or another, and is left
+/// alone. Best effort: errors only leave a file for the next save.
+fn remove_abandoned(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let p = e.path();
+        // Opened for writing: some platforms lock only writable files.
+        let Ok(f) = OpenOptions::new().write(true).open(&p) else {
+            continue;
+        };
+        if f.try_lock().is_ok() {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -320,7 +364,10 @@ pub(super) fn load(path: &Path) -> Result<(usize, Vec<Chunk>), IndexError> {
     drop(table);
 
     let mut owners = Vec::with_capacity(vectors);
-    let mut used = vec![false; people_n];
+    // People are numbered in the order of their first vector, as `save`
+    // numbers them: a file numbered otherwise would load, then save to
+    // other bytes (found by the index_load fuzz target).
+    let mut seen = 0usize;
     let mut buf = vec![0u8; 4 * CHUNK_ROWS * dim];
     let mut left = vectors;
     while left > 0 {
@@ -328,22 +375,23 @@ pub(super) fn load(path: &Path) -> Result<(usize, Vec<Chunk>), IndexError> {
         r.exact(&mut buf[..4 * n]).map_err(rd)?;
         for (i, b) in buf[..4 * n].chunks_exact(4).enumerate() {
             let o = u32_at(b, 0) as usize;
-            let p = people.get(o).ok_or_else(|| {
-                corrupt(
+            let v = vectors - left + i;
+            let p = people
+                .get(o)
+                .ok_or_else(|| corrupt(path, format!("vector {v} belongs to person {o} of {people_n}")))?;
+            if o > seen {
+                return Err(corrupt(
                     path,
-                    format!(
-                        "vector {} belongs to person {o} of {people_n}",
-                        vectors - left + i
-                    ),
-                )
-            })?;
-            used[o] = true;
+                    format!("vector {v} belongs to person {o} before person {seen} has a vector"),
+                ));
+            }
+            seen += usize::from(o == seen);
             owners.push(p.clone());
         }
         left -= n;
     }
-    if let Some(i) = used.iter().position(|u| !u) {
-        return Err(corrupt(path, format!("person {i} has no vectors")));
+    if seen < people_n {
+        return Err(corrupt(path, format!("person {seen} has no vectors")));
     }
 
     let mut chunks = Vec::with_capacity(vectors.div_ceil(CHUNK_ROWS));

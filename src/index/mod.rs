@@ -543,7 +543,12 @@ impl Index {
     }
 
     /// Writes the index to `path` atomically: a temporary file in the same
-    /// directory, flushed to disk, then renamed over `path`. Searches and
+    /// directory (`.{name}.tmp.{pid}.{random}`, locked while written),
+    /// flushed to disk, renamed over `path`, then the directory flushed so
+    /// the rename survives a power cut. A process killed at any instant
+    /// leaves `path` with the old or the new content, never a mix
+    /// (`tests/crash_safety.rs`). A successful save removes the temp files
+    /// that killed writers left (those whose lock is free). Searches and
     /// writes go on meanwhile; the file holds the index as it was when the
     /// save began.
     pub fn save(&self, path: &Path) -> Result<(), IndexError> {

@@ -75,20 +75,38 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, FaceError
         Some(_) => {}
     }
     let mut l = image::Limits::default();
-    l.max_image_width = Some(limits.max_width);
-    l.max_image_height = Some(limits.max_height);
+    // The decoder checks the sides as stored, before the EXIF orientation
+    // turns them: either may be the longer limit here; the sides as shown
+    // are checked below.
+    let side = limits.max_width.max(limits.max_height);
+    l.max_image_width = Some(side);
+    l.max_image_height = Some(side);
     // Decoded RGBA at 16 bits per channel is the most a decoder holds.
     l.max_alloc = Some(limits.max_pixels.saturating_mul(8));
     reader.limits(l);
     let mut decoder = reader.into_decoder().map_err(|e| decode_err(e, limits))?;
-    let (width, height) = decoder.dimensions();
-    check_dimensions(width, height, limits)?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    // The limits are on the image as shown: a quarter turn swaps its sides
+    // (found by the decode fuzz target: a 120x20 JPEG turned by its EXIF
+    // tag came out 20x120, past a height limit of 96).
+    let (stored_w, stored_h) = decoder.dimensions();
+    let (width, height) = if quarter_turn(orientation) {
+        (stored_h, stored_w)
+    } else {
+        (stored_w, stored_h)
+    };
+    check_dimensions(width, height, limits)?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| decode_err(e, limits))?;
     img.apply_orientation(orientation);
     Ok(img.to_rgb8())
+}
+
+/// Whether an EXIF orientation swaps the width and the height.
+fn quarter_turn(o: image::metadata::Orientation) -> bool {
+    use image::metadata::Orientation::*;
+    matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
 }
 
 /// A JPEG whose last scan (SOS marker) is not followed by an end-of-image

@@ -214,6 +214,7 @@ impl App {
             .merge(api)
             .merge(metrics)
             .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(self.clone(), count_requests))
             .layer(DefaultBodyLimit::max(self.inner.config.max_body))
             .with_state(self.clone())
@@ -393,6 +394,17 @@ async fn count_requests(State(app): State<App>, req: Request, next: Next) -> Res
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no_route", "no such route")
+}
+
+/// A known route with a method it does not take: the JSON error shape
+/// like every other error (axum's own 405 has an empty body); axum adds
+/// the `Allow` header.
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "the route does not take this method",
+    )
 }
 
 #[utoipa::path(get, path = "/livez", responses((status = 200, body = StatusBody)))]

@@ -298,8 +298,14 @@ pub enum ProfileError {
 
 /// Most seconds a run may send for (a day): the generator stops by itself.
 const MAX_SECONDS: f64 = 86_400.0;
+/// Fewest seconds a duration may be (a millisecond): a positive number that
+/// rounds to no time at all is no limit.
+const MIN_SECONDS: f64 = 1e-3;
 /// Most requests per second a profile may ask for.
 const MAX_RATE: f64 = 1e6;
+/// Fewest requests per second an open loop may ask for (one in 1000 s): the
+/// gap to the next request, 1 / rate, must be a duration.
+const MIN_RATE: f64 = 1e-3;
 /// Most faces in one request, and most clients, callers or threads.
 const MAX_COUNT: usize = 100_000;
 
@@ -336,6 +342,15 @@ impl Profile {
                 Err((field, format!("must be a number in (0, {max}], not {v}")))
             }
         };
+        let within = |field: &'static str, v: f64, min: f64, max: f64| {
+            if v.is_finite() && (min..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err((field, format!("must be a number in [{min}, {max}], not {v}")))
+            }
+        };
+        let seconds = |field: &'static str, v: f64| within(field, v, MIN_SECONDS, MAX_SECONDS);
+        let rate = |field: &'static str, v: f64| within(field, v, MIN_RATE, MAX_RATE);
         let count = |field: &'static str, v: usize| {
             if (1..=MAX_COUNT).contains(&v) {
                 Ok(())
@@ -375,23 +390,23 @@ impl Profile {
                 }
                 match (a.rate, a.phases.is_empty()) {
                     (Some(r), true) => {
-                        positive("arrival.rate", r, MAX_RATE)?;
+                        rate("arrival.rate", r)?;
                         if self.stop.seconds.is_none() && self.stop.requests.is_none() {
                             return Err(("stop.seconds", "is required (or stop.requests)".into()));
                         }
                     }
                     (None, false) => {
                         for ph in &a.phases {
-                            positive("arrival.phases.seconds", ph.seconds, MAX_SECONDS)?;
-                            positive("arrival.phases.rate", ph.rate, MAX_RATE)?;
+                            seconds("arrival.phases.seconds", ph.seconds)?;
+                            rate("arrival.phases.rate", ph.rate)?;
                             if let Some(r) = ph.ramp_to {
-                                positive("arrival.phases.ramp_to", r, MAX_RATE)?;
+                                rate("arrival.phases.ramp_to", r)?;
                             }
                         }
                         if self.stop.seconds.is_some() {
                             return Err(("stop.seconds", "is set by the phases; leave it out".into()));
                         }
-                        positive("arrival.phases", self.phase_seconds(), MAX_SECONDS)?;
+                        seconds("arrival.phases", self.phase_seconds())?;
                     }
                     (Some(_), false) => {
                         return Err(("arrival.rate", "and arrival.phases cannot both be given".into()));
@@ -406,13 +421,13 @@ impl Profile {
             }
         }
         if let Some(s) = self.stop.seconds {
-            positive("stop.seconds", s, MAX_SECONDS)?;
+            seconds("stop.seconds", s)?;
         }
         if self.stop.requests == Some(0) {
             return Err(("stop.requests", "must be at least 1".into()));
         }
         if let Some(s) = self.stop.drain_seconds {
-            positive("stop.drain_seconds", s, MAX_SECONDS)?;
+            seconds("stop.drain_seconds", s)?;
         }
         let (lo, hi) = self.request.faces.bounds();
         count("request.faces", lo)?;

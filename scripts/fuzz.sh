@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Runs the coverage-guided fuzz targets of fuzz/ (cargo-fuzz, libFuzzer) on
+# the stable toolchain:
+#
+#   scripts/fuzz.sh TARGET SECONDS    one target for SECONDS
+#   scripts/fuzz.sh all SECONDS       every target in turn, SECONDS each
+#   scripts/fuzz.sh list              the targets
+#
+# Targets: decode, prepare, index_load, pairs_csv, loadgen_profile,
+# http_bodies, nats_job (what each asserts: the comment at the top of
+# fuzz/fuzz_targets/TARGET.rs).
+#
+# Seeds: fuzz/corpus/TARGET (committed, small; what a run finds is added
+# there and git-ignored), plus the fetched photos for the image and HTTP
+# targets and profiles/ for the profile target. A crash, a failed
+# assertion or a timeout leaves its input in fuzz/artifacts/TARGET/ and
+# makes the script exit non-zero (after the other targets of `all` ran);
+# replay one with `cargo fuzz run --sanitizer none TARGET FILE`.
+#
+# No sanitizer: AddressSanitizer needs nightly's -Zsanitizer, and the
+# targets are safe Rust above libraries that are too; what they look for
+# is panics, failed assertions, unbounded memory (the decode target counts
+# its allocations itself) and slow inputs. With `--sanitizer none`
+# cargo-fuzz passes no -Z flag, so stable builds it (no RUSTC_BOOTSTRAP).
+#
+# Environment: FUZZ_TIMEOUT (seconds per input, default 5; 20 for the
+# targets that run the models), FUZZ_RSS_MB (default 4096), CARGO_BUILD_JOBS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CARGO_FUZZ_VERSION=0.13.2
+TARGETS="decode prepare index_load pairs_csv loadgen_profile http_bodies nats_job"
+
+say() { printf 'fuzz: %s\n' "$*" >&2; }
+usage() {
+    echo "usage: scripts/fuzz.sh TARGET|all SECONDS | list" >&2
+    echo "targets: $TARGETS" >&2
+    exit 2
+}
+
+[ $# -ge 1 ] || usage
+if [ "$1" = list ]; then
+    printf '%s\n' $TARGETS
+    exit 0
+fi
+[ $# -eq 2 ] || usage
+WHAT=$1
+SECONDS_EACH=$2
+case "$SECONDS_EACH" in '' | *[!0-9]*) usage ;; esac
+if [ "$WHAT" = all ]; then
+    RUN=$TARGETS
+else
+    case " $TARGETS " in *" $WHAT "*) RUN=$WHAT ;; *) usage ;; esac
+fi
+
+if ! cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION\$"; then
+    say "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+fi
+
+needs_assets=false
+for t in $RUN; do
+    case $t in decode | prepare | http_bodies) needs_assets=true ;; esac
+done
+if $needs_assets; then
+    bash scripts/fetch-assets.sh
+fi
+
+# Every build goes through fuzz/rustc-wrapper.sh, which leaves the model
+# runtime (tract, ndarray) uninstrumented (why: its header). Cargo does not
+# see a change of wrapper: after a `cargo fuzz build` without it, run
+# `cargo clean --manifest-path fuzz/Cargo.toml` once.
+export RUSTC_WRAPPER="$PWD/fuzz/rustc-wrapper.sh"
+say "building the targets (release, debug assertions, no sanitizer)"
+cargo fuzz build --sanitizer none
+
+# Extra seeds made from the fetched photos (never committed): a few small
+# photos as they are, and for the HTTP target wrapped as its inputs (route
+# byte, body-mode byte, then the photo: verify, embed as a form, enroll,
+# identify as a data: URL).
+SEEDS=fuzz/target/seeds
+photos() {
+    find assets/photos/johns -name '*_1.jpg' 2>/dev/null | sort | head -n 5
+    find assets/photos/faces -name '*.jpg' -size -120k 2>/dev/null | sort | head -n 4
+}
+make_seeds() { # TARGET: prints the extra seed folders
+    local t=$1 d=$SEEDS/$1
+    case $t in
+        decode | prepare)
+            rm -rf "$d" && mkdir -p "$d"
+            photos | while read -r p; do cp "$p" "$d/"; done
+            echo "$d"
+            ;;
+        http_bodies)
+            rm -rf "$d" && mkdir -p "$d"
+            local i=0
+            photos | head -n 4 | while read -r p; do
+                i=$((i + 1))
+                { printf '\000\002'; cat "$p"; } >"$d/verify-$i"
+                { printf '\003\003'; cat "$p"; } >"$d/embed-form-$i"
+                { printf '\004\002'; cat "$p"; } >"$d/enroll-$i"
+                { printf '\002\007'; cat "$p"; } >"$d/identify-$i"
+            done
+            echo "$d"
+            ;;
+        loadgen_profile) echo profiles ;;
+    esac
+}
+
+dict_of() {
+    case $1 in
+        decode | prepare) echo fuzz/dicts/image.dict ;;
+        index_load) echo fuzz/dicts/index.dict ;;
+        pairs_csv) echo fuzz/dicts/pairs.dict ;;
+        loadgen_profile) echo fuzz/dicts/toml.dict ;;
+        http_bodies | nats_job) echo fuzz/dicts/json_api.dict ;;
+    esac
+}
+
+LOGS=fuzz/target/logs
+mkdir -p "$LOGS"
+failed=""
+summary=""
+for t in $RUN; do
+    corpus=fuzz/corpus/$t
+    mkdir -p "$corpus" "fuzz/artifacts/$t"
+    extra=$(make_seeds "$t")
+    case $t in prepare | http_bodies) timeout=${FUZZ_TIMEOUT:-20} ;; *) timeout=${FUZZ_TIMEOUT:-5} ;; esac
+    log=$LOGS/$t.log
+    say "$t for ${SECONDS_EACH} s (log: $log)"
+    # One process, one fuzzing thread: libFuzzer's default (-jobs/-workers
+    # would fork children that log to files instead).
+    set +e
+    # shellcheck disable=SC2086 # $extra: zero or one folder
+    cargo fuzz run --sanitizer none "$t" "$corpus" $extra -- \
+        -dict="$(dict_of "$t")" \
+        -max_total_time="$SECONDS_EACH" \
+        -timeout="$timeout" \
+        -rss_limit_mb="${FUZZ_RSS_MB:-4096}" \
+        -artifact_prefix="fuzz/artifacts/$t/" \
+        -print_final_stats=1 2>&1 | tee "$log" |
+        grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^==[0-9]+==|^SUMMARY|panicked at|Test unit written|ERROR:|^stat::'
+    rc=${PIPESTATUS[0]}
+    set -e
+    execs=$(grep -E '^stat::number_of_executed_units' "$log" | tail -n 1 | awk '{print $2}')
+    cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -n 1 | awk '{print $2}')
+    ft=$(grep -oE 'ft: [0-9]+' "$log" | tail -n 1 | awk '{print $2}')
+    files=$(find "$corpus" -type f | wc -l)
+    crashes=$(find "fuzz/artifacts/$t" -type f | wc -l)
+    line="$t: ${SECONDS_EACH} s, ${execs:-?} execs, cov ${cov:-?} edges, ft ${ft:-?}, corpus $files files, artifacts $crashes, exit $rc"
+    say "$line"
+    summary+="$line"$'\n'
+    if [ "$rc" -ne 0 ]; then
+        failed+=" $t"
+        say "$t FAILED: input(s) in fuzz/artifacts/$t/ (see $log)"
+    fi
+done
+
+printf '\n%s' "$summary"
+if [ -n "$failed" ]; then
+    say "failed:$failed"
+    exit 1
+fi

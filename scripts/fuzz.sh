@@ -24,7 +24,8 @@
 # cargo-fuzz passes no -Z flag, so stable builds it (no RUSTC_BOOTSTRAP).
 #
 # Environment: FUZZ_TIMEOUT (seconds per input, default 5; 20 for the
-# targets that run the models), FUZZ_RSS_MB (default 4096), CARGO_BUILD_JOBS.
+# targets that run the models), FUZZ_RSS_MB (default 4096), FUZZ_LOGS (the
+# logs' folder, default fuzz/target/logs), CARGO_BUILD_JOBS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -117,7 +118,10 @@ dict_of() {
     esac
 }
 
-LOGS=fuzz/target/logs
+# Logs: one per target, replaced by each run (two runs sharing a target
+# folder need their own FUZZ_LOGS: two writers of one log leave it with
+# runs of NUL bytes). grep -a: a log is read as text whatever it holds.
+LOGS=${FUZZ_LOGS:-fuzz/target/logs}
 mkdir -p "$LOGS"
 failed=""
 summary=""
@@ -139,12 +143,12 @@ for t in $RUN; do
         -rss_limit_mb="${FUZZ_RSS_MB:-4096}" \
         -artifact_prefix="fuzz/artifacts/$t/" \
         -print_final_stats=1 2>&1 | tee "$log" |
-        grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^==[0-9]+==|^SUMMARY|panicked at|Test unit written|ERROR:|^stat::'
+        grep -aE '^#[0-9]+[[:space:]]+(INITED|DONE)|^==[0-9]+==|^SUMMARY|panicked at|Test unit written|ERROR:|^stat::'
     rc=${PIPESTATUS[0]}
     set -e
-    execs=$(grep -E '^stat::number_of_executed_units' "$log" | tail -n 1 | awk '{print $2}')
-    cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -n 1 | awk '{print $2}')
-    ft=$(grep -oE 'ft: [0-9]+' "$log" | tail -n 1 | awk '{print $2}')
+    execs=$(grep -aE '^stat::number_of_executed_units' "$log" | tail -n 1 | awk '{print $2}')
+    cov=$(grep -aoE 'cov: [0-9]+' "$log" | tail -n 1 | awk '{print $2}')
+    ft=$(grep -aoE 'ft: [0-9]+' "$log" | tail -n 1 | awk '{print $2}')
     files=$(find "$corpus" -type f | wc -l)
     crashes=$(find "fuzz/artifacts/$t" -type f | wc -l)
     line="$t: ${SECONDS_EACH} s, ${execs:-?} execs, cov ${cov:-?} edges, ft ${ft:-?}, corpus $files files, artifacts $crashes, exit $rc"

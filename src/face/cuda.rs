@@ -23,6 +23,7 @@ use tract_onnx::tract_core::runtime::{runtime_for_name, Runnable, Runtime, State
 
 use super::align::FACE_SIZE;
 use super::embed::{concat, probe_dim, rows, Embedder, Embedding, FaceInput, INPUT_LEN};
+use super::model::{self, plan_sizes};
 use super::FaceError;
 
 // Linking the crate registers its runtime with tract-core.
@@ -74,16 +75,6 @@ impl std::fmt::Debug for CudaModel {
             .field("cpu_nodes", &self.cpu_nodes)
             .finish()
     }
-}
-
-/// The plan sizes to build from those asked for: positive, sorted, unique,
-/// with 1 always among them (every batch can then be run).
-pub(crate) fn plan_sizes(asked: &[usize]) -> Vec<usize> {
-    let mut sizes: Vec<usize> = asked.iter().copied().filter(|b| *b > 0).collect();
-    sizes.push(1);
-    sizes.sort_unstable();
-    sizes.dedup();
-    sizes
 }
 
 /// How a batch of `n` faces runs on plans of `sizes` (sorted, holding 1):
@@ -231,20 +222,15 @@ impl CudaEmbedder {
         self.data.clear();
         concat(faces, &mut self.data)?;
         self.data.resize(b * INPUT_LEN, 0.0);
-        let input = Tensor::from_shape(&[b, 3, FACE_SIZE, FACE_SIZE], &self.data)
-            .map_err(|e| FaceError::Model(format!("{e:#}")))?;
-        let state = &mut self.states[index];
-        let outputs = catch_unwind(AssertUnwindSafe(|| state.run(tvec!(input.into_tvalue()))))
-            .map_err(|_| FaceError::Model("the model panicked while running on the GPU".into()))?
-            .map_err(|e| FaceError::Model(format!("{e:#}")))?;
-        let Some(out) = outputs.into_iter().next() else {
+        let outputs = model::run(
+            &mut *self.states[index],
+            &[b, 3, FACE_SIZE, FACE_SIZE],
+            &self.data,
+        )?;
+        let Some((shape, flat)) = outputs.into_iter().next() else {
             return Err(FaceError::BadOutput("the model has no output".into()));
         };
-        let view = out
-            .to_plain_array_view::<f32>()
-            .map_err(|e| FaceError::BadOutput(format!("{e:#}")))?;
-        let flat: Vec<f32> = view.iter().copied().collect();
-        let mut rows = rows(&flat, b, self.dim, view.shape())?;
+        let mut rows = rows(&flat, b, self.dim, &shape)?;
         rows.truncate(faces.len());
         Ok(rows)
     }

@@ -157,7 +157,7 @@ impl Detector {
                 data[c * plane + i] = (f32::from(p.0[c]) - 127.0) / 128.0;
             }
         }
-        let outs = model::run(&mut self.det, &[1, 3, DET_H as usize, DET_W as usize], data)?;
+        let outs = model::run(&mut self.det, &[1, 3, DET_H as usize, DET_W as usize], &data)?;
         let find = |last: usize| outs.iter().find(|(s, _)| s.last() == Some(&last)).map(|(_, v)| v);
         let (Some(scores), Some(boxes)) = (find(2), find(4)) else {
             return Err(FaceError::BadOutput(
@@ -210,7 +210,7 @@ impl Detector {
                 (0.299 * r + 0.587 * g + 0.114 * b) / 256.0
             })
             .collect();
-        let outs = model::run(lm, &[1, 1, LM_SIDE as usize, LM_SIDE as usize], data).ok()?;
+        let outs = model::run(lm, &[1, 1, LM_SIDE as usize, LM_SIDE as usize], &data).ok()?;
         let v = &outs.first()?.1;
         if v.len() != 136 {
             return None;

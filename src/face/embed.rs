@@ -93,10 +93,7 @@ impl TractModel {
     /// Loads the model at `path` with a plan for each of `batch_sizes`
     /// (1 is always added: every batch can be split into plans that exist).
     pub fn load(path: &Path, batch_sizes: &[usize]) -> Result<Self, FaceError> {
-        let mut sizes: Vec<usize> = batch_sizes.iter().copied().filter(|b| *b > 0).collect();
-        sizes.push(1);
-        sizes.sort_unstable();
-        sizes.dedup();
+        let sizes = model::plan_sizes(batch_sizes);
         let mut plans = Vec::with_capacity(sizes.len());
         for b in sizes {
             plans.push((b, model::load(path, &[b, 3, FACE_SIZE, FACE_SIZE])?));
@@ -142,7 +139,7 @@ impl TractEmbedder {
         debug_assert_eq!(b, faces.len());
         let mut data = Vec::new();
         concat(faces, &mut data)?;
-        let outputs = model::run(&mut self.states[index], &[b, 3, FACE_SIZE, FACE_SIZE], data)?;
+        let outputs = model::run(&mut self.states[index], &[b, 3, FACE_SIZE, FACE_SIZE], &data)?;
         let Some((shape, flat)) = outputs.into_iter().next() else {
             return Err(FaceError::BadOutput("the model has no output".into()));
         };

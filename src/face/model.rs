@@ -48,10 +48,15 @@ pub(crate) fn spawn(plan: &Plan) -> Result<State, FaceError> {
 /// One model output: its shape and its values, flat.
 pub(crate) type Output = (Vec<usize>, Vec<f32>);
 
-/// Runs one input through `state`; returns every output as a flat f32 vector
-/// with its shape.
-pub(crate) fn run(state: &mut State, shape: &[usize], data: Vec<f32>) -> Result<Vec<Output>, FaceError> {
-    let input = Tensor::from_shape(shape, &data).map_err(|e| FaceError::Model(format!("{e:#}")))?;
+/// Runs one input through `state` (a CPU plan's state, or any runtime's:
+/// the CUDA backend's too); returns every output as a flat f32 vector with
+/// its shape.
+pub(crate) fn run<S: tract_onnx::tract_core::runtime::State + ?Sized>(
+    state: &mut S,
+    shape: &[usize],
+    data: &[f32],
+) -> Result<Vec<Output>, FaceError> {
+    let input = Tensor::from_shape(shape, data).map_err(|e| FaceError::Model(format!("{e:#}")))?;
     let outputs = catch_unwind(AssertUnwindSafe(|| state.run(tvec!(input.into_tvalue()))))
         .map_err(|_| FaceError::Model("the model panicked while running".into()))?
         .map_err(|e| FaceError::Model(format!("{e:#}")))?;
@@ -64,4 +69,14 @@ pub(crate) fn run(state: &mut State, shape: &[usize], data: Vec<f32>) -> Result<
             Ok((view.shape().to_vec(), view.iter().copied().collect()))
         })
         .collect()
+}
+
+/// The batch sizes to build plans for from those asked for: positive,
+/// sorted, unique, with 1 always among them (every batch can then run).
+pub(crate) fn plan_sizes(asked: &[usize]) -> Vec<usize> {
+    let mut sizes: Vec<usize> = asked.iter().copied().filter(|b| *b > 0).collect();
+    sizes.push(1);
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
 }

@@ -17,6 +17,8 @@
 pub mod batch;
 #[cfg(feature = "face")]
 pub mod face;
+#[cfg(feature = "face")]
+pub mod gallery;
 #[cfg(not(loom))]
 pub mod graph;
 pub mod guard;
@@ -33,3 +35,7 @@ pub mod server;
 #[cfg(feature = "face")]
 pub mod service;
 pub(crate) mod sync;
+#[cfg(not(loom))]
+pub(crate) mod timer;
+#[cfg(feature = "index")]
+pub mod vector;

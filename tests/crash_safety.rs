@@ -8,7 +8,7 @@
 //! the file's path and told to run only `crash_writer_child`.
 //!
 //! The HTTP service's gallery saves through `Index::save` (its writer
-//! thread calls it under a lock, `src/server/gallery.rs`), so this covers
+//! thread calls it under a lock, `src/gallery/file.rs`), so this covers
 //! the gallery's file too.
 #![cfg(feature = "index")]
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::{assets, johns};
 use facepool::index::Index;
-use facepool::service::{FaceConfig, FaceService, ImageSource, ServiceError};
+use facepool::service::{block_on, Call, ErrorKind, FaceConfig, FaceService, ImageSource, ServiceError};
 
 fn sources(paths: &[PathBuf]) -> Vec<ImageSource> {
     paths.iter().cloned().map(ImageSource::Path).collect()
@@ -28,7 +28,7 @@ fn enroll_five_identify_six_and_strangers_are_unknown() {
         let n = svc
             .enroll(name, sources(&photos[..5]), Some("test"), false)
             .unwrap();
-        assert_eq!(n, 5);
+        assert_eq!(n.faces, 5);
     }
     assert_eq!((svc.index().len(), svc.index().vectors()), (4, 20));
 
@@ -86,7 +86,7 @@ fn enroll_five_identify_six_and_strangers_are_unknown() {
     std::fs::remove_dir_all(&dir).unwrap();
 
     // Removed people are no longer found.
-    assert_eq!(svc.remove(&enrolled[1].0), 5);
+    assert_eq!(svc.remove(&enrolled[1].0).unwrap(), 5);
     let gone = svc.identify(probe, 4).unwrap();
     assert!(gone.best.is_none(), "{:?}", gone.best);
     assert!(gone.matches.iter().all(|m| *m.id != *enrolled[1].0));
@@ -104,12 +104,14 @@ fn enroll_five_identify_six_and_strangers_are_unknown() {
     // Replacing keeps only the new faces.
     assert_eq!(
         svc.enroll(&enrolled[0].0, sources(&enrolled[0].1[..2]), None, true)
-            .unwrap(),
+            .unwrap()
+            .faces,
         2
     );
     assert_eq!(
         svc.enroll(&enrolled[0].0, sources(&enrolled[0].1[2..3]), None, false)
-            .unwrap(),
+            .unwrap()
+            .faces,
         3
     );
     // An index of another model's size is refused.
@@ -120,35 +122,39 @@ fn enroll_five_identify_six_and_strangers_are_unknown() {
     svc.shutdown(std::time::Duration::from_secs(10));
 }
 
-/// A service that sheds load refuses an image at once, with `Overloaded`,
-/// while the batcher's queue is full, before any work is done for it.
+/// A service that sheds load refuses a request at once, with
+/// `Overloaded`, while what it admitted fills it, before any work is done
+/// for it: admission is the front door, the pool and the batcher only a
+/// backstop.
 #[test]
-fn a_shedding_service_refuses_while_the_batcher_is_full() {
+fn a_shedding_service_refuses_while_full() {
     let mut config = FaceConfig::from_assets(&assets());
     config.queue = 1;
-    config.admission_wait = None;
     // The first face waits for its batch until the service shuts down, so
-    // the queue stays full for as long as the test looks.
-    config.batch_max = 64;
-    config.batch_delay = std::time::Duration::from_secs(3600);
+    // the service stays full for as long as the test looks.
+    config.cpu.batch_max = 64;
+    config.cpu.batch_delay = std::time::Duration::from_secs(3600);
     let svc = FaceService::start(config).unwrap();
     let people = johns();
     let photo = |i: usize| ImageSource::Path(people[i].1[0].clone());
-    let first = svc.prepare(photo(0)).unwrap();
+    let permit = svc.admission().try_acquire(photo(0).cost()).unwrap();
+    let first = svc.prepare(photo(0), permit, None).unwrap();
     let first = svc.embed_first(first).unwrap();
     for i in 1..3 {
-        match svc.prepare(photo(i)) {
-            Err(ServiceError::Batch(facepool::batch::SubmitError::Overloaded)) => {}
+        match block_on(svc.identify_async(photo(i), 1, Call::refuse_when_full())) {
+            Err(e) if e.kind() == ErrorKind::Overloaded => {}
             Err(e) => panic!("expected Overloaded, got {e}"),
-            Ok(_) => panic!("admitted past a full queue"),
+            Ok(_) => panic!("admitted past a full service"),
         }
     }
-    let stats = svc.batch_stats();
+    let (pool, batch) = (svc.pool_stats(), svc.batch_stats());
+    assert_eq!(pool.submitted, 1, "refused before the pool");
     assert_eq!(
-        (stats.queued, stats.rejected),
+        (batch.queued, batch.rejected),
         (1, 0),
         "refused before the batcher"
     );
+    assert_eq!(svc.admission().stats().refused_full, 2);
     drop(first);
     drop(svc);
 }

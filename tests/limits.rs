@@ -246,7 +246,6 @@ impl InProc {
     fn start(config: ServerConfig, tweak: &dyn Fn(&mut FaceConfig)) -> Self {
         let app = App::new(config);
         let mut c = FaceConfig::from_assets(&assets());
-        c.admission_wait = None;
         tweak(&mut c);
         app.ready(FaceService::start(c).expect("the service starts"))
             .expect("ready once");

@@ -34,7 +34,6 @@ impl InProc {
         let app = App::new(config);
         if let Some(tweak) = tweak {
             let mut c = FaceConfig::from_assets(&assets());
-            c.admission_wait = None;
             tweak(&mut c);
             let svc = FaceService::start(c).expect("the service starts");
             app.ready(svc).expect("ready once");
@@ -536,7 +535,10 @@ fn a_full_service_refuses_at_once_with_429_and_does_no_work() {
     let s = InProc::start(config(), Some(&|c: &mut FaceConfig| c.queue = 8));
     let svc = s.app.service().unwrap();
     // Everything the service may hold is taken (as by other requests).
-    let held = svc.admit(8).unwrap();
+    let held = svc
+        .admission()
+        .try_acquire(facepool::service::Cost::new(8, 0))
+        .unwrap();
     let before = (svc.pool_stats().submitted, svc.batch_stats().submitted);
     let a = b64(&photo("John_Savage", 0));
     let t0 = Instant::now();
@@ -622,7 +624,7 @@ fn a_client_that_disconnects_has_its_work_dropped() {
     }
     wait_until("requests seen and ended", || {
         let p = svc.pool_stats();
-        p.submitted > 0 && p.in_flight() == 0 && svc.admitted() == 0
+        p.submitted > 0 && p.in_flight() == 0 && svc.admission().in_use().faces == 0
     });
     let p = svc.pool_stats();
     eprintln!("{p:?}");

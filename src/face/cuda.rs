@@ -113,7 +113,7 @@ impl CudaModel {
         let rt = runtime()?;
         let mut plans = Vec::new();
         let mut cpu_nodes = Vec::new();
-        for b in plan_sizes(batch_sizes) {
+        for b in plan_sizes(batch_sizes, None) {
             let plan = prepare(rt, path, b)?;
             if cpu_nodes.is_empty() {
                 cpu_nodes = off_gpu(&*plan);
@@ -265,13 +265,13 @@ mod tests {
 
     #[test]
     fn plan_sizes_hold_one_and_are_sorted_and_unique() {
-        assert_eq!(plan_sizes(&[256, 0, 64, 64, 8]), vec![1, 8, 64, 256]);
-        assert_eq!(plan_sizes(&[]), vec![1]);
+        assert_eq!(plan_sizes(&[256, 0, 64, 64, 8], None), vec![1, 8, 64, 256]);
+        assert_eq!(plan_sizes(&[], None), vec![1]);
     }
 
     #[test]
     fn a_batch_runs_on_the_smallest_plan_that_holds_it() {
-        let sizes = plan_sizes(&[8, 32, 64, 128, 256]);
+        let sizes = plan_sizes(&[8, 32, 64, 128, 256], None);
         assert_eq!(schedule(&sizes, 0), vec![]);
         assert_eq!(schedule(&sizes, 1), vec![(0, 1)]);
         assert_eq!(schedule(&sizes, 2), vec![(1, 2)]);

@@ -138,19 +138,34 @@ fn check_dimensions(width: u32, height: u32, limits: &DecodeLimits) -> Result<()
     Ok(())
 }
 
-/// Reads and decodes a file, refusing it by size before reading it whole.
-pub fn decode_file(path: &std::path::Path, limits: &DecodeLimits) -> Result<RgbImage, FaceError> {
+/// Reads an image file, at most `limits.max_file_bytes` of it (a larger
+/// file is refused, also one that grows while it is read).
+pub fn read_file(path: &std::path::Path, limits: &DecodeLimits) -> Result<Vec<u8>, FaceError> {
+    use std::io::Read;
     let io = |e: std::io::Error| FaceError::Io {
         path: path.display().to_string(),
         message: e.to_string(),
     };
-    let size = std::fs::metadata(path).map_err(io)?.len();
+    let file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let too_large = |size| FaceError::FileTooLarge {
+        size,
+        limit: limits.max_file_bytes,
+    };
     if size > limits.max_file_bytes {
-        return Err(FaceError::FileTooLarge {
-            size,
-            limit: limits.max_file_bytes,
-        });
+        return Err(too_large(size));
     }
-    let bytes = std::fs::read(path).map_err(io)?;
-    decode(&bytes, limits)
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(limits.max_file_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Reads ([`read_file`]) and decodes an image file.
+pub fn decode_file(path: &std::path::Path, limits: &DecodeLimits) -> Result<RgbImage, FaceError> {
+    decode(&read_file(path, limits)?, limits)
 }

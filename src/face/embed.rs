@@ -25,26 +25,24 @@ impl std::fmt::Debug for FaceInput {
 pub struct Embedding(pub Vec<f32>);
 
 impl Embedding {
-    /// Normalises `v` to unit length; an error for NaN, infinite or zero vectors.
+    /// Normalises `v` to unit length ([`crate::vector::normalise`]); an
+    /// error for NaN, infinite or zero vectors.
     pub fn normalised(mut v: Vec<f32>) -> Result<Self, FaceError> {
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if !norm.is_finite() || norm < 1e-6 {
-            return Err(FaceError::BadOutput(format!("embedding norm is {norm}")));
-        }
-        v.iter_mut().for_each(|x| *x /= norm);
+        crate::vector::normalise(&mut v)
+            .map_err(|e| FaceError::BadOutput(format!("embedding norm is {}", e.norm)))?;
         Ok(Self(v))
     }
 
-    /// Cosine similarity with another embedding (a dot product, both being
-    /// normalised); in [-1, 1].
+    /// Cosine similarity with another embedding ([`crate::vector::similarity`]:
+    /// a dot product, both being normalised, clamped to [-1, 1]).
     pub fn cosine(&self, other: &Self) -> f32 {
         cosine(&self.0, &other.0)
     }
 }
 
-/// Dot product of two unit vectors, clamped to [-1, 1].
+/// Cosine similarity of two unit vectors ([`crate::vector::similarity`]).
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>().clamp(-1.0, 1.0)
+    crate::vector::similarity(a, b)
 }
 
 /// A face-embedding model: a batch of aligned faces in, one normalised
@@ -93,7 +91,7 @@ impl TractModel {
     /// Loads the model at `path` with a plan for each of `batch_sizes`
     /// (1 is always added: every batch can be split into plans that exist).
     pub fn load(path: &Path, batch_sizes: &[usize]) -> Result<Self, FaceError> {
-        let sizes = model::plan_sizes(batch_sizes);
+        let sizes = model::plan_sizes(batch_sizes, None);
         let mut plans = Vec::with_capacity(sizes.len());
         for b in sizes {
             plans.push((b, model::load(path, &[b, 3, FACE_SIZE, FACE_SIZE])?));

@@ -24,6 +24,7 @@ pub use self::decode::{decode, decode_file, DecodeLimits};
 pub use self::detect::{DetectModels, Detection, Detector, PointsFrom};
 pub use self::embed::{cosine, Embedder, Embedding, FaceInput, TractEmbedder, TractModel, INPUT_LEN};
 pub use self::error::FaceError;
+pub use self::model::plan_sizes;
 
 /// Verify threshold on the cosine similarity of the default model's
 /// embeddings: calibrated on the 55 labelled photos (see docs/face.md), where

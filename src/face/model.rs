@@ -72,10 +72,14 @@ pub(crate) fn run<S: tract_onnx::tract_core::runtime::State + ?Sized>(
 }
 
 /// The batch sizes to build plans for from those asked for: positive,
-/// sorted, unique, with 1 always among them (every batch can then run).
-pub(crate) fn plan_sizes(asked: &[usize]) -> Vec<usize> {
-    let mut sizes: Vec<usize> = asked.iter().copied().filter(|b| *b > 0).collect();
+/// sorted, unique, with 1 always among them (every batch can then run);
+/// with a `max`, none above it and `max` itself among them (the largest
+/// batch runs on a plan of its own size).
+pub fn plan_sizes(asked: &[usize], max: Option<usize>) -> Vec<usize> {
+    let cap = max.map_or(usize::MAX, |m| m.max(1));
+    let mut sizes: Vec<usize> = asked.iter().copied().filter(|b| (1..=cap).contains(b)).collect();
     sizes.push(1);
+    sizes.extend(max.map(|m| m.max(1)));
     sizes.sort_unstable();
     sizes.dedup();
     sizes

@@ -48,7 +48,7 @@
 //!   Attempts and backoffs run on the node's worker, inside its timeout.
 //!
 //! Timeouts and run deadlines are kept by one timer thread for the process
-//! (`facepool-graph-timer`), started by the first run that needs it and
+//! (`facepool-timer`, shared with the front door's deadlines), started by the first run that needs it and
 //! asleep until the earliest entry is due. Should it fail to start, a late
 //! value is still found late when it returns, and a queued job still
 //! expires in the pool.
@@ -82,7 +82,6 @@
 mod builder;
 mod report;
 mod run;
-mod timer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

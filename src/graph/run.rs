@@ -42,7 +42,7 @@ use crate::sync::lock;
 
 use super::builder::{Meta, Spec, Value};
 use super::report::{NodeError, NodeReport, Outcome, RunError};
-use super::timer;
+use crate::timer;
 
 /// The timer tag of a run's deadline (node tags are node indices).
 pub(crate) const RUN: usize = usize::MAX;
@@ -51,8 +51,6 @@ pub(crate) const RUN: usize = usize::MAX;
 /// input type.
 pub(crate) trait RunObj: Send + Sync + 'static {
     fn core(&self) -> &Arc<Core>;
-    /// A timer entry fired: a node's timeout, or the run's deadline.
-    fn expire(self: Arc<Self>, tag: usize);
     /// Fails the run as cancelled; true if this call ended it.
     fn cancel(self: Arc<Self>) -> bool;
 }
@@ -301,7 +299,7 @@ where
         return run;
     }
     if let Some(d) = deadline {
-        let weak: Weak<dyn RunObj> = Arc::downgrade(&run) as Weak<Run<I>>;
+        let weak: Weak<dyn timer::Fire> = Arc::downgrade(&run) as Weak<Run<I>>;
         let key = timer::schedule(d, weak, RUN);
         *lock(&run.deadline_timer) = key;
     }
@@ -313,17 +311,20 @@ where
     run
 }
 
-impl<I: Send + Sync + 'static> RunObj for Run<I> {
-    fn core(&self) -> &Arc<Core> {
-        &self.core
-    }
-
-    fn expire(self: Arc<Self>, tag: usize) {
+/// A timer entry fired: a node's timeout, or the run's deadline.
+impl<I: Send + Sync + 'static> timer::Fire for Run<I> {
+    fn fire(self: Arc<Self>, tag: usize) {
         if tag == RUN {
             self.fail_deadline();
         } else {
             self.settle(tag, Cause::TimedOut);
         }
+    }
+}
+
+impl<I: Send + Sync + 'static> RunObj for Run<I> {
+    fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     fn cancel(self: Arc<Self>) -> bool {
@@ -362,7 +363,7 @@ impl<I: Send + Sync + 'static> Run<I> {
             r.queued = Some(now);
             r.deadline = node_deadline;
             if let Some(d) = node_deadline {
-                let weak: Weak<dyn RunObj> = Arc::downgrade(self) as Weak<Run<I>>;
+                let weak: Weak<dyn timer::Fire> = Arc::downgrade(self) as Weak<Run<I>>;
                 r.timer = timer::schedule(d, weak, i);
             }
         }

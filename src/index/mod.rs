@@ -24,8 +24,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rayon::prelude::*;
 
+pub use crate::vector::dot;
 pub use file::{FORMAT_VERSION, MAGIC};
-pub use scan::dot;
 
 /// Vectors per chunk: the unit of copy-on-write and of parallel work.
 pub const CHUNK_ROWS: usize = 1024;
@@ -198,17 +198,9 @@ impl std::fmt::Debug for Index {
     }
 }
 
-/// Copies `v`, scaled to unit length.
+/// Copies `v`, scaled to unit length ([`crate::vector::normalised`]).
 pub fn normalised(v: &[f32]) -> Result<Vec<f32>, IndexError> {
-    let norm = v
-        .iter()
-        .map(|x| f64::from(*x) * f64::from(*x))
-        .sum::<f64>()
-        .sqrt();
-    if !norm.is_finite() || norm < 1e-12 {
-        return Err(IndexError::BadVector(format!("norm is {norm}")));
-    }
-    Ok(v.iter().map(|x| (f64::from(*x) / norm) as f32).collect())
+    crate::vector::normalised(v).map_err(|e| IndexError::BadVector(format!("norm is {}", e.norm)))
 }
 
 fn check_text(what: &str, s: &str, allow_empty: bool) -> Result<(), IndexError> {

@@ -7,6 +7,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 use super::{Chunk, Match, Person};
+use crate::vector::dot;
 
 /// Below this many queries a scan computes dot products row by row (the
 /// scan is memory-bound); from it on, a matrix product (compute-bound,
@@ -16,26 +17,6 @@ pub(crate) const GEMM_MIN_QUERIES: usize = 8;
 /// Queries per matrix product: the score tile (`QUERY_BLOCK` × chunk rows)
 /// stays in the L2 cache.
 const QUERY_BLOCK: usize = 128;
-
-/// Dot product of two equally long slices. Sixteen independent sums let the
-/// compiler vectorise the loop without reordering any one sum.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (xa, xb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = xa
-        .remainder()
-        .iter()
-        .zip(xb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in xa.zip(xb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
 
 /// The best `k` people for one query, each person once with its best score.
 #[derive(Clone)]

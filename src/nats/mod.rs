@@ -1,43 +1,42 @@
 //! The async mode on NATS JetStream: jobs come from a durable stream, go
-//! through the same [`FaceService`](crate::service::FaceService) as the
-//! HTTP API, and each job's result is published once to a results stream.
+//! through the same front door ([`FaceService`](crate::service::FaceService))
+//! as the HTTP API, and each job's result is published once to a results
+//! stream. A thin edge: the work, its admission and its result bodies are
+//! the service's; this module moves messages and settles them.
 //!
 //! - A durable **pull consumer** on the jobs stream, bound by several
 //!   processes at once (they share the work). It pulls no more jobs than
-//!   it has room for (`max_inflight`), so the broker holds the backlog and the process's
-//!   memory stays bounded; each job's faces are then admitted to the pool
-//!   and the batcher all or none, waiting for room.
+//!   it may hold (`max_inflight`), so the broker holds the backlog; each
+//!   job then waits in the service's fair admission line (no polling) and
+//!   is admitted as a whole ([`consumer`]).
 //! - A result goes to `RESULTS.<id>` with `Nats-Msg-Id: <id>`, so the
 //!   broker drops the duplicate publish of a redelivered job; the job is
 //!   acked only after the result's publish ack. A redelivered job whose
 //!   result is already in the results stream is acked without being
-//!   computed again.
+//!   computed again ([`results`]).
 //! - Long jobs send progress acks (`ack_wait` / 3); a crashed consumer's
 //!   unacked jobs are redelivered to another after `ack_wait`.
-//! - A job that fails (an image that does not decode, no face, a model
-//!   error) is retried with a backoff until its `max_deliver`-th delivery,
-//!   then goes to the dead-letter subject `DEAD.<id>` with its error (a
-//!   delivery past `max_deliver + 2`, after crashes or stops, goes there at
-//!   once); a
-//!   message that is not a job at all (bad JSON, bad id), a job past its
-//!   deadline or too big for the queue goes there at once. Nothing is
-//!   dropped silently.
+//! - How a failed delivery is settled follows from its error's kind alone
+//!   ([`settle`], a pure function): tried again later when the service is
+//!   stopping or full, retried with a backoff until the `max_deliver`-th
+//!   delivery when an input or the service failed, dead-lettered at once
+//!   (`DEAD.<id>`, with its error) when retrying cannot help (not a job, a
+//!   malformed or too large job, a deadline passed). A delivery past
+//!   `max_deliver + 2` (after crashes or stops) is dead-lettered without
+//!   being run. Nothing is dropped silently.
 //! - Stopping: no more pulls, what is in flight finishes and is acked
 //!   (bounded by the drain time), then [`Consumer::run`] returns.
 
+mod consumer;
+mod delivery;
 mod job;
-mod process;
+mod results;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
-use futures_util::StreamExt;
-use tokio::sync::Semaphore;
-
+pub use self::consumer::Consumer;
+pub use self::delivery::{settle, Settle};
 pub use self::job::{valid_id, ImageRef, Job, Work, DEAD_LETTER_JOB_BYTES};
-use crate::guard::RateLimit;
-use crate::server::App;
 
 /// Errors of the async mode at start (after it, errors are per job).
 #[derive(Debug, thiserror::Error)]
@@ -115,16 +114,16 @@ impl NatsConfig {
     /// `ack_wait` 30 s; `max_deliver` 3; a million jobs or 1 GiB of
     /// backlog; 10 minutes of duplicate detection.
     pub fn new(url: impl Into<String>) -> Self {
-        Self {
+        let mut c = Self {
             url: url.into(),
-            jobs_stream: "FACEPOOL_JOBS".into(),
-            jobs_subject: "facepool.jobs".into(),
-            results_stream: "FACEPOOL_RESULTS".into(),
-            results_prefix: "facepool.results".into(),
-            dead_stream: "FACEPOOL_DEAD".into(),
-            dead_prefix: "facepool.dead".into(),
-            consumer: "facepool".into(),
-            bucket: "facepool-images".into(),
+            jobs_stream: String::new(),
+            jobs_subject: String::new(),
+            results_stream: String::new(),
+            results_prefix: String::new(),
+            dead_stream: String::new(),
+            dead_prefix: String::new(),
+            consumer: String::new(),
+            bucket: String::new(),
             ack_wait: Duration::from_secs(30),
             max_deliver: 3,
             max_inflight: 0,
@@ -135,269 +134,67 @@ impl NatsConfig {
             duplicate_window: Duration::from_secs(600),
             drain: Duration::from_secs(30),
             name: format!("facepool-{}", std::process::id()),
+        };
+        c.name_all("facepool");
+        c
+    }
+
+    /// The defaults with every name taken from `prefix` (letters, digits,
+    /// `_` and `-`): subjects `PREFIX.jobs`, `PREFIX.results.<id>`,
+    /// `PREFIX.dead.<id>`; streams `PREFIX_JOBS`, `PREFIX_RESULTS`,
+    /// `PREFIX_DEAD` (upper case, `-` as `_`); the durable consumer
+    /// `PREFIX`; the image bucket `PREFIX-images`. Several services can
+    /// share one broker under different prefixes.
+    pub fn with_prefix(url: impl Into<String>, prefix: &str) -> Result<Self, NatsError> {
+        let p = prefix.trim();
+        if p.is_empty()
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(NatsError::Config(format!(
+                "a prefix is letters, digits, _ and - only, not {p:?}"
+            )));
         }
+        let mut c = Self::new(url);
+        c.name_all(p);
+        Ok(c)
+    }
+
+    fn name_all(&mut self, p: &str) {
+        let upper = p.to_ascii_uppercase().replace('-', "_");
+        self.jobs_stream = format!("{upper}_JOBS");
+        self.jobs_subject = format!("{p}.jobs");
+        self.results_stream = format!("{upper}_RESULTS");
+        self.results_prefix = format!("{p}.results");
+        self.dead_stream = format!("{upper}_DEAD");
+        self.dead_prefix = format!("{p}.dead");
+        self.consumer = p.to_owned();
+        self.bucket = format!("{p}-images");
     }
 }
 
-/// A connected consumer, its streams created and bound.
-pub struct Consumer {
-    config: NatsConfig,
-    app: App,
-    js: jetstream::Context,
-    consumer: consumer::PullConsumer,
-    results: stream::Stream,
-    rate: Option<Arc<RateLimit>>,
-    inflight: usize,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Consumer {
-    /// Connects (a clear error if the broker cannot be reached), creates
-    /// the streams and the durable consumer if absent, and binds it. `app`
-    /// must be ready (its service loaded).
-    pub async fn connect(config: NatsConfig, app: App) -> Result<Self, NatsError> {
-        let Some(svc) = app.service() else {
-            return Err(NatsError::Config("the service is not loaded".into()));
-        };
-        if config.max_deliver < 1 {
-            return Err(NatsError::Config("max_deliver must be at least 1".into()));
-        }
-        let queue = svc.config().queue.max(1);
-        let inflight = match config.max_inflight {
-            0 => (queue / 2).max(1),
-            n => n,
-        };
-        let rate = match config.rate_limit {
-            None => None,
-            Some(r) => {
-                // A second's worth of faces, and at least a whole queue, so
-                // that any admitted job fits in the bucket.
-                let burst = (r.ceil() as usize).max(queue).min(u32::MAX as usize) as u32;
-                Some(Arc::new(
-                    RateLimit::per_second(r, burst)
-                        .map_err(|e| NatsError::Config(format!("rate limit: {e}")))?,
-                ))
-            }
-        };
-        let client = async_nats::ConnectOptions::new()
-            .name(config.name.clone())
-            .connection_timeout(Duration::from_secs(5))
-            .max_reconnects(None)
-            .connect(config.url.as_str())
-            .await
-            .map_err(|e| NatsError::Connect {
-                url: config.url.clone(),
-                why: e.to_string(),
-            })?;
-        let js = jetstream::new(client);
-        let setup = |what: &str| {
-            let what = what.to_owned();
-            move |e: &dyn std::fmt::Display| NatsError::Setup {
-                what: what.clone(),
-                why: e.to_string(),
-            }
-        };
-        let jobs = js
-            .get_or_create_stream(stream::Config {
-                name: config.jobs_stream.clone(),
-                subjects: vec![config.jobs_subject.clone()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                // A full backlog refuses new jobs (the producer sees the
-                // error) instead of deleting the oldest.
-                discard: stream::DiscardPolicy::New,
-                storage: stream::StorageType::File,
-                max_messages: config.max_jobs,
-                max_bytes: config.max_bytes,
-                num_replicas: config.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup(&format!("stream {}", config.jobs_stream))(&e))?;
-        let results = js
-            .get_or_create_stream(stream::Config {
-                name: config.results_stream.clone(),
-                subjects: vec![format!("{}.*", config.results_prefix)],
-                storage: stream::StorageType::File,
-                duplicate_window: config.duplicate_window,
-                max_messages: config.max_jobs,
-                max_bytes: config.max_bytes,
-                num_replicas: config.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup(&format!("stream {}", config.results_stream))(&e))?;
-        js.get_or_create_stream(stream::Config {
-            name: config.dead_stream.clone(),
-            subjects: vec![format!("{}.*", config.dead_prefix)],
-            storage: stream::StorageType::File,
-            duplicate_window: config.duplicate_window,
-            num_replicas: config.replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| setup(&format!("stream {}", config.dead_stream))(&e))?;
-        // The bucket producers put large images in (`{"object": KEY}`).
-        if js.get_object_store(&config.bucket).await.is_err() {
-            js.create_object_store(jetstream::object_store::Config {
-                bucket: config.bucket.clone(),
-                storage: stream::StorageType::File,
-                num_replicas: config.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup(&format!("object store {}", config.bucket))(&e))?;
-        }
-        let consumer = jobs
-            .get_or_create_consumer(
-                &config.consumer,
-                consumer::pull::Config {
-                    durable_name: Some(config.consumer.clone()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: config.ack_wait,
-                    // Deliveries are counted by the consumer code (with
-                    // slack for crashes and stops), so a job whose last
-                    // delivery was interrupted still ends in the dead
-                    // letters instead of staying in the stream.
-                    max_deliver: -1,
-                    // Shared by every process bound to the consumer: each
-                    // holds at most its own `max_inflight` (its permits);
-                    // a broker-side cap would cap the whole fleet.
-                    max_ack_pending: -1,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| setup(&format!("consumer {}", config.consumer))(&e))?;
-        Ok(Self {
-            config,
-            app,
-            js,
-            consumer,
-            results,
-            rate,
-            inflight,
-        })
-    }
-
-    /// Jobs held at once.
-    pub fn max_inflight(&self) -> usize {
-        self.inflight
-    }
-
-    /// Pulls and runs jobs until `stop` resolves, then finishes and acks
-    /// what is in flight (at most the drain time) and returns.
-    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
-        // The broker's ack_wait rules (an existing consumer keeps its own).
-        let mut config = self.config.clone();
-        let on_broker = &self.consumer.cached_info().config;
-        if on_broker.ack_wait != config.ack_wait && !on_broker.ack_wait.is_zero() {
-            tracing::warn!(
-                broker = ?on_broker.ack_wait, asked = ?config.ack_wait,
-                "nats: the consumer exists with another ack_wait; using the broker's"
-            );
-            config.ack_wait = on_broker.ack_wait;
-        }
-        let me = Arc::new(process::Worker {
-            config,
-            app: self.app.clone(),
-            js: self.js.clone(),
-            results: self.results.clone(),
-            rate: self.rate.clone(),
-            bucket: tokio::sync::OnceCell::new(),
-        });
-        let permits = Arc::new(Semaphore::new(self.inflight));
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut failures = 0u32;
-        let expires = Duration::from_secs(1);
-        tokio::pin!(stop);
-        'pull: loop {
-            // Room first: never pull more than can be held.
-            let room = tokio::select! {
-                _ = &mut stop => break 'pull,
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break 'pull,
-                },
-            };
-            let free = permits.available_permits() + 1;
-            let started = tokio::time::Instant::now();
-            let batch = tokio::select! {
-                _ = &mut stop => break 'pull,
-                b = self.consumer.fetch().max_messages(free).expires(expires).messages() => b,
-            };
-            let mut batch = match batch {
-                Ok(b) => {
-                    failures = 0;
-                    b
-                }
-                Err(e) => {
-                    // The broker is away: it reconnects by itself; pull
-                    // again after a backoff.
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(error = %e, "nats: cannot pull jobs");
-                    drop(room);
-                    let wait = Duration::from_millis(100 * u64::from(failures.min(20)));
-                    tokio::select! {
-                        _ = &mut stop => break 'pull,
-                        _ = tokio::time::sleep(wait) => continue 'pull,
-                    }
-                }
-            };
-            // Every message of the batch gets a task (the batch ends by
-            // itself within `expires`), even when stopping: a message
-            // pulled is never left to its ack_wait.
-            let mut room = Some(room);
-            let mut got = 0usize;
-            while let Some(msg) = batch.next().await {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "nats: pull");
-                        continue;
-                    }
-                };
-                got += 1;
-                // The first message uses the permit already held; the
-                // others were counted as free when pulled.
-                let permit = match room.take() {
-                    Some(p) => p,
-                    None => match permits.clone().acquire_owned().await {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                };
-                let me = me.clone();
-                tasks.spawn(async move {
-                    me.handle(msg).await;
-                    drop(permit);
-                });
-                // Reap the finished ones as we go.
-                while tasks.try_join_next().is_some() {}
-            }
-            drop(room);
-            // An empty batch that ended early (the broker answers at once
-            // when other pulls are waiting): back off instead of spinning.
-            if got == 0 && started.elapsed() < expires / 2 {
-                tokio::select! {
-                    _ = &mut stop => break 'pull,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-            }
-        }
-        // Drain: every task done means every job held was answered.
-        let drained = tokio::time::timeout(self.config.drain, async {
-            while let Some(r) = tasks.join_next().await {
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "nats: a job task failed");
-                }
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                left = tasks.len(),
-                "nats: drain timeout; the jobs left are redelivered after ack_wait"
-            );
-            tasks.abort_all();
+    #[test]
+    fn names_follow_the_prefix() {
+        let d = NatsConfig::new("nats://x");
+        assert_eq!(
+            (
+                d.jobs_stream.as_str(),
+                d.jobs_subject.as_str(),
+                d.consumer.as_str(),
+                d.bucket.as_str()
+            ),
+            ("FACEPOOL_JOBS", "facepool.jobs", "facepool", "facepool-images")
+        );
+        let c = NatsConfig::with_prefix("nats://x", "cam-1").unwrap();
+        assert_eq!(c.results_stream, "CAM_1_RESULTS");
+        assert_eq!(c.dead_prefix, "cam-1.dead");
+        for bad in ["", " ", "a.b", "a b", "*"] {
+            assert!(NatsConfig::with_prefix("nats://x", bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -1,19 +1,19 @@
-//! The one mapping from errors to HTTP status codes: every error the API
-//! answers with is an [`ApiError`], sent as
-//! `{"error": {"code": "...", "message": "..."}}`.
+//! The one mapping from errors to HTTP answers: every error the API answers
+//! with is an [`ApiError`], sent as `{"error": {"code": "...", "message":
+//! "..."}}`. A service error becomes one by its [`ErrorKind`] alone
+//! ([`status_of`]), so handlers use `?`. The error statuses each route
+//! documents in the OpenAPI document are written here once, as the
+//! `IntoResponses` types the routes list.
 
 use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 
-use crate::batch::{self, BatchError};
-use crate::face::FaceError;
-use crate::index::IndexError;
-use crate::pool::{self, JobError};
-use crate::service::ServiceError;
+pub use crate::service::wire::ErrorDetail;
+use crate::service::{ErrorKind, ServiceError};
 
 /// What went wrong, as the client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,13 +35,36 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-/// An error's code and message.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// A stable, machine-readable code.
-    pub code: String,
-    /// A human-readable explanation.
-    pub message: String,
+/// The HTTP status of each kind of service error.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Malformed => StatusCode::BAD_REQUEST,
+        ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Deadline => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// How long a refused client is told to wait.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let kind = e.kind();
+        let retry_after =
+            matches!(kind, ErrorKind::Overloaded | ErrorKind::Unavailable).then_some(RETRY_AFTER);
+        Self {
+            status: status_of(kind),
+            code: e.code(),
+            message: e.message(),
+            retry_after,
+        }
+    }
 }
 
 impl ApiError {
@@ -74,92 +97,11 @@ impl ApiError {
         )
     }
 
-    /// 429: full; try again after `retry_after`.
-    pub fn overloaded(retry_after: Duration) -> Self {
-        Self {
-            retry_after: Some(retry_after),
-            ..Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "overloaded",
-                "the service is at capacity; nothing was done, try again later",
-            )
-        }
-    }
-
     /// 503: not ready yet, or shutting down.
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         Self {
-            retry_after: Some(Duration::from_secs(1)),
+            retry_after: Some(RETRY_AFTER),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
-        }
-    }
-
-    /// 504: the request's deadline passed.
-    pub fn deadline(limit: Duration) -> Self {
-        Self::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "deadline_exceeded",
-            format!("the request did not finish within {} ms", limit.as_millis()),
-        )
-    }
-
-    /// The error of one image of several (`image 2: no face found`).
-    pub fn for_image(self, index: usize) -> Self {
-        Self {
-            message: format!("image {index}: {}", self.message),
-            ..self
-        }
-    }
-
-    /// Maps a service error, `retry_after` for refusals.
-    pub fn from_service(e: &ServiceError, retry_after: Duration) -> Self {
-        match e {
-            ServiceError::Face(f) => Self::from_face(f),
-            ServiceError::Pool(pool::SubmitError::Overloaded | pool::SubmitError::Timeout(_))
-            | ServiceError::Batch(batch::SubmitError::Overloaded | batch::SubmitError::Timeout(_)) => {
-                Self::overloaded(retry_after)
-            }
-            ServiceError::Batch(batch::SubmitError::TooHeavy { .. }) => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_faces", e.to_string())
-            }
-            ServiceError::Pool(pool::SubmitError::Closed)
-            | ServiceError::Batch(batch::SubmitError::Closed)
-            | ServiceError::Job(JobError::Cancelled)
-            | ServiceError::Inference(BatchError::Cancelled | BatchError::Abandoned) => {
-                Self::unavailable("shutting_down", "the service is shutting down")
-            }
-            ServiceError::Job(JobError::Expired) | ServiceError::Inference(BatchError::Expired) => Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "deadline_exceeded",
-                "the request's deadline passed before its work started",
-            ),
-            ServiceError::Job(JobError::Panicked(_)) | ServiceError::Inference(_) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            }
-            ServiceError::Index(i) => Self::from_index(i),
-            ServiceError::Image { index, error } => Self::from_service(error, retry_after).for_image(*index),
-        }
-    }
-
-    fn from_face(f: &FaceError) -> Self {
-        let code = match f {
-            FaceError::NoFace => "no_face",
-            FaceError::FileTooLarge { .. } | FaceError::TooLarge(_) => "image_too_large",
-            FaceError::TooSmall { .. } => "image_too_small",
-            FaceError::Unsupported(_) | FaceError::Decode(_) => "not_an_image",
-            FaceError::Io { .. } => "io",
-            FaceError::Model(_) | FaceError::Runtime { .. } | FaceError::Gpu(_) | FaceError::BadOutput(_) => {
-                return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "model", f.to_string());
-            }
-        };
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, f.to_string())
-    }
-
-    fn from_index(i: &IndexError) -> Self {
-        match i {
-            IndexError::BadText(_) => Self::bad_request("bad_id", i.to_string()),
-            IndexError::NoVectors(_) => Self::bad_request("no_images", i.to_string()),
-            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "index", i.to_string()),
         }
     }
 }
@@ -190,3 +132,83 @@ impl IntoResponse for ApiError {
         r
     }
 }
+
+/// 401 and 403, on every route behind a token.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum AuthErrors {
+    /// No token.
+    #[response(status = 401, description = "No bearer token")]
+    Missing(ErrorBody),
+    /// A token not accepted.
+    #[response(status = 403, description = "Wrong bearer token")]
+    Wrong(ErrorBody),
+}
+
+/// What a route that embeds images may answer besides its result and the
+/// auth errors.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum WorkErrors {
+    /// 400.
+    #[response(
+        status = 400,
+        description = "Malformed request: bad JSON, base64, form or parameter"
+    )]
+    Malformed(ErrorBody),
+    /// 413.
+    #[response(status = 413, description = "Body, images or faces over the limits")]
+    TooLarge(ErrorBody),
+    /// 422.
+    #[response(
+        status = 422,
+        description = "Not an image, over the decode limits, or no face"
+    )]
+    Invalid(ErrorBody),
+    /// 429.
+    #[response(status = 429, description = "At capacity: nothing was done (see Retry-After)")]
+    Overloaded(ErrorBody),
+    /// 500.
+    #[response(status = 500, description = "Model, index or gallery failure")]
+    Internal(ErrorBody),
+    /// 503.
+    #[response(
+        status = 503,
+        description = "Not ready yet, or shutting down (see Retry-After)"
+    )]
+    Unavailable(ErrorBody),
+    /// 504.
+    #[response(status = 504, description = "The request's deadline passed")]
+    Deadline(ErrorBody),
+}
+
+/// 400.
+#[derive(IntoResponses)]
+#[response(
+    status = 400,
+    description = "Malformed request: bad JSON, base64, form or parameter"
+)]
+pub struct Malformed(#[allow(dead_code)] ErrorBody);
+
+/// 404.
+#[derive(IntoResponses)]
+#[response(status = 404, description = "Unknown person")]
+pub struct NotFound(#[allow(dead_code)] ErrorBody);
+
+/// 409.
+#[derive(IntoResponses)]
+#[response(status = 409, description = "A profile is already being taken")]
+pub struct Busy(#[allow(dead_code)] ErrorBody);
+
+/// 500.
+#[derive(IntoResponses)]
+#[response(status = 500, description = "Model, index or gallery failure")]
+pub struct Internal(#[allow(dead_code)] ErrorBody);
+
+/// 503.
+#[derive(IntoResponses)]
+#[response(
+    status = 503,
+    description = "Not ready yet, or shutting down (see Retry-After)"
+)]
+pub struct Unavailable(#[allow(dead_code)] ErrorBody);

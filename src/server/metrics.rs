@@ -75,7 +75,7 @@ impl HttpMetrics {
             Family::<StageLabel, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
             "stage_duration_seconds",
-            "Time per pipeline stage of the answered requests (queue, prepare, batch_wait, inference, search, total)",
+            "Time per pipeline stage of the answered requests (admission, queue, prepare, batch_wait, inference, search, total)",
             stages.clone(),
         );
         registry.register_collector(Box::new(Runtime { service }));
@@ -106,6 +106,7 @@ impl HttpMetrics {
     /// Records a request's per-stage timings.
     pub fn stages(&self, t: &Timings) {
         for (stage, d) in [
+            ("admission", t.admission),
             ("queue", t.queue),
             ("prepare", t.prepare),
             ("batch_wait", t.batch_wait),
@@ -191,11 +192,43 @@ impl Collector for Runtime {
             "Faces waiting for a model run",
             int(b.queued),
         )?;
+        let a = svc.admission().stats();
         gauge(
             &mut e,
             "admitted_faces",
-            "Faces admitted and not yet answered",
-            int(svc.admitted()),
+            "Faces admitted and not yet embedded",
+            int(a.in_use.faces),
+        )?;
+        gauge(
+            &mut e,
+            "admitted_bytes",
+            "Image bytes admitted and not yet decoded",
+            int(a.in_use.bytes),
+        )?;
+        gauge(
+            &mut e,
+            "admission_limit_faces",
+            "Faces admitted at once at most",
+            int(a.limit.faces),
+        )?;
+        gauge(
+            &mut e,
+            "admission_waiting",
+            "Requests waiting in line for admission",
+            int(a.waiting),
+        )?;
+        counter(&mut e, "admission_granted", "Requests admitted", a.granted)?;
+        counter(
+            &mut e,
+            "admission_refused_full",
+            "Requests refused at once because the service was full",
+            a.refused_full,
+        )?;
+        counter(
+            &mut e,
+            "admission_refused_too_large",
+            "Requests refused because they were over the per-request cap",
+            a.refused_too_large,
         )?;
         counter(&mut e, "batches", "Model runs", b.batches)?;
         counter(&mut e, "batch_faces_delivered", "Faces embedded", b.delivered)?;

@@ -8,6 +8,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::api::*;
 use super::error::{ErrorBody, ErrorDetail};
+use super::handlers::{people, system, work};
+use crate::service::wire::*;
 
 struct Bearer;
 
@@ -25,14 +27,15 @@ impl Modify for Bearer {
 #[openapi(
     info(title = "facepool", description = "Face verification and identification over HTTP."),
     paths(
-        super::livez, super::readyz, super::verify, super::verify_batch, super::identify, super::embed,
-        super::enroll, super::list_people, super::get_person, super::remove_person, super::info,
-        super::metrics_text, super::pprof_profile, super::pprof_flamegraph, super::openapi_json
+        system::livez, system::readyz, work::verify, work::verify_batch, work::identify, work::embed,
+        work::review, people::enroll, people::list_people, people::get_person, people::remove_person,
+        system::info, system::metrics_text, system::pprof_profile, system::pprof_flamegraph, system::openapi_json
     ),
     components(schemas(
-        VerifyRequest, VerifyBatchRequest, IdentifyRequest, EmbedRequest, EnrollRequest, VerifyResponse,
-        VerifyBatchResponse, TargetResult, IdentifyResponse, MatchBody, EmbedResponse, PersonBody, PeoplePage,
-        RemovedBody, InfoBody, LimitsBody, StatusBody, TimingsMs, ErrorBody, ErrorDetail
+        VerifyRequest, VerifyBatchRequest, IdentifyRequest, EmbedRequest, EnrollRequest, ReviewRequestBody,
+        VerifyResponse, VerifyBatchResponse, TargetResult, IdentifyResponse, MatchBody, EmbedResponse, PersonBody,
+        PeoplePageBody, RemovedBody, ReviewResponse, FrameResult, InfoBody, LimitsBody, StatusBody, TimingsMs,
+        ErrorBody, ErrorDetail
     )),
     modifiers(&Bearer)
 )]

@@ -24,18 +24,7 @@ impl ImageKey {
 
 /// Reads an image file (at most `limits.max_file_bytes`) and keys it.
 pub fn read_keyed(path: &Path, limits: &DecodeLimits) -> Result<(ImageKey, Arc<[u8]>), FaceError> {
-    let io = |e: std::io::Error| FaceError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let size = std::fs::metadata(path).map_err(io)?.len();
-    if size > limits.max_file_bytes {
-        return Err(FaceError::FileTooLarge {
-            size,
-            limit: limits.max_file_bytes,
-        });
-    }
-    let bytes: Arc<[u8]> = std::fs::read(path).map_err(io)?.into();
+    let bytes: Arc<[u8]> = crate::face::decode::read_file(path, limits)?.into();
     Ok((ImageKey::of(&bytes), bytes))
 }
 

@@ -115,12 +115,12 @@ pub fn config(args: &ServiceArgs) -> FaceConfig {
         c.gpu.inference_threads = n.max(1);
     }
     if let Some(b) = args.batch_max {
-        c.batch_max = b.max(1);
+        c.cpu.batch_max = b.max(1);
         c.gpu.batch_max = b.max(1);
     }
     if let Some(d) = args.batch_delay_ms {
-        c.batch_delay = Duration::from_secs_f64(d.max(0.0) / 1e3);
-        c.gpu.batch_delay = c.batch_delay;
+        c.cpu.batch_delay = Duration::from_secs_f64(d.max(0.0) / 1e3);
+        c.gpu.batch_delay = c.cpu.batch_delay;
     }
     c
 }

@@ -9,10 +9,12 @@ use facepool::index::{Index, IndexError, FORMAT_VERSION};
 use std::sync::Arc;
 
 use facepool::service::dedup::read_keyed;
-use facepool::service::{FaceResult, FaceService, ImageKey, ImageSource, Recent, Timings};
+use facepool::service::{
+    ErrorKind, FaceResult, FaceService, ImageKey, ImageSource, Recent, ServiceError, Timings,
+};
 use serde_json::json;
 
-use super::{ms, round4, start_service, timings_json, ServiceArgs};
+use super::{exit_code, ms, round4, start_service, timings_json, ServiceArgs};
 
 /// Images identified per round (their preparations and faces are in flight
 /// together; the rest wait, so memory stays bounded).
@@ -94,17 +96,6 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// The index in `path`, or a new one of the model's size if there is no file.
-fn open_or_new(path: &Path, svc: &mut FaceService) -> Result<(), ExitCode> {
-    let index = if path.exists() {
-        Index::load(path).map_err(fail)?
-    } else {
-        Index::new(svc.dim()).map_err(fail)?
-    };
-    svc.set_index(index)
-        .map_err(|e| fail(format!("{}: {e}", path.display())))
-}
-
 pub(crate) fn run(cmd: Command) -> ExitCode {
     match cmd {
         Command::Enroll {
@@ -142,37 +133,34 @@ fn enroll(
         Ok(s) => s,
         Err(code) => return code,
     };
-    if let Err(code) = open_or_new(path, &mut svc) {
-        return code;
+    // The file (created if absent) is saved by the service after the change.
+    if let Err(e) = svc.open_gallery(path) {
+        return fail(format!("{}: {e}", path.display()));
     }
     let names: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
     let sources = images.into_iter().map(ImageSource::Path).collect();
     let result = svc.enroll(id, sources, meta, replace);
     let mut out = std::io::stdout().lock();
     let code = match result {
-        Ok(faces) => match svc.index().save(path) {
-            Ok(()) => {
-                let info = svc.index().info();
-                if as_json {
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        json!({"id": id, "added": names.len(), "faces": faces,
-                               "people": info.people, "index": path.display().to_string()})
-                    );
-                } else {
-                    let _ = writeln!(
-                        out,
-                        "enrolled {id}: {} image(s) added, {faces} face(s) in all; {} now holds {} people",
-                        names.len(),
-                        path.display(),
-                        info.people
-                    );
-                }
-                ExitCode::SUCCESS
+        Ok(person) => {
+            let (faces, people) = (person.faces, svc.index().len());
+            if as_json {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    json!({"id": id, "added": names.len(), "faces": faces,
+                           "people": people, "index": path.display().to_string()})
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "enrolled {id}: {} image(s) added, {faces} face(s) in all; {} now holds {people} people",
+                    names.len(),
+                    path.display(),
+                );
             }
-            Err(e) => fail(e),
-        },
+            ExitCode::SUCCESS
+        }
         Err(facepool::service::ServiceError::Image { index, error }) => {
             let image = names.get(index).map_or("?", String::as_str);
             if as_json {
@@ -184,16 +172,19 @@ fn enroll(
             } else {
                 let _ = writeln!(out, "not enrolled: {image}: {error}");
             }
-            ExitCode::from(1)
+            ExitCode::from(exit_code(error.kind()))
         }
-        Err(e) => fail(e),
+        Err(e) => {
+            eprintln!("compare: {e}");
+            ExitCode::from(exit_code(e.kind()))
+        }
     };
     svc.shutdown(std::time::Duration::from_secs(30));
     code
 }
 
 /// An image's embedding, or why it has none.
-type Embedded = Result<(FaceResult, Timings), String>;
+type Embedded = Result<(FaceResult, Timings), ServiceError>;
 
 /// An image file's content key and bytes.
 type Keyed = (ImageKey, Arc<[u8]>);
@@ -211,9 +202,9 @@ fn embed_distinct(
     embedded: &mut usize,
 ) -> Vec<Embedded> {
     let limits = &svc.config().limits;
-    let keys: Vec<Result<Keyed, String>> = round
+    let keys: Vec<Result<Keyed, ServiceError>> = round
         .iter()
-        .map(|p| read_keyed(p, limits).map_err(|e| e.to_string()))
+        .map(|p| read_keyed(p, limits).map_err(ServiceError::from))
         .collect();
     let mut todo: Vec<Keyed> = Vec::new();
     for (key, bytes) in keys.iter().flatten() {
@@ -222,16 +213,24 @@ fn embed_distinct(
         }
     }
     let sources = todo.iter().map(|(_, b)| ImageSource::Bytes(b.clone())).collect();
-    for ((key, _), r) in todo.iter().zip(svc.embed_all(sources)) {
+    let results = match svc.embed_all(sources) {
+        Ok(r) => r,
+        Err(e) => todo.iter().map(|_| Err(e.clone())).collect(),
+    };
+    for ((key, _), r) in todo.iter().zip(results) {
         *embedded += usize::from(r.is_ok());
-        kept.insert(*key, r.map_err(|e| e.to_string()));
+        kept.insert(*key, r);
     }
     keys.into_iter()
         .map(|k| {
             let (key, _) = k?;
-            kept.get(&key)
-                .cloned()
-                .unwrap_or_else(|| Err("the image's result was forgotten before use".to_owned()))
+            kept.get(&key).cloned().unwrap_or_else(|| {
+                Err(ServiceError::request(
+                    ErrorKind::Internal,
+                    "internal",
+                    "the image's result was forgotten before use",
+                ))
+            })
         })
         .collect()
 }
@@ -256,7 +255,7 @@ fn identify(
         return fail(format!("{}: {e}", path.display()));
     }
     let mut out = std::io::stdout().lock();
-    let mut failed = 0usize;
+    let mut code = super::exit::OK;
     // Each distinct image (by content) is embedded once; recent results are
     // kept for images given again in later rounds.
     let mut kept: Recent<ImageKey, Embedded> = Recent::new(KEPT);
@@ -266,13 +265,15 @@ fn identify(
             embed_distinct(&svc, round, &mut kept, &mut embedded)
         } else {
             let sources = round.iter().cloned().map(ImageSource::Path).collect();
-            let rs = svc.embed_all(sources);
+            let rs = svc
+                .embed_all(sources)
+                .unwrap_or_else(|e| round.iter().map(|_| Err(e.clone())).collect());
             embedded += rs.iter().filter(|r| r.is_ok()).count();
-            rs.into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
+            rs
         };
         for (img, r) in round.iter().zip(results) {
             let image = img.display().to_string();
-            let r = r.and_then(|(face, t)| svc.identify_face(&face, k, t).map_err(|e| e.to_string()));
+            let r = r.and_then(|(face, t)| svc.identify_face(&face, k, t));
             match r {
                 Ok(id) => {
                     if as_json {
@@ -305,7 +306,7 @@ fn identify(
                     }
                 }
                 Err(e) => {
-                    failed += 1;
+                    code = super::exit::worse(code, exit_code(e.kind()));
                     if as_json {
                         let _ = writeln!(out, "{}", json!({"image": image, "error": e.to_string()}));
                     } else {
@@ -317,11 +318,7 @@ fn identify(
     }
     eprintln!("compare: {} images, {embedded} embedded", images.len());
     svc.shutdown(std::time::Duration::from_secs(30));
-    if failed > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    ExitCode::from(code)
 }
 
 fn remove(path: &Path, id: &str, as_json: bool) -> ExitCode {

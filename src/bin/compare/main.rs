@@ -10,10 +10,14 @@
 //! compare model-check --backend cuda --against ort
 //! ```
 //!
-//! Exit codes: 0 when every input was handled, 1 when some inputs failed
-//! (each is reported), 2 for usage and set-up errors.
+//! Exit codes (`src/bin/common/exit.rs`): 0 when every input was handled,
+//! 1 when some inputs were refused as they are (each is reported), 2 for
+//! usage and set-up errors, 70 when the service itself failed on an input,
+//! 75 when an input was not handled for now (run it again).
 
 mod check;
+#[path = "../common/exit.rs"]
+mod exit;
 mod index;
 mod pairs;
 #[path = "../common/service_args.rs"]
@@ -98,9 +102,14 @@ fn round4(x: f32) -> f64 {
     (f64::from(x) * 1e4).round() / 1e4
 }
 
+/// The exit code of an input that failed with `kind` (`exit::code_of`).
+fn exit_code(kind: facepool::service::ErrorKind) -> u8 {
+    exit::code_of(kind)
+}
+
 fn timings_json(t: &Timings) -> serde_json::Value {
     json!({
-        "queue": ms(t.queue), "prepare": ms(t.prepare), "batch_wait": ms(t.batch_wait),
+        "admission": ms(t.admission), "queue": ms(t.queue), "prepare": ms(t.prepare), "batch_wait": ms(t.batch_wait),
         "inference": ms(t.inference), "search": ms(t.search), "total": ms(t.total),
     })
 }
@@ -179,6 +188,7 @@ fn run(args: Args) -> ExitCode {
     };
     let t0 = Instant::now();
     let (mut total, mut failed, mut labelled, mut correct) = (0usize, 0usize, 0usize, 0usize);
+    let mut code = exit::OK;
     let mut out = std::io::stdout().lock();
     if !args.json {
         let _ = writeln!(out, "{:>10}  {:<9}  pair", "similarity", "verdict");
@@ -206,8 +216,13 @@ fn run(args: Args) -> ExitCode {
             }
             Err(e) => {
                 failed += 1;
+                code = exit::worse(code, exit_code(e.kind()));
                 if args.json {
-                    let _ = writeln!(out, "{}", json!({"a": pair.a, "b": pair.b, "error": e}));
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        json!({"a": pair.a, "b": pair.b, "error": e.to_string()})
+                    );
                 } else {
                     let _ = writeln!(out, "{:>10}  {:<9}  {} , {}: {e}", "-", "error", pair.a, pair.b);
                 }
@@ -244,9 +259,5 @@ fn run(args: Args) -> ExitCode {
         eprint!("{}", svc.metrics().snapshot().table());
     }
     svc.shutdown(Duration::from_secs(30));
-    if failed > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    ExitCode::from(code)
 }

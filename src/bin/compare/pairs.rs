@@ -18,7 +18,8 @@ use std::time::Instant;
 
 use facepool::service::dedup::read_keyed;
 use facepool::service::{
-    FaceResult, FaceService, ImageKey, ImageSource, PendingFace, PendingImage, Recent, Timings, Verdict,
+    ErrorKind, FaceResult, FaceService, ImageKey, ImageSource, PendingFace, PendingImage, Recent,
+    ServiceError, Timings, Verdict,
 };
 
 /// One pair to compare, as given.
@@ -180,7 +181,7 @@ fn resolve(dir: &Path, p: &str) -> PathBuf {
 enum Stage {
     Preparing(PendingImage),
     Embedding(PendingFace),
-    Done(Result<(FaceResult, Timings), String>),
+    Done(Result<(FaceResult, Timings), ServiceError>),
     /// Moved out while being advanced.
     Moving,
 }
@@ -192,7 +193,7 @@ type Image = Rc<RefCell<Stage>>;
 struct InFlight {
     pair: Pair,
     started: Instant,
-    images: Result<[Image; 2], String>,
+    images: Result<[Image; 2], ServiceError>,
 }
 
 /// Distinct images kept for reuse, at most (about 2 KiB each).
@@ -232,11 +233,11 @@ impl<'a> Pipeline<'a> {
 
     /// The image at `path`: one already on its way if its content was seen
     /// (with dedup), else a new one, whose preparation starts now.
-    fn image(&mut self, path: &Path) -> Result<Image, String> {
+    fn image(&mut self, path: &Path) -> Result<Image, ServiceError> {
         if !self.dedup {
             return self.submit(ImageSource::Path(path.to_path_buf()));
         }
-        let (key, bytes) = read_keyed(path, &self.svc.config().limits).map_err(|e| e.to_string())?;
+        let (key, bytes) = read_keyed(path, &self.svc.config().limits)?;
         if let Some(img) = self.kept.get(&key) {
             return Ok(img.clone());
         }
@@ -245,12 +246,16 @@ impl<'a> Pipeline<'a> {
         Ok(img)
     }
 
-    fn submit(&mut self, src: ImageSource) -> Result<Image, String> {
+    fn submit(&mut self, src: ImageSource) -> Result<Image, ServiceError> {
         // Keep the preparation stage bounded: move the oldest on first.
         while self.preparing.len() >= PREPARING {
             self.advance();
         }
-        let pending = self.svc.prepare(src).map_err(|e| e.to_string())?;
+        // Admitted in line; the permit comes back as the image moves on
+        // (its bytes once decoded, its face once embedded), so this thread
+        // never waits on a release only it could make.
+        let permit = self.svc.admission().acquire_blocking(src.cost(), None)?;
+        let pending = self.svc.prepare(src, permit, None)?;
         let img = Rc::new(RefCell::new(Stage::Preparing(pending)));
         self.preparing.push_back(img.clone());
         Ok(img)
@@ -273,7 +278,7 @@ impl<'a> Pipeline<'a> {
                     self.embedding.push_back(img.clone());
                     Stage::Embedding(face)
                 }
-                Err(e) => Stage::Done(Err(e.to_string())),
+                Err(e) => Stage::Done(Err(e)),
             },
             other => other,
         };
@@ -288,7 +293,7 @@ impl<'a> Pipeline<'a> {
         let stage = std::mem::replace(&mut *img.borrow_mut(), Stage::Moving);
         let done = match stage {
             Stage::Embedding(face) => {
-                let r = self.svc.finish(face).map_err(|e| e.to_string());
+                let r = self.svc.finish(face);
                 self.embedded += usize::from(r.is_ok());
                 Stage::Done(r)
             }
@@ -299,7 +304,7 @@ impl<'a> Pipeline<'a> {
 
     /// Advances the stages until `img` is done. Images move in first-seen
     /// order, so the oldest pair's images are always at the fronts.
-    fn complete(&mut self, img: &Image) -> Result<(FaceResult, Timings), String> {
+    fn complete(&mut self, img: &Image) -> Result<(FaceResult, Timings), ServiceError> {
         loop {
             if let Stage::Done(r) = &*img.borrow() {
                 return r.clone();
@@ -314,7 +319,11 @@ impl<'a> Pipeline<'a> {
                 && !matches!(&*img.borrow(), Stage::Done(_))
             {
                 // Not in either stage: cannot happen, but never spin.
-                return Err("internal: an image left the pipeline unfinished".to_owned());
+                return Err(ServiceError::request(
+                    ErrorKind::Internal,
+                    "internal",
+                    "an image left the pipeline unfinished",
+                ));
             }
         }
     }
@@ -323,7 +332,7 @@ impl<'a> Pipeline<'a> {
     fn start(&mut self, pair: Pair) {
         let started = Instant::now();
         let images = match &pair.error {
-            Some(e) => Err(e.clone()),
+            Some(e) => Err(ServiceError::request(ErrorKind::Malformed, "bad_pair", e.clone())),
             None => {
                 let a = resolve(&pair.dir, &pair.a);
                 let b = resolve(&pair.dir, &pair.b);
@@ -342,7 +351,10 @@ impl<'a> Pipeline<'a> {
 
     /// The next verdict in input order, taking pairs from `todo` to keep
     /// the stages full.
-    pub fn next(&mut self, todo: &mut impl Iterator<Item = Pair>) -> Option<(Pair, Result<Verdict, String>)> {
+    pub fn next(
+        &mut self,
+        todo: &mut impl Iterator<Item = Pair>,
+    ) -> Option<(Pair, Result<Verdict, ServiceError>)> {
         while self.window.len() < PAIRS {
             match todo.next() {
                 Some(p) => self.start(p),
@@ -357,7 +369,9 @@ impl<'a> Pipeline<'a> {
         let r = f.images.and_then(|[a, b]| {
             let (ra, rb) = (self.complete(&a), self.complete(&b));
             let ((fa, ta), (fb, tb)) = (ra?, rb?);
-            Ok(self.svc.verdict(&fa, &fb, ta, tb, f.started.elapsed()))
+            let mut v = self.svc.verdict(&fa, &fb, ta, tb);
+            self.svc.record_call(&mut v.timings, f.started);
+            Ok(v)
         });
         Some((f.pair, r))
     }

@@ -10,7 +10,9 @@ use facepool::batch::{self, BatchHandle, BatchPolicy, Batcher};
 use facepool::face::{self, Backend, BackendChoice, DetectModels, Detector, EmbedModel, Embedder, FaceError};
 use facepool::index::Index;
 use facepool::pool::{self, Pool};
-use facepool::service::{budget, FaceConfig, FaceService, ImageSource, Pins, ServiceError};
+use facepool::service::{
+    block_on, budget, Call, ErrorKind, FaceConfig, FaceService, ImageSource, Pins, ServiceError,
+};
 
 use crate::profile::{ImageSet, Mode, Profile, Synthetic};
 
@@ -114,14 +116,6 @@ fn spin(d: Duration) {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
         }
     }
-}
-
-fn is_overloaded(e: &ServiceError) -> bool {
-    matches!(
-        e,
-        ServiceError::Pool(pool::SubmitError::Overloaded)
-            | ServiceError::Batch(batch::SubmitError::Overloaded)
-    )
 }
 
 /// The pool's workers: the profile's, else the core budget's (the cores).
@@ -460,13 +454,12 @@ impl Real {
                 let mut c = self.config.clone().with_threads(Pins {
                     workers: r.workers,
                     inference_threads: r.inference_threads,
-                    intra_threads: Some(self.config.intra_threads),
+                    intra_threads: Some(self.config.cpu.intra_threads),
                 });
                 c.queue = r.queue;
-                c.admission_wait = None;
-                c.batch_max = r.batch_max.unwrap_or(c.batch_max);
+                c.cpu.batch_max = r.batch_max.unwrap_or(c.cpu.batch_max);
                 if let Some(ms) = r.batch_delay_ms {
-                    c.batch_delay = Duration::from_secs_f64(ms / 1e3);
+                    c.cpu.batch_delay = Duration::from_secs_f64(ms / 1e3);
                 }
                 let mut service = FaceService::start(c).map_err(|e| e.to_string())?;
                 service.set_index(self.index.clone()).map_err(|e| e.to_string())?;
@@ -603,37 +596,28 @@ struct RealBatch {
 }
 
 impl Target for RealBatch {
-    /// Admits every image of the request or none: a refusal at the pool or
-    /// the batcher refuses the request at once (the faces already admitted
-    /// are dropped before their model run).
+    /// Admits every image of the request or none, through the service's
+    /// front door: a full service refuses the request at once, having done
+    /// no work.
     fn call(&self, req: &Request) -> Outcome {
-        let fail = |e: ServiceError| {
-            if is_overloaded(&e) {
-                Outcome::Rejected
-            } else {
-                Outcome::Failed(e.to_string())
-            }
-        };
-        let mut pending = Vec::with_capacity(req.images.len());
+        let mut images = Vec::with_capacity(req.images.len());
         for &i in &req.images {
             let Some(bytes) = self.shared.photos.bytes.get(i) else {
                 return Outcome::Failed("no such photo".into());
             };
-            match self.service.prepare(ImageSource::Bytes(bytes.clone())) {
-                Ok(p) => pending.push(p),
-                Err(e) => return fail(e),
-            }
+            images.push(ImageSource::Bytes(bytes.clone()));
         }
-        let mut faces = Vec::with_capacity(pending.len());
-        for p in pending {
-            match self.service.embed_first(p) {
-                Ok(f) => faces.push(f),
-                Err(e) => return fail(e),
-            }
-        }
-        let mut emb = Vec::with_capacity(faces.len());
-        for f in faces {
-            match self.service.finish(f) {
+        let fail = |e: ServiceError| match e.kind() {
+            ErrorKind::Overloaded => Outcome::Rejected,
+            _ => Outcome::Failed(e.to_string()),
+        };
+        let results = match block_on(self.service.embed_all_async(images, Call::refuse_when_full())) {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        let mut emb = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
                 Ok((f, _)) => emb.push(f.embedding.0),
                 Err(e) => return fail(e),
             }

@@ -1,11 +1,12 @@
-//! `serve`: facepool as an HTTP face-verification service.
+//! `serve`: facepool as an HTTP face-verification service (and, with
+//! `--nats`, a consumer of jobs from NATS JetStream).
 //!
 //! ```text
 //! serve --listen 127.0.0.1:8080 --index people.fpi --token-file tokens.txt
 //! ```
 //!
 //! Prints `listening on ADDR` on stdout once bound (`--listen
-//! 127.0.0.1:0` takes a free port), loads the models and the index (until
+//! 127.0.0.1:0` takes a free port), loads the models and the gallery (until
 //! then `/readyz` answers 503), and serves until SIGTERM or SIGINT: then it
 //! stops accepting, finishes what was admitted (at most `--drain-timeout`),
 //! saves the gallery and exits 0. Every flag can be given as a `FACEPOOL_*`
@@ -20,12 +21,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use facepool::index::Index;
 use facepool::nats::{Consumer, NatsConfig};
 use facepool::server::{App, ServerConfig};
 use facepool::service::FaceService;
@@ -99,8 +97,7 @@ struct NatsArgs {
     /// Seconds the broker waits for an ack before redelivering a job.
     #[arg(long, env = "FACEPOOL_NATS_ACK_WAIT", default_value_t = 30)]
     nats_ack_wait: u64,
-    /// Jobs held at once (the consumer's max_ack_pending; default: half
-    /// the queue).
+    /// Jobs held at once (default: half the queue).
     #[arg(long, env = "FACEPOOL_NATS_INFLIGHT")]
     nats_inflight: Option<usize>,
     /// Faces per second sent to the model from NATS jobs at most.
@@ -114,34 +111,37 @@ struct NatsArgs {
     nats_replicas: usize,
 }
 
+/// Why `serve` stops other than cleanly, and its exit code.
+enum Failure {
+    /// A usage or set-up error (exit 2).
+    Setup(String),
+    /// The gallery could not be saved at the end (exit 1).
+    Save(String),
+}
+
+impl Failure {
+    fn exit(self) -> ExitCode {
+        let (code, why) = match self {
+            Failure::Setup(w) => (2, w),
+            Failure::Save(w) => (1, format!("cannot save the gallery: {w}")),
+        };
+        eprintln!("serve: {why}");
+        ExitCode::from(code)
+    }
+}
+
 impl NatsArgs {
-    fn config(&self, drain: Duration) -> Result<Option<NatsConfig>, String> {
+    fn config(&self, drain: Duration) -> Result<Option<NatsConfig>, Failure> {
         let Some(url) = &self.nats else { return Ok(None) };
-        let p = self.nats_prefix.trim();
-        if p.is_empty()
-            || !p
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(format!("--nats-prefix: letters, digits, _ and - only, not {p:?}"));
-        }
+        let mut c = NatsConfig::with_prefix(url.clone(), &self.nats_prefix)
+            .map_err(|e| Failure::Setup(format!("--nats-prefix: {e}")))?;
         if let Some(r) = self.nats_rate {
             if !(r.is_finite() && r > 0.0) {
-                return Err(format!(
+                return Err(Failure::Setup(format!(
                     "--nats-rate: a positive number of faces per second, not {r}"
-                ));
+                )));
             }
         }
-        let upper = p.to_ascii_uppercase().replace('-', "_");
-        let mut c = NatsConfig::new(url.clone());
-        c.jobs_stream = format!("{upper}_JOBS");
-        c.jobs_subject = format!("{p}.jobs");
-        c.results_stream = format!("{upper}_RESULTS");
-        c.results_prefix = format!("{p}.results");
-        c.dead_stream = format!("{upper}_DEAD");
-        c.dead_prefix = format!("{p}.dead");
-        c.consumer = p.to_owned();
-        c.bucket = format!("{p}-images");
         c.max_deliver = self.nats_max_deliver.max(1);
         c.ack_wait = Duration::from_secs(self.nats_ack_wait.max(1));
         c.max_inflight = self.nats_inflight.unwrap_or(0);
@@ -153,8 +153,9 @@ impl NatsArgs {
     }
 }
 
-fn read_tokens(path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+fn read_tokens(path: &Path) -> Result<Vec<String>, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Setup(format!("cannot read {}: {e}", path.display())))?;
     let tokens: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -162,7 +163,7 @@ fn read_tokens(path: &Path) -> Result<Vec<String>, String> {
         .map(str::to_owned)
         .collect();
     if tokens.is_empty() {
-        return Err(format!("{} holds no token", path.display()));
+        return Err(Failure::Setup(format!("{} holds no token", path.display())));
     }
     Ok(tokens)
 }
@@ -187,31 +188,18 @@ fn logging(json: bool) {
 /// p99 at 1.7 s, 128 at 1.04 s, 96 at 0.69 s, at the same throughput.
 const QUEUE_PER_CORE: usize = 48;
 
-/// The faces admitted at most: `--queue`, or the default per core.
-fn queue_faces(args: &Args) -> usize {
-    args.queue
-        .unwrap_or_else(|| QUEUE_PER_CORE * facepool::service::budget::cores())
-        .max(1)
-}
-
 /// Loads the models and the gallery (on a thread of its own, while the
 /// server already answers its probes).
-fn load(args: &Args) -> Result<FaceService, String> {
-    let mut c = config(&args.service);
-    c.queue = queue_faces(args);
-    // A server sheds load: a full queue refuses at once (429).
-    c.admission_wait = None;
+fn load(service: &ServiceArgs, queue: usize, index: Option<&Path>) -> Result<FaceService, String> {
+    let mut c = config(service);
+    c.queue = queue;
     let mut svc = FaceService::start(c).map_err(|e| e.to_string())?;
     tracing::info!(backend = %svc.backend(), "models loaded");
-    if let Some(path) = &args.index {
-        if path.exists() {
-            let index = Index::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            svc.set_index(index)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            tracing::info!(people = svc.index().len(), path = %path.display(), "gallery loaded");
-        } else {
-            tracing::info!(path = %path.display(), "gallery file absent: starting empty");
-        }
+    if let Some(path) = index {
+        let people = svc
+            .open_gallery(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        tracing::info!(people, path = %path.display(), "gallery opened");
     }
     Ok(svc)
 }
@@ -241,177 +229,150 @@ async fn signal() {
 fn main() -> ExitCode {
     let args = Args::parse();
     logging(args.log_json);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.exit(),
+    }
+}
+
+fn run(args: Args) -> Result<(), Failure> {
     let tokens = match (&args.token_file, args.no_auth) {
-        (Some(f), _) => match read_tokens(f) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("serve: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        (Some(f), _) => read_tokens(f)?,
         (None, true) => Vec::new(),
         (None, false) => {
-            eprintln!("serve: give --token-file FILE (or --no-auth to serve without tokens)");
-            return ExitCode::from(2);
+            return Err(Failure::Setup(
+                "give --token-file FILE (or --no-auth to serve without tokens)".into(),
+            ))
         }
     };
     let metrics_token = match &args.metrics_token_file {
-        Some(f) => match read_tokens(f) {
-            Ok(mut t) => Some(t.remove(0)),
-            Err(e) => {
-                eprintln!("serve: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        Some(f) => read_tokens(f)?.into_iter().next(),
         None => None,
     };
-    let Ok(drain) = Duration::try_from_secs_f64(args.drain_timeout.max(0.0)) else {
-        eprintln!(
-            "serve: --drain-timeout: not a number of seconds: {}",
+    let drain = Duration::try_from_secs_f64(args.drain_timeout.max(0.0)).map_err(|_| {
+        Failure::Setup(format!(
+            "--drain-timeout: not a number of seconds: {}",
             args.drain_timeout
-        );
-        return ExitCode::from(2);
-    };
-    let queue = queue_faces(&args);
-    let nats = match args.nats.config(drain) {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("serve: {e}");
-            return ExitCode::from(2);
-        }
-    };
+        ))
+    })?;
+    let nats = args.nats.config(drain)?;
     let app = App::new(ServerConfig {
         tokens,
         metrics_token,
         max_body: args.max_body,
-        // More images than the queue could never be admitted.
-        max_images: args.max_images.clamp(1, queue),
+        max_images: args.max_images.max(1),
         default_timeout: Duration::from_millis(args.timeout_ms.max(1)),
         max_timeout: Duration::from_millis(args.max_timeout_ms.max(1)),
-        retry_after: Duration::from_secs(1),
-        gallery: args.index.clone(),
     });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("serve: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(args.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("serve: cannot listen on {}: {e}", args.listen);
-                return ExitCode::from(2);
-            }
-        };
-        let addr = listener.local_addr().map_or(args.listen, |a| a);
-        println!("listening on {addr}");
-        let _ = std::io::stdout().flush();
-        tracing::info!(%addr, "listening");
-        // Load on a thread of its own; a failure ends the server.
-        // A failure to load, or to bind the NATS consumer, ends the server
-        // (exit 2).
-        let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<String>(2);
-        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
-        let loader = app.clone();
-        let load_failed = failed_tx.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Setup(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(serve(args, app, nats, drain))
+}
+
+async fn serve(args: Args, app: App, nats: Option<NatsConfig>, drain: Duration) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure::Setup(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener.local_addr().map_or(args.listen, |a| a);
+    println!("listening on {addr}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%addr, "listening");
+
+    // Load on a thread of its own; a failure to load, or to bind the NATS
+    // consumer, ends the server (exit 2).
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<String>(2);
+    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<FaceService>();
+    {
+        let (app, failed) = (app.clone(), failed_tx.clone());
+        let queue = args
+            .queue
+            .unwrap_or_else(|| QUEUE_PER_CORE * facepool::service::budget::cores())
+            .max(1);
+        let (service, index) = (args.service.clone(), args.index.clone());
         std::thread::spawn(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&args)));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                load(&service, queue, index.as_deref())
+            }));
             match r {
                 Ok(Ok(svc)) => {
-                    let _ = loader.ready(svc);
+                    let _ = app.ready(svc.clone());
                     tracing::info!("ready");
-                    let _ = loaded_tx.send(());
+                    let _ = loaded_tx.send(svc);
                 }
                 Ok(Err(e)) => {
-                    let _ = load_failed.blocking_send(e);
+                    let _ = failed.blocking_send(e);
                 }
                 Err(_) => {
-                    let _ = load_failed.blocking_send("loading the models failed".to_owned());
+                    let _ = failed.blocking_send("loading the models failed".to_owned());
                 }
             }
         });
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let consumer = nats.map(|config| {
-            let (app, failed, mut stop) = (app.clone(), failed_tx.clone(), stop_rx.clone());
-            tokio::spawn(async move {
-                if loaded_rx.await.is_err() {
-                    return;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let consumer = nats.map(|config| {
+        let (failed, mut stop) = (failed_tx.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let Ok(svc) = loaded_rx.await else { return };
+            let url = config.url.clone();
+            let c = tokio::select! {
+                c = Consumer::connect(config, svc) => c,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match c {
+                Ok(c) => {
+                    tracing::info!(%url, inflight = c.max_inflight(), "nats: consuming jobs");
+                    c.run(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+                    tracing::info!("nats: stopped");
                 }
-                let url = config.url.clone();
-                let c = tokio::select! {
-                    c = Consumer::connect(config, app) => c,
-                    _ = stop.wait_for(|s| *s) => return,
-                };
-                match c {
-                    Ok(c) => {
-                        tracing::info!(%url, inflight = c.max_inflight(), "nats: consuming jobs");
-                        c.run(async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        })
-                        .await;
-                        tracing::info!("nats: stopped");
-                    }
-                    Err(e) => {
-                        let _ = failed.send(e.to_string()).await;
-                    }
+                Err(e) => {
+                    let _ = failed.send(e.to_string()).await;
                 }
-            })
-        });
-        drop(failed_tx);
-        let fatal = Arc::new(AtomicBool::new(false));
-        let stop = {
-            let (app, fatal) = (app.clone(), fatal.clone());
-            async move {
-                let failed = async move {
-                    match failed_rx.recv().await {
-                        Some(e) => e,
-                        None => std::future::pending::<String>().await,
-                    }
-                };
-                tokio::select! {
-                    _ = signal() => tracing::info!("stopping: finishing admitted requests and jobs"),
-                    e = failed => {
-                        eprintln!("serve: {e}");
-                        fatal.store(true, Ordering::SeqCst);
-                    }
-                }
-                app.stop_accepting();
-                let _ = stop_tx.send(true);
             }
-        };
-        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, app.router()).with_graceful_shutdown(async move {
-            stop.await;
-            let _ = stopped_tx.send(());
-        });
-        let serving = tokio::spawn(async move { server.await });
-        // Once stopping, the admitted requests get `drain` to finish.
-        let _ = stopped_rx.await;
-        let drained = tokio::time::timeout(drain, serving).await;
-        if drained.is_err() {
-            tracing::warn!("drain timeout: some requests were still running");
+        })
+    });
+    drop(failed_tx);
+
+    // Stop on a signal, or on a failure to load or to bind the consumer.
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<String>();
+    let shutdown = async move {
+        tokio::select! {
+            _ = signal() => tracing::info!("stopping: finishing admitted requests and jobs"),
+            Some(e) = failed_rx.recv() => {
+                let _ = fatal_tx.send(e);
+            }
         }
-        if let Some(c) = consumer {
-            // It drains its own jobs (at most `drain`).
-            let _ = c.await;
-        }
-        let Some(svc) = app.service() else {
-            // The models never loaded: a set-up error.
-            return ExitCode::from(2);
-        };
-        if fatal.load(Ordering::SeqCst) {
-            svc.shutdown(Duration::from_secs(5));
-            return ExitCode::from(2);
-        }
-        if let Err(e) = app.save_gallery() {
-            eprintln!("serve: cannot save the gallery: {e}");
-            return ExitCode::from(1);
-        }
+        let _ = stop_tx.send(true);
+    };
+    let drained = facepool::server::serve(app.clone(), listener, shutdown, drain)
+        .await
+        .map_err(|e| Failure::Setup(format!("the server failed: {e}")))?;
+    if drained == facepool::server::Drained::TimedOut {
+        tracing::warn!("drain timeout: some requests were still running");
+    }
+    if let Some(c) = consumer {
+        // It drains its own jobs (at most `drain`).
+        let _ = c.await;
+    }
+    let Some(svc) = app.service() else {
+        // The models never loaded: a set-up error.
+        return Err(Failure::Setup(
+            fatal_rx
+                .await
+                .unwrap_or_else(|_| "stopped before the models were loaded".into()),
+        ));
+    };
+    if let Ok(e) = fatal_rx.await {
         svc.shutdown(Duration::from_secs(5));
-        tracing::info!("stopped");
-        ExitCode::SUCCESS
-    })
+        return Err(Failure::Setup(e));
+    }
+    let saved = svc.save_gallery();
+    svc.shutdown(Duration::from_secs(5));
+    saved.map_err(|e| Failure::Save(e.to_string()))?;
+    tracing::info!("stopped");
+    Ok(())
 }

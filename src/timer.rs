@@ -1,34 +1,39 @@
-//! The timer that fires node timeouts and run deadlines: one thread for the
-//! process, started by the first run that needs it, asleep until the
-//! earliest entry is due (or forever when there is none). It never polls
-//! and runs no user code of its own: firing an entry ends a node or a run
-//! (see `run`), which at most submits ready nodes without blocking.
+//! The process's one timer: it fires the graph's node timeouts and run
+//! deadlines and the front door's request deadlines. One thread, started
+//! by the first entry, asleep until the earliest entry is due (or forever
+//! when there is none). It never polls and runs no user code of its own:
+//! firing an entry ends a node or a run (see `graph::run`), which at most
+//! submits ready nodes without blocking, or wakes a task.
 //!
 //! Invariants:
 //! - Entries are keyed by (due time, sequence number), so keys are unique
 //!   and a cancel removes exactly its own entry.
 //! - The thread sleeps at most until the first key it saw; a new entry
 //!   earlier than every other wakes it.
-//! - An entry holds its run weakly: a run nobody holds is not kept alive
-//!   (and firing it does nothing).
+//! - An entry holds its target weakly: a target nobody holds is not kept
+//!   alive (and firing it does nothing).
 //! - The timer's lock is never held while an entry fires, so firing may
 //!   schedule and cancel entries.
 
 use std::collections::BTreeMap;
-use std::sync::{Condvar, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
 use crate::sync::lock;
 
-use super::run::RunObj;
+/// What an entry fires.
+pub(crate) trait Fire: Send + Sync + 'static {
+    /// The entry of `tag` is due.
+    fn fire(self: Arc<Self>, tag: usize);
+}
 
 /// Names one scheduled entry, for [`cancel`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Key(Instant, u64);
 
 struct Entry {
-    run: Weak<dyn RunObj>,
-    /// A node index, or [`RUN`](super::run::RUN) for the run's deadline.
+    target: Weak<dyn Fire>,
+    /// What the target is told (a graph node's index, or its run's tag).
     tag: usize,
 }
 
@@ -47,15 +52,15 @@ struct Timer {
 
 static TIMER: OnceLock<Timer> = OnceLock::new();
 
-/// Fires `tag` of `run` at `at`. `None` if the timer thread could not be
-/// started: the run then finds lateness only when a node returns or its
-/// job expires in the pool.
-pub(crate) fn schedule(at: Instant, run: Weak<dyn RunObj>, tag: usize) -> Option<Key> {
+/// Fires `tag` of `target` at `at`. `None` if the timer thread could not
+/// be started: the caller then finds lateness only when its work returns
+/// or expires in the pool.
+pub(crate) fn schedule(at: Instant, target: Weak<dyn Fire>, tag: usize) -> Option<Key> {
     let timer = TIMER.get_or_init(Timer::default);
     let mut st = lock(&timer.state);
     if !st.started {
         let spawned = std::thread::Builder::new()
-            .name("facepool-graph-timer".to_owned())
+            .name("facepool-timer".to_owned())
             .spawn(move || serve(timer));
         if spawned.is_err() {
             return None;
@@ -65,7 +70,7 @@ pub(crate) fn schedule(at: Instant, run: Weak<dyn RunObj>, tag: usize) -> Option
     st.seq += 1;
     let key = Key(at, st.seq);
     let first = st.due.first_key_value().is_none_or(|(k, _)| key < *k);
-    st.due.insert(key, Entry { run, tag });
+    st.due.insert(key, Entry { target, tag });
     drop(st);
     if first {
         timer.wake.notify_one();
@@ -94,10 +99,11 @@ fn serve(timer: &'static Timer) {
         if !fired.is_empty() {
             drop(st);
             for e in fired.drain(..) {
-                if let Some(run) = e.run.upgrade() {
-                    // Ending a node runs no user code, but the run may be
-                    // dropped here (its input and values are user data).
-                    let _ = crate::panics::catch(move || run.expire(e.tag));
+                if let Some(target) = e.target.upgrade() {
+                    // Firing runs no user code, but the target may be
+                    // dropped here (a graph run's input and values are
+                    // user data).
+                    let _ = crate::panics::catch(move || target.fire(e.tag));
                 }
             }
             st = lock(&timer.state);

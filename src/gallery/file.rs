@@ -1,20 +1,20 @@
 //! The gallery's file: the index is saved atomically (the index file's own
 //! temp-file-and-rename) after each change, by one writer thread, so that
-//! no tokio worker writes a file. Saves asked for while one is under way
-//! are served by the next one.
+//! no async task writes a file. Saves asked for while one is under way are
+//! served by the next one.
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
-use tokio::sync::oneshot;
+use futures_channel::oneshot;
 
 use crate::index::Index;
 
 type Reply = oneshot::Sender<Result<(), String>>;
 
-/// The gallery's writer.
+/// The gallery's file and its writer.
 #[derive(Debug)]
-pub struct Gallery {
+pub struct GalleryFile {
     tx: mpsc::Sender<Reply>,
     index: Index,
     path: PathBuf,
@@ -28,7 +28,7 @@ fn save(one: &Mutex<()>, index: &Index, path: &std::path::Path) -> Result<(), St
     index.save(path).map_err(|e| e.to_string())
 }
 
-impl Gallery {
+impl GalleryFile {
     /// Starts the writer of `index` to `path`.
     pub fn start(index: Index, path: PathBuf) -> Self {
         let (tx, rx) = mpsc::channel::<Reply>();
@@ -47,11 +47,10 @@ impl Gallery {
                     }
                 }
             });
-        if let Err(e) = spawned {
-            // Without a writer, changes answer 500 (never a file write on
-            // a tokio worker); the save at shutdown still runs.
-            tracing::error!("cannot start the gallery writer ({e}); changes cannot be saved until a restart");
-        }
+        // Without a writer (the thread could not start), its receiver is
+        // gone and every change fails to save (never a file write on an
+        // async task); the save at shutdown still runs.
+        drop(spawned);
         Self { tx, index, path, one }
     }
 
@@ -63,6 +62,11 @@ impl Gallery {
             return Err("the gallery writer is not running".to_owned());
         }
         rx.await.map_err(|_| "the gallery writer stopped".to_owned())?
+    }
+
+    /// The file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 
     /// Saves on the calling thread (at shutdown), after any save under way.

@@ -1,0 +1,278 @@
+//! Extractors: what a handler takes from a request, each refusing with the
+//! API's own error shape.
+//!
+//! - [`JsonOrForm<T>`]: the body as JSON (images base64) or as
+//!   multipart/form-data (the same field names, images as files), within
+//!   the body limit;
+//! - [`WorkRequest<T>`]: that body and the call it makes: its deadline
+//!   (`X-Request-Timeout-Ms`, bounded by the settings) and the server's
+//!   admission rule (refuse when full);
+//! - [`QueryOf<T>`] and [`PathOf<T>`]: a query string and a path, 400 when
+//!   malformed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequest, FromRequestParts, Multipart, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::{App, TIMEOUT_HEADER};
+use crate::service::{Call, ImageSource};
+
+/// A multipart form: each field's values in order (files as bytes, text as
+/// UTF-8 bytes).
+pub type Form = HashMap<String, Vec<Vec<u8>>>;
+
+/// A request body type that can also be read from a multipart form.
+pub trait FromForm: Sized {
+    /// Builds the request from the form's fields (refusing unknown ones).
+    fn from_form(form: Form) -> Result<Self, ApiError>;
+}
+
+/// The body as JSON or as a multipart form.
+#[derive(Debug)]
+pub struct JsonOrForm<T>(pub T);
+
+impl<T: DeserializeOwned + FromForm + Send> FromRequest<App> for JsonOrForm<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &App) -> Result<Self, ApiError> {
+        let limit = app.config().max_body;
+        let multipart = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+        if multipart {
+            return T::from_form(read_form(req, limit).await?).map(JsonOrForm);
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+            // The length limit is 413; a broken or aborted upload is 400.
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+            let mut over = false;
+            while let Some(c) = cause {
+                over |= c.is::<http_body_util::LengthLimitError>();
+                cause = c.source();
+            }
+            if over {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::bad_request("bad_body", format!("cannot read the body: {e}"))
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonOrForm)
+            .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))
+    }
+}
+
+async fn read_form(req: Request, limit: usize) -> Result<Form, ApiError> {
+    let mut mp = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?;
+    let mut form = Form::new();
+    let mut total = 0usize;
+    loop {
+        let field = match mp.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return Err(multipart_error(e, limit)),
+        };
+        let name = field.name().unwrap_or("").to_owned();
+        let bytes = field.bytes().await.map_err(|e| multipart_error(e, limit))?;
+        total += bytes.len();
+        if total > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        form.entry(name).or_default().push(bytes.to_vec());
+    }
+    Ok(form)
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(limit)
+    } else {
+        ApiError::bad_request("bad_multipart", e.body_text())
+    }
+}
+
+/// An image in a request: base64 text (JSON; a `data:` URL prefix is
+/// allowed) or a file's bytes (a form).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "String")]
+pub enum Image {
+    /// Base64, not yet decoded.
+    Base64(String),
+    /// Bytes.
+    Bytes(Arc<[u8]>),
+}
+
+impl From<String> for Image {
+    fn from(s: String) -> Self {
+        Image::Base64(s)
+    }
+}
+
+impl Image {
+    /// The image's bytes to hand to the service (`field` names it in
+    /// errors: `bad_base64`, `empty_image`).
+    pub fn source(self, field: &str) -> Result<ImageSource, ApiError> {
+        let bytes: Arc<[u8]> = match self {
+            Image::Bytes(b) => b,
+            Image::Base64(s) => crate::service::wire::decode_base64(field, &s)?,
+        };
+        if bytes.is_empty() {
+            return Err(ApiError::bad_request("empty_image", format!("{field}: empty")));
+        }
+        Ok(ImageSource::Bytes(bytes))
+    }
+
+    /// Each of `images` to hand to the service, named `field[i]`.
+    pub fn sources(images: Vec<Image>, field: &str) -> Result<Vec<ImageSource>, ApiError> {
+        images
+            .into_iter()
+            .enumerate()
+            .map(|(i, im)| im.source(&format!("{field}[{i}]")))
+            .collect()
+    }
+}
+
+/// The one value of form field `name`.
+pub fn one(form: &mut Form, name: &str) -> Result<Vec<u8>, ApiError> {
+    match form.remove(name) {
+        Some(mut v) if v.len() == 1 => Ok(v.remove(0)),
+        Some(_) => Err(ApiError::bad_request(
+            "bad_form",
+            format!("field {name} given more than once"),
+        )),
+        None => Err(ApiError::bad_request(
+            "bad_form",
+            format!("field {name} is missing"),
+        )),
+    }
+}
+
+/// The one image of form field `name`.
+pub fn one_image(form: &mut Form, name: &str) -> Result<Image, ApiError> {
+    Ok(Image::Bytes(one(form, name)?.into()))
+}
+
+/// Every image of form field `name` (none if absent).
+pub fn images(form: &mut Form, name: &str) -> Vec<Image> {
+    form.remove(name)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|b| Image::Bytes(b.into()))
+        .collect()
+}
+
+/// The optional text of form field `name`.
+pub fn text(form: &mut Form, name: &str) -> Result<Option<String>, ApiError> {
+    match form.remove(name) {
+        None => Ok(None),
+        Some(mut v) if v.len() == 1 => String::from_utf8(v.remove(0))
+            .map(Some)
+            .map_err(|_| ApiError::bad_request("bad_form", format!("field {name} is not UTF-8"))),
+        Some(_) => Err(ApiError::bad_request(
+            "bad_form",
+            format!("field {name} given more than once"),
+        )),
+    }
+}
+
+/// Refuses unknown form fields (as JSON refuses unknown keys).
+pub fn no_more(form: &Form) -> Result<(), ApiError> {
+    match form.keys().next() {
+        Some(k) => Err(ApiError::bad_request("bad_form", format!("unknown field {k}"))),
+        None => Ok(()),
+    }
+}
+
+/// The request's timeout: its header, bounded, else the default.
+pub fn timeout(headers: &HeaderMap, default: Duration, max: Duration) -> Result<Duration, ApiError> {
+    let Some(v) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(default);
+    };
+    let ms: u64 = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_timeout",
+                format!("{TIMEOUT_HEADER} must be a whole number of ms"),
+            )
+        })?;
+    if ms == 0 {
+        return Err(ApiError::bad_request(
+            "bad_timeout",
+            format!("{TIMEOUT_HEADER} must be above 0"),
+        ));
+    }
+    Ok(Duration::from_millis(ms).min(max))
+}
+
+/// A request for work: its body ([`JsonOrForm`]) and the call it makes,
+/// due within its timeout (its `X-Request-Timeout-Ms`, at most the
+/// settings' longest, else the default; the clock starts when the request
+/// arrives) and refused at once when the service is full. The body is read
+/// before a bad timeout is refused, so the client is never cut off while
+/// it sends.
+#[derive(Debug)]
+pub struct WorkRequest<T> {
+    /// The call.
+    pub call: Call,
+    /// The body.
+    pub body: T,
+}
+
+impl<T: DeserializeOwned + FromForm + Send> FromRequest<App> for WorkRequest<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &App) -> Result<Self, ApiError> {
+        let c = app.config();
+        let arrived = std::time::Instant::now();
+        let t = timeout(req.headers(), c.default_timeout, c.max_timeout);
+        let JsonOrForm(body) = JsonOrForm::<T>::from_request(req, app).await?;
+        Ok(WorkRequest {
+            call: Call::refuse_when_full().until(arrived + t?),
+            body,
+        })
+    }
+}
+
+/// A query string, 400 `bad_query` when malformed.
+#[derive(Debug)]
+pub struct QueryOf<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for QueryOf<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| QueryOf(q))
+            .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
+    }
+}
+
+/// A path parameter, 400 `bad_path` when malformed.
+#[derive(Debug)]
+pub struct PathOf<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathOf<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| PathOf(p))
+            .map_err(|e| ApiError::bad_request("bad_path", e.body_text()))
+    }
+}

@@ -1,0 +1,160 @@
+//! Probes, information, metrics, profiles, the OpenAPI document, and the
+//! answers to routes and methods that do not exist.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::super::api::{InfoBody, LimitsBody, ProfileQuery, StatusBody};
+use super::super::error::{ApiError, AuthErrors, Busy, Internal, Malformed, Unavailable};
+use super::super::extract::QueryOf;
+use super::super::App;
+use crate::metrics::profiling::{Capture, Output, DEFAULT_FREQUENCY};
+
+pub(in super::super) async fn not_found() -> ApiError {
+    ApiError::not_found("no_route", "no such route")
+}
+
+/// A known route with a method it does not take: the JSON error shape
+/// like every other error (axum's own 405 has an empty body); axum adds
+/// the `Allow` header.
+pub(in super::super) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "the route does not take this method",
+    )
+}
+
+#[utoipa::path(get, path = "/livez", responses((status = 200, body = StatusBody)))]
+pub(in super::super) async fn livez() -> Json<StatusBody> {
+    Json(StatusBody {
+        status: "ok".to_owned(),
+    })
+}
+
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, body = StatusBody), (status = 503, body = StatusBody)))]
+pub(in super::super) async fn readyz(State(app): State<App>) -> (StatusCode, Json<StatusBody>) {
+    let status = if app.is_stopping() {
+        "stopping"
+    } else if app.is_ready() {
+        "ok"
+    } else {
+        "loading"
+    };
+    let code = if status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(StatusBody {
+            status: status.to_owned(),
+        }),
+    )
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[utoipa::path(get, path = "/v1/info", responses((status = 200, body = InfoBody), AuthErrors, Unavailable),
+    security(("bearer" = [])))]
+pub(in super::super) async fn info(State(app): State<App>) -> Result<Json<InfoBody>, ApiError> {
+    let svc = app.ready_service()?;
+    let c = svc.config();
+    let s = app.config();
+    Ok(Json(InfoBody {
+        model: c.model.display().to_string(),
+        backend: svc.backend().used.to_string(),
+        dimension: svc.dim(),
+        threshold: c.threshold,
+        people: svc.index().len(),
+        limits: LimitsBody {
+            max_body_bytes: s.max_body,
+            max_images: s.max_images,
+            queue_faces: c.queue,
+            default_timeout_ms: ms(s.default_timeout),
+            max_timeout_ms: ms(s.max_timeout),
+            max_image_bytes: c.limits.max_file_bytes,
+            max_image_pixels: c.limits.max_pixels,
+        },
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }))
+}
+
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus (OpenMetrics) text", content_type = "application/openmetrics-text"), AuthErrors, Internal))]
+pub(in super::super) async fn metrics_text(State(app): State<App>) -> Response {
+    match app.metrics().encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics",
+            "cannot encode the metrics",
+        )
+        .into_response(),
+    }
+}
+
+async fn profile(app: &App, q: ProfileQuery, out: Output) -> Result<Vec<u8>, ApiError> {
+    let secs = q.seconds.unwrap_or(10);
+    if secs == 0 || secs > 60 {
+        return Err(ApiError::bad_request("bad_seconds", "seconds must be 1 to 60"));
+    }
+    let Ok(_one) = app.profiling().try_lock() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "profiling",
+            "a profile is already being taken",
+        ));
+    };
+    let internal = |e: &dyn std::fmt::Display| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "profiling", e.to_string())
+    };
+    let capture = Capture::with_frequency(DEFAULT_FREQUENCY, None, None).map_err(|e| internal(&e))?;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    capture.finish_to(out).map_err(|e| internal(&e))
+}
+
+#[utoipa::path(get, path = "/debug/pprof/profile", params(ProfileQuery),
+    responses((status = 200, description = "A pprof protobuf", content_type = "application/octet-stream"), AuthErrors, Malformed, Busy, Internal),
+    security(("bearer" = [])))]
+pub(in super::super) async fn pprof_profile(
+    State(app): State<App>,
+    QueryOf(q): QueryOf<ProfileQuery>,
+) -> Result<Response, ApiError> {
+    let bytes = profile(&app, q, Output::Pprof).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+#[utoipa::path(get, path = "/debug/pprof/flamegraph", params(ProfileQuery),
+    responses((status = 200, description = "A flamegraph", content_type = "image/svg+xml"), AuthErrors, Malformed, Busy, Internal),
+    security(("bearer" = [])))]
+pub(in super::super) async fn pprof_flamegraph(
+    State(app): State<App>,
+    QueryOf(q): QueryOf<ProfileQuery>,
+) -> Result<Response, ApiError> {
+    let bytes = profile(&app, q, Output::Flamegraph).await?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], bytes).into_response())
+}
+
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "This document")))]
+pub(in super::super) async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::super::openapi::document(),
+    )
+        .into_response()
+}

@@ -1,0 +1,514 @@
+//! Every operation of the front door, each admitted once, as a whole,
+//! before any of its images is decoded, and bounded by its call's deadline:
+//! verify, verify-batch, identify, embed, enroll, remove, review, and the
+//! gallery's listings.
+//!
+//! Each is an `async fn` (`*_async`) that awaits the pool's and the
+//! batcher's handles and blocks no thread, for async callers (the HTTP API,
+//! the NATS consumer), and a blocking form of the same name without the
+//! suffix that runs it on the calling thread, waiting in line for room with
+//! no deadline (for programs and tests; never call it from a pool worker
+//! or an async task). The futures need no particular runtime.
+
+use std::time::Instant;
+
+use super::admission::{AdmitError, Permit};
+use super::deadline::{within, Late};
+use super::pipeline::{FaceResult, ImageSource, Timings};
+use super::results::{
+    person_of, BatchVerdict, Call, FrameVerdict, Identification, PeoplePage, Person, Review, ReviewMode,
+    ReviewRequest, TargetVerdict, Verdict,
+};
+use super::{ErrorKind, FaceService, ServiceError};
+use crate::face::FaceError;
+use crate::metrics::Stage;
+
+/// Closest people an identify may ask for.
+pub const MAX_K: usize = 1000;
+/// People a listing page may hold.
+pub const MAX_PAGE: usize = 1000;
+/// Longest person id, bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Runs a future to its end on this thread (the blocking forms).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    pollster::block_on(f)
+}
+
+type Embedded = Vec<Result<(FaceResult, Timings), ServiceError>>;
+
+/// A person's id: 1 to [`MAX_ID_BYTES`] bytes of text without control
+/// characters.
+pub fn check_id(id: &str) -> Result<&str, ServiceError> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
+        return Err(ServiceError::request(
+            ErrorKind::Malformed,
+            "bad_id",
+            format!("a person's id is 1 to {MAX_ID_BYTES} bytes of text without control characters"),
+        ));
+    }
+    Ok(id)
+}
+
+fn check_k(k: usize) -> Result<usize, ServiceError> {
+    if k == 0 || k > MAX_K {
+        return Err(ServiceError::request(
+            ErrorKind::Malformed,
+            "bad_k",
+            format!("k must be 1 to {MAX_K}"),
+        ));
+    }
+    Ok(k)
+}
+
+fn unknown(id: &str) -> ServiceError {
+    ServiceError::request(ErrorKind::NotFound, "unknown_person", format!("no person {id:?}"))
+}
+
+fn missing() -> ServiceError {
+    ServiceError::request(ErrorKind::Internal, "internal", "an image's result is missing")
+}
+
+impl FaceService {
+    /// Admits `cost` as the call says: at once or in line until its deadline.
+    async fn admit(&self, cost: super::Cost, call: &Call) -> Result<Permit, ServiceError> {
+        if call.refuse_when_full {
+            return Ok(self.admission.try_acquire(cost)?);
+        }
+        match within(call.deadline, self.admission.acquire(cost)).await {
+            Ok(r) => Ok(r?),
+            Err(Late) => Err(AdmitError::Timeout.into()),
+        }
+    }
+
+    /// Admits `images` as a whole, then embeds the largest face of each
+    /// (one result per image, in order), all within the call's deadline.
+    /// Each result's timings carry the admission wait; `t0` is the call's
+    /// start.
+    async fn embed_call(
+        &self,
+        images: Vec<ImageSource>,
+        call: &Call,
+        t0: Instant,
+    ) -> Result<Embedded, ServiceError> {
+        let permit = self.admit(ImageSource::cost_of(&images), call).await?;
+        let admission = t0.elapsed();
+        let work = self.embed_admitted(images, permit, call.deadline);
+        let results = within(call.deadline, work)
+            .await
+            .map_err(|Late| ServiceError::Deadline)?;
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.map(|(f, t)| {
+                    let t = Timings { admission, ..t };
+                    (f, t)
+                })
+            })
+            .collect())
+    }
+
+    /// Ends a call's timings: its total from `started`, and its search and
+    /// total recorded in the metrics (for callers that pipeline their own
+    /// calls, as the operations do).
+    pub fn record_call(&self, t: &mut Timings, started: Instant) {
+        t.total = started.elapsed();
+        self.metrics.record(Stage::Search, t.search);
+        self.metrics.record(Stage::EndToEnd, t.total);
+    }
+
+    /// The verdict on two embedded faces (their stage timings combined).
+    pub fn verdict(&self, a: &FaceResult, b: &FaceResult, ta: Timings, tb: Timings) -> Verdict {
+        let started = Instant::now();
+        let similarity = a.embedding.cosine(&b.embedding);
+        let threshold = self.config.threshold;
+        Verdict {
+            similarity,
+            same: similarity >= threshold,
+            threshold,
+            paths: [a.path, b.path],
+            timings: Timings {
+                search: started.elapsed(),
+                ..ta.longest(tb)
+            },
+        }
+    }
+
+    /// Compares the largest faces of two images (1:1 verify). An image
+    /// that fails fails the call, naming it (`image 1`, `image 2`).
+    pub async fn verify_async(
+        &self,
+        a: ImageSource,
+        b: ImageSource,
+        call: Call,
+    ) -> Result<Verdict, ServiceError> {
+        let t0 = Instant::now();
+        let mut rs = self.embed_call(vec![a, b], &call, t0).await?.into_iter();
+        let (fa, ta) = rs
+            .next()
+            .unwrap_or_else(|| Err(missing()))
+            .map_err(|e| e.for_image(1))?;
+        let (fb, tb) = rs
+            .next()
+            .unwrap_or_else(|| Err(missing()))
+            .map_err(|e| e.for_image(2))?;
+        let mut v = self.verdict(&fa, &fb, ta, tb);
+        self.record_call(&mut v.timings, t0);
+        Ok(v)
+    }
+
+    /// [`verify_async`](Self::verify_async), blocking.
+    pub fn verify(&self, a: ImageSource, b: ImageSource) -> Result<Verdict, ServiceError> {
+        block_on(self.verify_async(a, b, Call::wait()))
+    }
+
+    /// One source face against many targets, each embedded once and all
+    /// admitted together. The source failing fails the call (`image 0`); a
+    /// target failing is that target's answer.
+    pub async fn verify_batch_async(
+        &self,
+        source: ImageSource,
+        targets: Vec<ImageSource>,
+        call: Call,
+    ) -> Result<BatchVerdict, ServiceError> {
+        let t0 = Instant::now();
+        let mut images = Vec::with_capacity(targets.len() + 1);
+        images.push(source);
+        images.extend(targets);
+        let mut rs = self.embed_call(images, &call, t0).await?.into_iter();
+        let (src, ts) = rs
+            .next()
+            .unwrap_or_else(|| Err(missing()))
+            .map_err(|e| e.for_image(0))?;
+        let mut timings = ts;
+        timings.search = std::time::Duration::ZERO;
+        let targets = rs
+            .map(|r| {
+                r.map(|(t, tt)| {
+                    let v = self.verdict(&src, &t, ts, tt);
+                    let search = timings.search + v.timings.search;
+                    timings = Timings {
+                        search,
+                        ..timings.longest(v.timings)
+                    };
+                    TargetVerdict {
+                        similarity: v.similarity,
+                        same: v.same,
+                        path: t.path,
+                    }
+                })
+            })
+            .collect();
+        self.record_call(&mut timings, t0);
+        Ok(BatchVerdict {
+            targets,
+            source: src.path,
+            threshold: self.config.threshold,
+            timings,
+        })
+    }
+
+    /// [`verify_batch_async`](Self::verify_batch_async), blocking.
+    pub fn verify_batch(
+        &self,
+        source: ImageSource,
+        targets: Vec<ImageSource>,
+    ) -> Result<BatchVerdict, ServiceError> {
+        block_on(self.verify_batch_async(source, targets, Call::wait()))
+    }
+
+    /// The embedding of the largest face of an image.
+    pub async fn embed_async(
+        &self,
+        src: ImageSource,
+        call: Call,
+    ) -> Result<(FaceResult, Timings), ServiceError> {
+        let t0 = Instant::now();
+        let (face, mut t) = self
+            .embed_call(vec![src], &call, t0)
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(missing()))?;
+        self.record_call(&mut t, t0);
+        Ok((face, t))
+    }
+
+    /// [`embed_async`](Self::embed_async), blocking.
+    pub fn embed(&self, src: ImageSource) -> Result<(FaceResult, Timings), ServiceError> {
+        block_on(self.embed_async(src, Call::wait()))
+    }
+
+    /// The embeddings of the largest face of each image, admitted as a
+    /// whole (their faces share model runs): one result per image, in
+    /// order; an `Err` for the call as a whole (refused, or past its
+    /// deadline).
+    pub async fn embed_all_async(
+        &self,
+        images: Vec<ImageSource>,
+        call: Call,
+    ) -> Result<Embedded, ServiceError> {
+        let t0 = Instant::now();
+        let mut results = self.embed_call(images, &call, t0).await?;
+        let total = t0.elapsed();
+        for (_, t) in results.iter_mut().flatten() {
+            t.total = total;
+        }
+        Ok(results)
+    }
+
+    /// [`embed_all_async`](Self::embed_all_async), blocking.
+    pub fn embed_all(&self, images: Vec<ImageSource>) -> Result<Embedded, ServiceError> {
+        block_on(self.embed_all_async(images, Call::wait()))
+    }
+
+    /// Identify for a face already embedded (for callers that pipeline
+    /// their own images): the `k` (1 to [`MAX_K`]) closest people, and the
+    /// best of them if it reaches the threshold; `timings` are the face's,
+    /// and the search is added to them.
+    pub fn identify_face(
+        &self,
+        face: &FaceResult,
+        k: usize,
+        timings: Timings,
+    ) -> Result<Identification, ServiceError> {
+        let k = check_k(k)?;
+        let started = Instant::now();
+        let matches = self.index.search(&face.embedding.0, k)?;
+        let threshold = self.config.threshold;
+        let best = matches.first().filter(|m| m.similarity >= threshold).cloned();
+        Ok(Identification {
+            best,
+            matches,
+            threshold,
+            path: face.path,
+            timings: Timings {
+                search: started.elapsed(),
+                ..timings
+            },
+        })
+    }
+
+    /// Who is the largest face of the image? The `k` (1 to [`MAX_K`])
+    /// closest people, and the best of them if it reaches the verify
+    /// threshold (else unknown).
+    pub async fn identify_async(
+        &self,
+        src: ImageSource,
+        k: usize,
+        call: Call,
+    ) -> Result<Identification, ServiceError> {
+        let t0 = Instant::now();
+        check_k(k)?;
+        let (face, t) = self
+            .embed_call(vec![src], &call, t0)
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(missing()))?;
+        let mut id = self.identify_face(&face, k, t)?;
+        self.record_call(&mut id.timings, t0);
+        Ok(id)
+    }
+
+    /// [`identify_async`](Self::identify_async), blocking.
+    pub fn identify(&self, src: ImageSource, k: usize) -> Result<Identification, ServiceError> {
+        block_on(self.identify_async(src, k, Call::wait()))
+    }
+
+    /// Enrolls the largest face of each image under `id`, adding to the
+    /// faces it already has (`replace`: instead of them). All or nothing:
+    /// if any image fails, the gallery is left as it was and the error
+    /// names the image (by its position, from 0). `meta` is stored when
+    /// the person is new or replaced. The change is stored in the gallery
+    /// file, if the service has one, before the call returns.
+    pub async fn enroll_async(
+        &self,
+        id: &str,
+        images: Vec<ImageSource>,
+        meta: Option<&str>,
+        replace: bool,
+        call: Call,
+    ) -> Result<Person, ServiceError> {
+        let t0 = Instant::now();
+        let id = check_id(id)?;
+        if images.is_empty() {
+            return Err(crate::index::IndexError::NoVectors(id.to_owned()).into());
+        }
+        let mut vectors = Vec::with_capacity(images.len());
+        for (index, r) in self.embed_call(images, &call, t0).await?.into_iter().enumerate() {
+            vectors.push(r.map_err(|e| e.for_image(index))?.0.embedding.0);
+        }
+        let views: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
+        if replace {
+            self.index.upsert(id, &views, meta)?;
+        } else {
+            self.index.add(id, &views, meta)?;
+        }
+        self.store().await?;
+        self.person(id)
+    }
+
+    /// [`enroll_async`](Self::enroll_async), blocking.
+    pub fn enroll(
+        &self,
+        id: &str,
+        images: Vec<ImageSource>,
+        meta: Option<&str>,
+        replace: bool,
+    ) -> Result<Person, ServiceError> {
+        block_on(self.enroll_async(id, images, meta, replace, Call::wait()))
+    }
+
+    /// Removes `id` and its faces; returns how many faces went
+    /// (`NotFound` if it was not enrolled). Stored like an enroll.
+    pub async fn remove_async(&self, id: &str) -> Result<usize, ServiceError> {
+        let id = check_id(id)?;
+        let removed = self.index.remove(id);
+        if removed == 0 {
+            return Err(unknown(id));
+        }
+        self.store().await?;
+        Ok(removed)
+    }
+
+    /// [`remove_async`](Self::remove_async), blocking.
+    pub fn remove(&self, id: &str) -> Result<usize, ServiceError> {
+        block_on(self.remove_async(id))
+    }
+
+    /// Saves the gallery file after a change, if there is one.
+    async fn store(&self) -> Result<(), ServiceError> {
+        match &self.gallery {
+            Some(g) => g.save().await.map_err(ServiceError::Gallery),
+            None => Ok(()),
+        }
+    }
+
+    /// An enrolled person (`NotFound` if not).
+    pub fn person(&self, id: &str) -> Result<Person, ServiceError> {
+        let id = check_id(id)?;
+        let faces = self.index.count(id);
+        if faces == 0 {
+            return Err(unknown(id));
+        }
+        Ok(Person {
+            id: id.to_owned(),
+            faces,
+            meta: self.index.meta(id).map(|m| m.to_string()),
+        })
+    }
+
+    /// A page of the enrolled people, by id: `limit` (1 to [`MAX_PAGE`])
+    /// people from position `offset`.
+    pub fn people(&self, offset: usize, limit: usize) -> Result<PeoplePage, ServiceError> {
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(ServiceError::request(
+                ErrorKind::Malformed,
+                "bad_limit",
+                format!("limit must be 1 to {MAX_PAGE}"),
+            ));
+        }
+        let people = self.index.people();
+        let total = people.len();
+        let page = people
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|p| person_of(&p.id, p.vectors, p.meta.as_ref()))
+            .collect();
+        Ok(PeoplePage {
+            total,
+            offset,
+            people: page,
+        })
+    }
+
+    /// Reviews a video's frames, all admitted together: with a reference
+    /// face, does every frame with a face show that person (and at least
+    /// one frame have a face)? Without one, is anyone of the gallery in a
+    /// frame? A frame without a face is an answer, not a failure; any other
+    /// failing image fails the call (frames from 0, then the reference).
+    pub async fn review_async(&self, req: ReviewRequest, call: Call) -> Result<Review, ServiceError> {
+        let t0 = Instant::now();
+        let ReviewRequest {
+            video,
+            frames,
+            reference,
+        } = req;
+        let n = frames.len();
+        if n == 0 {
+            return Err(ServiceError::request(
+                ErrorKind::Malformed,
+                "no_images",
+                "a review needs frames",
+            ));
+        }
+        let mode = if reference.is_some() {
+            ReviewMode::Reference
+        } else {
+            ReviewMode::Gallery
+        };
+        let mut images = frames;
+        images.extend(reference);
+        let mut results = self.embed_call(images, &call, t0).await?;
+        let reference = match mode {
+            ReviewMode::Reference => Some(
+                results
+                    .pop()
+                    .unwrap_or_else(|| Err(missing()))
+                    .map_err(|e| e.for_image(n))?,
+            ),
+            ReviewMode::Gallery => None,
+        };
+        let mut timings = reference.as_ref().map(|r| r.1).unwrap_or_default();
+        let mut verdicts = Vec::with_capacity(n);
+        for (i, r) in results.into_iter().enumerate() {
+            let (face, t) = match r {
+                Ok(x) => x,
+                Err(ServiceError::Face(FaceError::NoFace)) => {
+                    verdicts.push(FrameVerdict::NoFace);
+                    continue;
+                }
+                Err(e) => return Err(e.for_image(i)),
+            };
+            let (verdict, stage) = match &reference {
+                Some((rf, rt)) => {
+                    let v = self.verdict(rf, &face, *rt, t);
+                    let f = FrameVerdict::Reference {
+                        similarity: v.similarity,
+                        same: v.same,
+                    };
+                    (f, v.timings)
+                }
+                None => {
+                    let id = self.identify_face(&face, 1, t)?;
+                    (FrameVerdict::Gallery { best: id.best }, id.timings)
+                }
+            };
+            let search = timings.search + stage.search;
+            timings = Timings {
+                search,
+                ..timings.longest(stage)
+            };
+            verdicts.push(verdict);
+        }
+        let (passes, frames_with_face, frames_matched) = Review::decide(mode, &verdicts);
+        self.record_call(&mut timings, t0);
+        Ok(Review {
+            video,
+            mode,
+            passes,
+            frames_with_face,
+            frames_matched,
+            threshold: self.config.threshold,
+            frames: verdicts,
+            timings,
+        })
+    }
+
+    /// [`review_async`](Self::review_async), blocking.
+    pub fn review(&self, req: ReviewRequest) -> Result<Review, ServiceError> {
+        block_on(self.review_async(req, Call::wait()))
+    }
+}

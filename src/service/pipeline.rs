@@ -1,0 +1,340 @@
+//! The stages one admitted image goes through: preparation on the pool
+//! (decode, find faces, align; each worker owns a detector), then its face
+//! in the batcher (each inference thread owns an embedding state), then
+//! its timings. The operations (`ops`) drive these; so can a caller that
+//! pipelines its own stream of images (`compare --pairs`), with permits it
+//! got from [`FaceService::admission`].
+//!
+//! A stage never blocks a pool worker waiting for another stage: the pool
+//! job returns its prepared faces, and the caller (an async task, or a
+//! thread of its own) hands them to the batcher and awaits the result.
+//!
+//! Each image carries its part of the request's permit: its bytes are given
+//! back as soon as it is decoded, its face when its model run ends (or when
+//! its work is dropped), so admission counts what is really in flight, and
+//! a caller that keeps many images going can never block its own releases.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::admission::{Cost, Permit};
+use super::{FaceService, ServiceError};
+use crate::batch;
+use crate::face::{self, Detector, Embedding, FaceError, FaceInput, FacePath, Prepared};
+use crate::metrics::Stage;
+use crate::pool;
+
+/// An image to compare.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    /// A file on disk.
+    Path(std::path::PathBuf),
+    /// Encoded bytes.
+    Bytes(Arc<[u8]>),
+}
+
+impl ImageSource {
+    /// What admitting it costs: one face, and its bytes when they are held
+    /// in memory (a file is read by the worker that decodes it).
+    pub fn cost(&self) -> Cost {
+        match self {
+            ImageSource::Path(_) => Cost::new(1, 0),
+            ImageSource::Bytes(b) => Cost::new(1, b.len()),
+        }
+    }
+
+    /// What admitting all of `images` costs.
+    pub fn cost_of(images: &[ImageSource]) -> Cost {
+        images.iter().fold(Cost::default(), |c, i| {
+            let x = i.cost();
+            Cost::new(c.faces + x.faces, c.bytes.saturating_add(x.bytes))
+        })
+    }
+}
+
+/// Time spent per stage of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Timings {
+    /// Waiting for admission (in line, or none when admitted at once).
+    pub admission: Duration,
+    /// Waiting for a pool worker (the longest of the images).
+    pub queue: Duration,
+    /// Decoding, detection and alignment (the longest of the images).
+    pub prepare: Duration,
+    /// Waiting for a batch (submission to the start of its model run).
+    pub batch_wait: Duration,
+    /// The model run of the batch.
+    pub inference: Duration,
+    /// Comparing the embeddings (verify) or searching the index (identify).
+    pub search: Duration,
+    /// The whole call, from asking for admission to the answer.
+    pub total: Duration,
+}
+
+impl Timings {
+    /// The stages of several images of one call: the longest of each.
+    pub fn longest(self, o: Timings) -> Timings {
+        Timings {
+            admission: self.admission.max(o.admission),
+            queue: self.queue.max(o.queue),
+            prepare: self.prepare.max(o.prepare),
+            batch_wait: self.batch_wait.max(o.batch_wait),
+            inference: self.inference.max(o.inference),
+            search: self.search.max(o.search),
+            total: self.total.max(o.total),
+        }
+    }
+}
+
+/// A face embedded, with how it got there.
+#[derive(Debug, Clone)]
+pub struct FaceResult {
+    /// The embedding.
+    pub embedding: Embedding,
+    /// How the face was found.
+    pub path: FacePath,
+}
+
+/// An embedding as the batch handler returns it, with its run's timing.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    /// The face's embedding, or why the model gave none for it.
+    pub embedding: Result<Embedding, FaceError>,
+    /// When its batch's model run started.
+    pub started: Instant,
+    /// How long the run took.
+    pub inference: Duration,
+    /// Faces in the run.
+    pub batch: usize,
+}
+
+/// A face waiting in the batcher, with its part of the permit (given back
+/// when the batch has run, or when the item is dropped).
+pub struct Queued {
+    pub(crate) input: FaceInput,
+    pub(crate) permit: Permit,
+}
+
+/// An image prepared on the pool.
+pub(crate) struct Prep {
+    faces: Vec<Prepared>,
+    permit: Permit,
+    queue: Duration,
+    prepare: Duration,
+}
+
+/// Pending preparation of one image (a pool job).
+pub struct PendingImage {
+    handle: pool::JobHandle<Result<Prep, FaceError>>,
+    deadline: Option<Instant>,
+}
+
+/// Pending embedding of one image's face (a batch item).
+pub struct PendingFace {
+    handle: batch::BatchHandle<Embedded>,
+    path: FacePath,
+    queue: Duration,
+    prepare: Duration,
+    submitted: Instant,
+}
+
+/// A pool worker's state: its detector, or why it has none.
+pub(crate) type WorkerState = Result<Detector, FaceError>;
+
+impl FaceService {
+    /// Starts decoding and finding the faces of an image on the pool,
+    /// holding `permit` (its part of an admitted request: see
+    /// [`ImageSource::cost`]); not started by `deadline`, the work is
+    /// dropped. The pool refuses at once when its queue (a backstop behind
+    /// admission) is full.
+    pub fn prepare(
+        &self,
+        src: ImageSource,
+        permit: Permit,
+        deadline: Option<Instant>,
+    ) -> Result<PendingImage, ServiceError> {
+        let cfg = self.config.clone();
+        let submitted = Instant::now();
+        let job = move |det: &mut WorkerState| {
+            let mut permit = permit;
+            let started = Instant::now();
+            let queue = started - submitted;
+            let img = match &src {
+                ImageSource::Path(p) => face::decode_file(p, &cfg.limits)?,
+                ImageSource::Bytes(b) => face::decode(b, &cfg.limits)?,
+            };
+            drop(src);
+            permit.release_bytes();
+            let detector = match det {
+                Ok(d) => Some(d),
+                // Say why this worker has no detector, if it needs one.
+                Err(why) if cfg.find.needs_detector(&img) => return Err(why.clone()),
+                Err(_) => None,
+            };
+            let faces = face::find_faces(&img, detector, &cfg.find)?;
+            Ok(Prep {
+                faces,
+                permit,
+                queue,
+                prepare: started.elapsed(),
+            })
+        };
+        let handle = self.pool.try_submit_with(pool::JobOptions { deadline }, job)?;
+        Ok(PendingImage { handle, deadline })
+    }
+
+    /// Waits (on this thread) for an image's preparation and hands its
+    /// first (largest) face to the batcher. Never call it from a pool
+    /// worker.
+    pub fn embed_first(&self, img: PendingImage) -> Result<PendingFace, ServiceError> {
+        let deadline = img.deadline;
+        let prep = img.handle.join()??;
+        self.submit_face(prep, deadline)
+    }
+
+    /// [`embed_first`](Self::embed_first), awaiting the preparation.
+    pub async fn embed_first_async(&self, img: PendingImage) -> Result<PendingFace, ServiceError> {
+        let deadline = img.deadline;
+        let prep = img.handle.await??;
+        self.submit_face(prep, deadline)
+    }
+
+    /// Hands a prepared image's first face to the batcher.
+    fn submit_face(&self, prep: Prep, deadline: Option<Instant>) -> Result<PendingFace, ServiceError> {
+        let Prep {
+            faces,
+            permit,
+            queue,
+            prepare,
+        } = prep;
+        let Some(face) = faces.into_iter().next() else {
+            return Err(FaceError::NoFace.into());
+        };
+        let submitted = Instant::now();
+        let item = Queued {
+            input: face.input,
+            permit,
+        };
+        let handle = self
+            .batcher
+            .try_submit_with(item, batch::ItemOptions { deadline })?;
+        Ok(PendingFace {
+            handle,
+            path: face.path,
+            queue,
+            prepare,
+            submitted,
+        })
+    }
+
+    /// Waits (on this thread) for a face's embedding.
+    pub fn finish(&self, face: PendingFace) -> Result<(FaceResult, Timings), ServiceError> {
+        let PendingFace {
+            handle,
+            path,
+            queue,
+            prepare,
+            submitted,
+        } = face;
+        self.finished(handle.join()?, path, queue, prepare, submitted)
+    }
+
+    /// [`finish`](Self::finish), awaiting the embedding.
+    pub async fn finish_async(&self, face: PendingFace) -> Result<(FaceResult, Timings), ServiceError> {
+        let PendingFace {
+            handle,
+            path,
+            queue,
+            prepare,
+            submitted,
+        } = face;
+        self.finished(handle.await?, path, queue, prepare, submitted)
+    }
+
+    /// A face's embedding with its timings (recorded in the metrics).
+    fn finished(
+        &self,
+        e: Embedded,
+        path: FacePath,
+        queue: Duration,
+        prepare: Duration,
+        submitted: Instant,
+    ) -> Result<(FaceResult, Timings), ServiceError> {
+        let embedding = e.embedding?;
+        let timings = Timings {
+            queue,
+            prepare,
+            batch_wait: e.started.saturating_duration_since(submitted),
+            inference: e.inference,
+            ..Timings::default()
+        };
+        let m = &self.metrics;
+        m.record(Stage::PoolWait, timings.queue);
+        m.record(Stage::Prepare, timings.prepare);
+        m.record(Stage::BatchWait, timings.batch_wait);
+        m.record(Stage::Inference, timings.inference);
+        Ok((FaceResult { embedding, path }, timings))
+    }
+
+    /// Embeds the largest face of each admitted image, all in flight at
+    /// once (their faces share model runs): one result per image, in order.
+    /// `permit` covers them all ([`ImageSource::cost_of`]); each image takes
+    /// its part.
+    pub(crate) async fn embed_admitted(
+        &self,
+        images: Vec<ImageSource>,
+        mut permit: Permit,
+        deadline: Option<Instant>,
+    ) -> Vec<Result<(FaceResult, Timings), ServiceError>> {
+        let pending: Vec<_> = images
+            .into_iter()
+            .map(|src| {
+                let part = permit.split(src.cost());
+                self.prepare(src, part, deadline)
+            })
+            .collect();
+        drop(permit);
+        let mut faces = Vec::with_capacity(pending.len());
+        for p in pending {
+            faces.push(match p {
+                Ok(p) => self.embed_first_async(p).await,
+                Err(e) => Err(e),
+            });
+        }
+        let mut out = Vec::with_capacity(faces.len());
+        for f in faces {
+            out.push(match f {
+                Ok(f) => self.finish_async(f).await,
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+}
+
+/// The batch handler of one inference thread: runs the model on the faces
+/// of a batch, gives their permits back, and times the run.
+pub(crate) fn handler(
+    mut embedder: Box<dyn face::Embedder>,
+    metrics: crate::metrics::Metrics,
+) -> impl FnMut(Vec<Queued>) -> Result<Vec<Embedded>, FaceError> {
+    move |items: Vec<Queued>| {
+        let started = Instant::now();
+        let batch = items.len();
+        metrics.record_batch(batch);
+        let (inputs, permits): (Vec<FaceInput>, Vec<Permit>) =
+            items.into_iter().map(|q| (q.input, q.permit)).unzip();
+        let out = embedder.embed(&inputs);
+        drop(permits);
+        let inference = started.elapsed();
+        Ok(out?
+            .into_iter()
+            .map(|embedding| Embedded {
+                embedding,
+                started,
+                inference,
+                batch,
+            })
+            .collect())
+    }
+}

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use common::{wait_until, Gate};
 use facepool::batch::{
-    BatchError, BatchHandle, BatchPolicy, BatchStats, Batcher, BatcherBuilder, BuildError, ItemOptions,
-    SubmitError,
+    BatchError, BatchHandle, BatchPolicy, Batcher, BatcherBuilder, BuildError, ItemOptions, SubmitError,
 };
 use facepool::pool::{Clock, ManualClock};
 
@@ -57,14 +56,6 @@ impl facepool::batch::BatchHandler<u32, u32> for Doubler {
     }
 }
 
-fn balanced(s: &BatchStats) {
-    assert_eq!(
-        s.submitted,
-        s.delivered + s.failed + s.expired + s.abandoned + s.cancelled + s.rejected,
-        "{s:?}"
-    );
-}
-
 fn build(b: BatcherBuilder<u32, u32>, seen: &Arc<Mutex<Vec<Vec<u32>>>>) -> Batcher<u32, u32> {
     b.build(doubler(seen.clone())).unwrap()
 }
@@ -84,7 +75,7 @@ fn a_full_batch_flushes_at_once() {
     assert_eq!((s.batches, s.flushes.full, s.delivered), (1, 1, 4));
     assert_eq!(s.batch_sizes.buckets().collect::<Vec<_>>(), [(3, 4, 1)]);
     assert_eq!(*seen.lock().unwrap(), [vec![1, 2, 3, 4]]);
-    balanced(&s);
+    common::batch_balanced(&s);
 }
 
 #[test]
@@ -103,7 +94,7 @@ fn the_oldest_item_waits_at_most_max_delay() {
     assert_eq!(h2.join(), Ok(4));
     let s = b.stats();
     assert_eq!((s.batches, s.flushes.delay), (1, 1));
-    balanced(&s);
+    common::batch_balanced(&s);
 }
 
 #[test]
@@ -120,7 +111,7 @@ fn an_early_deadline_flushes_before_max_delay() {
     assert_eq!(h.join(), Ok(10));
     let s = b.stats();
     assert_eq!((s.flushes.deadline, s.expired), (1, 0));
-    balanced(&s);
+    common::batch_balanced(&s);
 }
 
 #[test]
@@ -146,7 +137,7 @@ fn expired_and_abandoned_items_are_never_sent() {
     assert_eq!((s.expired, s.abandoned, s.delivered), (1, 1, 4));
     let sent: Vec<u32> = seen.lock().unwrap().concat();
     assert!(!sent.contains(&100) && !sent.contains(&200), "sent {sent:?}");
-    balanced(&s);
+    common::batch_balanced(&s);
 }
 
 #[test]
@@ -173,7 +164,7 @@ fn a_failing_batch_fails_only_its_own_items() {
     assert_eq!(round([5, 6, 8, 9]), [Ok(10), Ok(12), Ok(16), Ok(18)]);
     let s = b.stats();
     assert_eq!((s.delivered, s.failed, s.batches), (8, 12, 5));
-    balanced(&s);
+    common::batch_balanced(&s);
 }
 
 /// A batcher whose single handler call blocks on `gate` whenever it sees 0.
@@ -220,7 +211,7 @@ fn a_full_queue_refuses_and_blocking_submit_waits() {
     }
     let s = b.stats();
     assert_eq!(s.rejected, 3);
-    balanced(&s);
+    common::batch_balanced(&s);
 }
 
 #[test]
@@ -254,7 +245,7 @@ fn weights_bound_batches_and_the_queue() {
     assert_eq!(*seen.lock().unwrap(), [vec![4, 4], vec![4]]);
     let s = b.stats();
     assert_eq!((s.flushes.full, s.flushes.shutdown), (1, 1));
-    balanced(&s);
+    common::batch_balanced(&s);
 }
 
 #[test]
@@ -270,7 +261,7 @@ fn shutdown_flushes_and_shutdown_now_cancels() {
     );
     assert_eq!(b.submit(1).unwrap_err(), SubmitError::Closed);
     assert!(b.is_closed());
-    balanced(&b.stats());
+    common::batch_balanced(&b.stats());
 
     let (gate, started) = (Gate::new(), Arc::new(AtomicUsize::new(0)));
     let b = gated(
@@ -291,7 +282,7 @@ fn shutdown_flushes_and_shutdown_now_cancels() {
     assert_eq!(b.shutdown(Duration::from_secs(10)).threads_left, 0);
     let s = b.stats();
     assert_eq!((s.cancelled, s.delivered), (3, 1));
-    balanced(&s);
+    common::batch_balanced(&s);
 }
 
 #[test]
@@ -482,5 +473,5 @@ fn a_full_queue_makes_room_by_dropping_dead_items() {
     assert_eq!(fourth.join(), Ok(4));
     let s = b.stats();
     assert_eq!((s.expired, s.abandoned, s.rejected), (1, 1, 2));
-    balanced(&s);
+    common::batch_balanced(&s);
 }

@@ -11,7 +11,7 @@ use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use common::{wait_until, Gate};
-use facepool::batch::{BatchError, BatchPolicy, BatchStats, Batcher};
+use facepool::batch::{BatchError, BatchPolicy, Batcher};
 use facepool::pool::{Clock, ManualClock};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -53,14 +53,6 @@ fn quiet_planned_panics() {
             }
         }));
     });
-}
-
-fn balanced(s: &BatchStats) {
-    assert_eq!(
-        s.submitted,
-        s.delivered + s.failed + s.expired + s.abandoned + s.cancelled + s.rejected,
-        "{s:?}"
-    );
 }
 
 fn policy(max_items: usize) -> BatchPolicy {
@@ -152,7 +144,7 @@ fn a_result_dropped_on_the_batch_thread_panics_and_the_batch_still_resolves() {
     }
     assert_eq!(b.shutdown(LONG).threads_left, 0);
     let s = b.stats();
-    balanced(&s);
+    common::batch_balanced(&s);
     assert_eq!((s.delivered, s.abandoned), (4 + 4, 0), "{s:?}");
 }
 
@@ -178,7 +170,7 @@ fn a_wrong_count_batch_with_panicking_outputs_fails_every_slot() {
         seen.lock().unwrap().iter().any(|m| m.contains("drop bomb"))
     });
     assert_eq!(b.shutdown(LONG).threads_left, 0);
-    balanced(&b.stats());
+    common::batch_balanced(&b.stats());
 }
 
 #[test]
@@ -209,7 +201,7 @@ fn abandoned_items_whose_drop_panics_are_purged_without_leaking_weight() {
     still_serves(&b);
     assert_eq!(b.shutdown(LONG).threads_left, 0);
     let s = b.stats();
-    balanced(&s);
+    common::batch_balanced(&s);
     assert_eq!(s.abandoned, 4);
 }
 
@@ -238,7 +230,7 @@ fn shutdown_now_cancels_items_whose_drop_panics() {
     assert_eq!(first.join().unwrap().v, 0);
     let report = closer.join().unwrap();
     assert_eq!((report.cancelled, report.threads_left), (4, 0));
-    balanced(&b.stats());
+    common::batch_balanced(&b.stats());
 }
 
 /// A waker that calls back into the batcher: if wakers were called under
@@ -301,7 +293,7 @@ fn wakers_are_not_called_under_the_batch_lock() {
     assert_eq!(late.join(), Err(BatchError::Expired));
     *waker.batcher.lock().unwrap() = None;
     assert_eq!(b.shutdown(LONG).threads_left, 0);
-    balanced(&b.stats());
+    common::batch_balanced(&b.stats());
 }
 
 /// A handler error whose drop panics, with every handle of its batch gone:
@@ -360,6 +352,6 @@ fn a_handler_error_whose_drop_panics() {
     }
     assert_eq!(b.shutdown(LONG).threads_left, 0);
     let s = b.stats();
-    balanced(&s);
+    common::batch_balanced(&s);
     assert_eq!((s.failed, s.delivered), (4, 4));
 }

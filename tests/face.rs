@@ -427,23 +427,7 @@ fn jpeg_with_orientation(img: &RgbImage, orientation: u16) -> Vec<u8> {
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut plain, 95)
         .encode_image(img)
         .unwrap();
-    let mut tiff = b"II*\0".to_vec();
-    tiff.extend_from_slice(&8u32.to_le_bytes());
-    tiff.extend_from_slice(&1u16.to_le_bytes());
-    tiff.extend_from_slice(&0x0112u16.to_le_bytes());
-    tiff.extend_from_slice(&3u16.to_le_bytes());
-    tiff.extend_from_slice(&1u32.to_le_bytes());
-    tiff.extend_from_slice(&orientation.to_le_bytes());
-    tiff.extend_from_slice(&[0, 0]);
-    tiff.extend_from_slice(&0u32.to_le_bytes());
-    let mut app1 = vec![0xFF, 0xE1];
-    app1.extend_from_slice(&((2 + 6 + tiff.len()) as u16).to_be_bytes());
-    app1.extend_from_slice(b"Exif\0\0");
-    app1.extend_from_slice(&tiff);
-    let mut out = plain[..2].to_vec();
-    out.extend_from_slice(&app1);
-    out.extend_from_slice(&plain[2..]);
-    out
+    common::with_orientation(&plain, orientation)
 }
 
 #[test]

@@ -8,6 +8,8 @@
 //! behind the first checks (the images decode, the index files load).
 #![cfg(feature = "face")]
 
+mod common;
+
 use std::path::PathBuf;
 
 use facepool::face::{self, DecodeLimits, FaceError};
@@ -66,27 +68,9 @@ fn jpeg(img: &RgbImage) -> Vec<u8> {
     out
 }
 
-/// A JPEG of `img` carrying an EXIF orientation tag (an APP1 segment right
-/// after the start-of-image marker).
+/// A JPEG of `img` carrying an EXIF orientation tag.
 fn jpeg_with_orientation(img: &RgbImage, orientation: u16) -> Vec<u8> {
-    let plain = jpeg(img);
-    let mut tiff = b"II*\0".to_vec();
-    tiff.extend_from_slice(&8u32.to_le_bytes());
-    tiff.extend_from_slice(&1u16.to_le_bytes());
-    tiff.extend_from_slice(&0x0112u16.to_le_bytes());
-    tiff.extend_from_slice(&3u16.to_le_bytes());
-    tiff.extend_from_slice(&1u32.to_le_bytes());
-    tiff.extend_from_slice(&orientation.to_le_bytes());
-    tiff.extend_from_slice(&[0, 0]);
-    tiff.extend_from_slice(&0u32.to_le_bytes());
-    let mut app1 = vec![0xFF, 0xE1];
-    app1.extend_from_slice(&((2 + 6 + tiff.len()) as u16).to_be_bytes());
-    app1.extend_from_slice(b"Exif\0\0");
-    app1.extend_from_slice(&tiff);
-    let mut out = plain[..2].to_vec();
-    out.extend_from_slice(&app1);
-    out.extend_from_slice(&plain[2..]);
-    out
+    common::with_orientation(&jpeg(img), orientation)
 }
 
 /// The image seeds (decode and prepare): one of each format and colour
@@ -156,10 +140,7 @@ fn index_seeds() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 fn text_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
-    let b64 = |b: &[u8]| {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(b)
-    };
+    let b64 = |b: &[u8]| common::b64(b);
     let tiny = b64(&png(&image::DynamicImage::ImageRgb8(gradient(16, 16))));
     let pairs = |mode: u8, text: &[u8]| {
         let mut v = vec![mode];
@@ -438,7 +419,7 @@ fn exif_turn_is_within_the_limits() {
 /// request count (1 / rate is infinite: `Duration::from_secs_f64` panics
 /// in the open loop). Durations are now at least 1 ms, rates at least one
 /// request in 1000 s.
-#[cfg(feature = "cli")]
+#[cfg(feature = "loadgen")]
 #[test]
 fn profile_durations_and_rates_that_round_to_nothing_are_refused() {
     for (name, field) in [

@@ -33,16 +33,6 @@ fn idle(pool: &Pool) {
     wait_until("pool idle", || pool.stats().in_flight() == 0);
 }
 
-/// Every submit accounted for exactly once.
-fn balanced(pool: &Pool) {
-    let s = pool.stats();
-    assert_eq!(
-        s.submitted,
-        s.completed + s.panicked + s.expired + s.cancelled + s.rejected,
-        "{s:?}"
-    );
-}
-
 /// Panics are expected in some tests; keep the output readable.
 fn quiet_planned_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -125,7 +115,7 @@ fn no_node_starts_before_its_inputs() {
         assert!(path.windows(2).all(|w| edges.contains(&(w[0], w[1]))), "{path:?}");
         assert!(matches!(path.first(), Some(0 | 5)), "{path:?}");
     }
-    balanced(&pool);
+    common::pool_balanced(&pool.stats());
 }
 
 /// Arrives at a rendezvous of `n` and waits (boundedly) for the others.
@@ -277,7 +267,7 @@ fn a_timeout_takes_the_default_and_drops_the_late_value() {
     });
     assert_eq!(r.value(&slow).map(|c| c.0), Some(7));
     idle(&pool);
-    balanced(&pool);
+    common::pool_balanced(&pool.stats());
 }
 
 #[test]
@@ -318,7 +308,7 @@ fn a_timeout_without_default_fails_the_run_and_a_queued_node_never_runs() {
     gate.open();
     idle(&pool);
     assert_eq!(ran.load(Ordering::SeqCst), 0);
-    balanced(&pool);
+    common::pool_balanced(&pool.stats());
 }
 
 #[test]
@@ -349,7 +339,7 @@ fn a_panic_is_the_nodes_error_with_its_default_or_the_runs_failure() {
     // The pool counted both panics and its workers carried on.
     assert_eq!(pool.stats().panicked, 2);
     assert_eq!(pool.submit(|_| 5).unwrap().join(), Ok(5));
-    balanced(&pool);
+    common::pool_balanced(&pool.stats());
 }
 
 #[test]
@@ -441,7 +431,7 @@ fn a_failure_cancels_the_nodes_not_started() {
     assert_eq!(ran.load(Ordering::SeqCst), 0, "a cancelled node ran");
     // The abandoned node's value was never taken.
     assert_eq!(r.value(&hold), None);
-    balanced(&pool);
+    common::pool_balanced(&pool.stats());
 }
 
 /// A graph on one worker: `hold` runs (counted in `ran` as it starts, then
@@ -480,7 +470,7 @@ fn dropping_the_handle_cancels_the_nodes_not_started() {
     idle(&pool);
     // Only `hold` ran.
     assert_eq!(ran.load(Ordering::SeqCst), 1);
-    balanced(&pool);
+    common::pool_balanced(&pool.stats());
 
     // The same through `cancel`, with the report.
     let (gate, ran) = (Gate::new(), Arc::new(AtomicU32::new(0)));
@@ -600,7 +590,7 @@ fn a_refused_submit_fails_the_node_with_the_pools_error() {
     ));
     gate.open();
     idle(&pool);
-    balanced(&pool);
+    common::pool_balanced(&pool.stats());
     // A free pool of one worker and no queue runs a chain: a finishing node
     // has left its place when it submits the next.
     let mut g = Graph::<()>::builder();
@@ -647,7 +637,7 @@ fn the_run_deadline_fails_the_run() {
     assert!(matches!(r.result(), Err(RunError::DeadlineExceeded(d)) if *d == 20 * MS));
     gate.open();
     idle(&pool);
-    balanced(&pool);
+    common::pool_balanced(&pool.stats());
 }
 
 #[derive(Debug)]
@@ -746,7 +736,7 @@ fn a_pool_shutdown_cancels_queued_nodes() {
     gate.open();
     idle(&pool);
     assert_eq!(ran.load(Ordering::SeqCst), 1);
-    balanced(&pool);
+    common::pool_balanced(&pool.stats());
 }
 
 // ---- stress ----
@@ -1037,8 +1027,8 @@ fn stress_ten_thousand_random_graphs() {
             );
         }
     }
-    balanced(&big);
-    balanced(&tight);
+    common::pool_balanced(&big.stats());
+    common::pool_balanced(&tight.stats());
     assert_eq!(outcomes.iter().sum::<usize>(), GRAPHS * NODES);
     println!("seed {seed}: runs ok {ok}, failed {failed}; outcomes done/default/failed/skipped/cancelled/abandoned {outcomes:?}");
     assert!(ok > 0 && failed > 0);

@@ -158,3 +158,32 @@ fn a_shedding_service_refuses_while_full() {
     drop(first);
     drop(svc);
 }
+
+/// Verify and identify score the same pair of faces the same, to the bit:
+/// both are the one dot product of the two normalised embeddings
+/// (`facepool::vector`), and the index keeps an embedding as it was.
+#[test]
+fn verify_and_identify_give_the_same_similarity() {
+    let svc = FaceService::start(FaceConfig::from_assets(&assets())).unwrap();
+    let people = johns();
+    let (a, b) = (&people[0].1[0], &people[0].1[3]);
+    let c = &people[1].1[2];
+    svc.enroll("a", sources(std::slice::from_ref(a)), None, false)
+        .unwrap();
+    for probe in [b, c] {
+        let v = svc
+            .verify(ImageSource::Path(a.clone()), ImageSource::Path(probe.clone()))
+            .unwrap();
+        let id = svc.identify(ImageSource::Path(probe.clone()), 1).unwrap();
+        assert_eq!(
+            id.matches[0].similarity.to_bits(),
+            v.similarity.to_bits(),
+            "{}: identify {} against verify {}",
+            probe.display(),
+            id.matches[0].similarity,
+            v.similarity
+        );
+        assert_eq!(id.best.is_some(), v.same);
+    }
+    svc.shutdown(std::time::Duration::from_secs(10));
+}

@@ -2,11 +2,13 @@
 //! format (round trip and a corpus of damaged files) and concurrency.
 #![cfg(feature = "index")]
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use common::TempDir;
 use facepool::index::{Index, IndexError, Match, SearchOptions, CHUNK_ROWS};
 
 fn random_vec(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
@@ -279,27 +281,10 @@ fn bad_input_is_an_error() {
     );
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("facepool-index-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn save_and_load_round_trip() {
-    let dir = TempDir::new("roundtrip");
-    let path = dir.0.join("people.fpi");
+    let dir = TempDir::new("index-roundtrip");
+    let path = dir.path().join("people.fpi");
     let mut rng = fastrand::Rng::with_seed(11);
     let (idx, _) = build(&mut rng, CHUNK_ROWS + 100, 64, 400);
     idx.upsert("zoë", &[&random_vec(&mut rng, 64)], Some("métadonnées"))
@@ -321,29 +306,29 @@ fn save_and_load_round_trip() {
     back.insert("new", &random_vec(&mut rng, 64)).unwrap();
     back.save(&path).unwrap();
     assert_eq!(Index::load(&path).unwrap().len(), idx.len() + 1);
-    let names: Vec<_> = std::fs::read_dir(&dir.0)
+    let names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("people.fpi")]);
 
     // An empty index round-trips; a save into a missing directory is an I/O error.
-    let empty = dir.0.join("empty.fpi");
+    let empty = dir.path().join("empty.fpi");
     Index::new(5).unwrap().save(&empty).unwrap();
     let e = Index::load(&empty).unwrap();
     assert_eq!((e.dim(), e.len()), (5, 0));
     assert!(matches!(
-        idx.save(&dir.0.join("no/such/dir.fpi")),
+        idx.save(&dir.path().join("no/such/dir.fpi")),
         Err(IndexError::Io { .. })
     ));
     assert!(matches!(
-        Index::load(&dir.0.join("missing.fpi")),
+        Index::load(&dir.path().join("missing.fpi")),
         Err(IndexError::Io { .. })
     ));
 }
 
 fn load_bytes(dir: &TempDir, name: &str, bytes: &[u8]) -> Result<Index, IndexError> {
-    let p = dir.0.join(name);
+    let p = dir.path().join(name);
     std::fs::write(&p, bytes).unwrap();
     Index::load(&p)
 }
@@ -362,8 +347,8 @@ fn reseal_header(b: &mut [u8]) {
 
 #[test]
 fn damaged_files_give_errors() {
-    let dir = TempDir::new("corpus");
-    let good_path = dir.0.join("good.fpi");
+    let dir = TempDir::new("index-corpus");
+    let good_path = dir.path().join("good.fpi");
     let idx = Index::new(4).unwrap();
     idx.insert("ann", &[1.0, 2.0, 3.0, 4.0]).unwrap();
     idx.insert("ann", &[4.0, 3.0, 2.0, 1.0]).unwrap();

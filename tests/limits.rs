@@ -4,7 +4,7 @@
 //! HTTP body; the images of one request; the faces of one image; a line of
 //! a pairs file. Small configured limits keep the images cheap; the
 //! documented defaults are checked too.
-#![cfg(feature = "cli")]
+#![cfg(feature = "serve")]
 
 mod common;
 
@@ -13,8 +13,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine;
-use common::{assets, photos_of, TempDir};
+use common::{assets, b64, photos_of, TempDir};
 use facepool::face::detect::{select_faces, Detection, MAX_FACES};
 use facepool::face::{decode, decode_file, DecodeLimits, FaceError};
 use facepool::server::{App, ServerConfig};
@@ -309,10 +308,6 @@ impl Drop for InProc {
             svc.shutdown(Duration::from_secs(10));
         }
     }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// `json` padded with trailing spaces (still valid JSON) to `len` bytes.

@@ -1,5 +1,6 @@
 //! The load generator, run as users run it: profiles good and bad, and a
 //! smoke run of every mode.
+#![cfg(feature = "loadgen")]
 
 mod common;
 

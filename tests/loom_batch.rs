@@ -2,9 +2,11 @@
 //! Run with: RUSTFLAGS="--cfg loom" cargo test --release --test loom_batch
 #![cfg(loom)]
 
+mod common;
+
 use std::time::Duration;
 
-use facepool::batch::{BatchError, BatchPolicy, BatchStats, Batcher, SubmitError};
+use facepool::batch::{BatchError, BatchPolicy, Batcher, SubmitError};
 
 const FOREVER: Duration = Duration::from_secs(3600);
 
@@ -25,14 +27,6 @@ fn batcher(max_items: usize) -> Batcher<u32, u32> {
         .unwrap()
 }
 
-fn balanced(s: &BatchStats) {
-    assert_eq!(
-        s.submitted,
-        s.delivered + s.failed + s.expired + s.abandoned + s.cancelled + s.rejected,
-        "{s:?}"
-    );
-}
-
 /// Two submitters race the batch thread: each gets its own result exactly
 /// once, however the items are split into batches; shutdown joins the thread.
 #[test]
@@ -46,7 +40,7 @@ fn two_submitters_get_their_own_results() {
         assert_eq!(b.shutdown(FOREVER).threads_left, 0);
         let s = b.stats();
         assert_eq!(s.delivered, 2);
-        balanced(&s);
+        common::batch_balanced(&s);
     });
 }
 
@@ -62,7 +56,7 @@ fn drop_races_the_flush() {
         b.shutdown(FOREVER);
         let s = b.stats();
         assert_eq!(s.delivered + s.abandoned, 1, "{s:?}");
-        balanced(&s);
+        common::batch_balanced(&s);
     });
 }
 
@@ -94,7 +88,7 @@ fn shutdown_now_races_a_submit() {
             _ => (0, 0, 1),
         };
         assert_eq!((s.delivered, s.cancelled, s.rejected), want);
-        balanced(&s);
+        common::batch_balanced(&s);
     });
 }
 
@@ -131,6 +125,6 @@ fn two_batch_threads_and_a_blocked_submitter() {
         assert_eq!(b.shutdown(FOREVER).threads_left, 0);
         let s = b.stats();
         assert_eq!(s.delivered, 2);
-        balanced(&s);
+        common::batch_balanced(&s);
     });
 }

@@ -3,7 +3,7 @@
 //! `serve --nats` consumer processes on the real model; the test is the
 //! producer (async-nats). `.ci/run` installs nats-server (Debian's package).
 
-#![cfg(feature = "nats")]
+#![cfg(feature = "serve")]
 
 mod common;
 
@@ -14,11 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
-use base64::Engine as _;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use common::{photos_of, TempDir};
+use common::{b64_file, photos_of, TempDir};
 
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -199,10 +198,6 @@ async fn connect(url: &str) -> jetstream::Context {
     jetstream::new(client)
 }
 
-fn b64(path: &Path) -> String {
-    base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
-}
-
 /// Publishes a job (its id as the dedup id), retrying while the broker
 /// is away.
 async fn publish(js: &jetstream::Context, job: &Value) {
@@ -279,7 +274,7 @@ async fn wait_count(js: &jetstream::Context, name: &str, n: u64, within: Duratio
 }
 
 fn verify_job(id: &str, a: &Path, b: &Path) -> Value {
-    json!({"id": id, "kind": "verify", "image1": b64(a), "image2": b64(b)})
+    json!({"id": id, "kind": "verify", "image1": b64_file(a), "image2": b64_file(b)})
 }
 
 /// Results by job id (the results stream drops a duplicate publish, so a
@@ -302,7 +297,7 @@ fn each_kind_of_job_round_trips() {
     let simm = photos_of("John_Simm");
     let savage = photos_of("John_Savage");
     // The gallery, through the HTTP API of the same process.
-    let body = json!({"images": [b64(&simm[0])]});
+    let body = json!({"images": [b64_file(&simm[0])]});
     let r = ureq::put(&format!("http://{}/v1/people/simm", c.addr))
         .send_json(&body)
         .unwrap();
@@ -317,13 +312,13 @@ fn each_kind_of_job_round_trips() {
 
         publish(&js, &verify_job("same", &simm[0], &simm[1])).await;
         publish(&js, &verify_job("other", &simm[0], &savage[0])).await;
-        publish(&js, &json!({"id": "obj", "kind": "verify", "image1": b64(&simm[1]), "image2": {"object": "simm-2.jpg"}})).await;
-        publish(&js, &json!({"id": "who", "kind": "identify", "image": b64(&simm[1]), "k": 3})).await;
-        let frames = |p: &[PathBuf]| p.iter().map(|f| Value::String(b64(f))).collect::<Vec<_>>();
-        publish(&js, &json!({"id": "rev-ok", "kind": "review", "video": "v1", "frames": frames(&simm[1..4]), "reference": b64(&simm[0])})).await;
+        publish(&js, &json!({"id": "obj", "kind": "verify", "image1": b64_file(&simm[1]), "image2": {"object": "simm-2.jpg"}})).await;
+        publish(&js, &json!({"id": "who", "kind": "identify", "image": b64_file(&simm[1]), "k": 3})).await;
+        let frames = |p: &[PathBuf]| p.iter().map(|f| Value::String(b64_file(f))).collect::<Vec<_>>();
+        publish(&js, &json!({"id": "rev-ok", "kind": "review", "video": "v1", "frames": frames(&simm[1..4]), "reference": b64_file(&simm[0])})).await;
         let mut mixed = frames(&simm[1..3]);
-        mixed.push(Value::String(b64(&savage[1])));
-        publish(&js, &json!({"id": "rev-bad", "kind": "review", "video": "v2", "frames": mixed, "reference": b64(&simm[0])})).await;
+        mixed.push(Value::String(b64_file(&savage[1])));
+        publish(&js, &json!({"id": "rev-bad", "kind": "review", "video": "v2", "frames": mixed, "reference": b64_file(&simm[0])})).await;
         publish(&js, &json!({"id": "watch", "kind": "review", "video": "v3", "frames": frames(&savage[..2])})).await;
         publish(&js, &json!({"id": "watch-hit", "kind": "review", "video": "v4", "frames": frames(&simm[3..5])})).await;
 
@@ -362,12 +357,12 @@ fn poison_jobs_end_in_the_dead_letters_after_max_deliver() {
     let simm = photos_of("John_Simm");
     rt().block_on(async {
         let js = connect(&broker.url()).await;
-        let text = base64::engine::general_purpose::STANDARD.encode(b"not a picture at all");
-        publish(&js, &json!({"id": "undecodable", "kind": "verify", "image1": text, "image2": b64(&simm[0])})).await;
+        let text = common::b64(b"not a picture at all");
+        publish(&js, &json!({"id": "undecodable", "kind": "verify", "image1": text, "image2": b64_file(&simm[0])})).await;
         publish_raw(&js, "garbage", b"{this is not json".to_vec()).await;
         publish(&js, &json!({"id": "bad id with spaces", "kind": "verify", "image1": "", "image2": ""})).await;
-        publish(&js, &json!({"id": "late", "kind": "verify", "image1": b64(&simm[0]), "image2": b64(&simm[1]), "deadline_ms": 1})).await;
-        publish(&js, &json!({"id": "fine", "kind": "verify", "image1": b64(&simm[0]), "image2": b64(&simm[1])})).await;
+        publish(&js, &json!({"id": "late", "kind": "verify", "image1": b64_file(&simm[0]), "image2": b64_file(&simm[1]), "deadline_ms": 1})).await;
+        publish(&js, &json!({"id": "fine", "kind": "verify", "image1": b64_file(&simm[0]), "image2": b64_file(&simm[1])})).await;
 
         wait_count(&js, "FACEPOOL_DEAD", 4, Duration::from_secs(60)).await;
         wait_count(&js, "FACEPOOL_RESULTS", 1, Duration::from_secs(60)).await;
@@ -596,5 +591,174 @@ fn an_unreachable_broker_is_a_clear_error_at_start() {
     assert!(
         err.contains("cannot connect to NATS at nats://127.0.0.1:"),
         "{err}"
+    );
+}
+
+/// A body without what differs between two runs of the same work: the
+/// timings, and the result's job envelope (id, kind, consumer, delivery).
+fn work_of(mut v: Value) -> Value {
+    if let Value::Object(m) = &mut v {
+        for k in ["timings_ms", "id", "kind", "consumer", "delivered"] {
+            m.remove(k);
+        }
+    }
+    v
+}
+
+/// The same verify, identify and review through the HTTP API and as NATS
+/// jobs give the same body (the service's one set of result bodies):
+/// same similarities to the bit, same verdicts, same matches.
+#[test]
+fn http_and_nats_give_the_same_bodies() {
+    let dir = TempDir::new("nats-same-bodies");
+    let broker = Broker::start(dir.path());
+    let c = Consumer::start(dir.path(), "a", &broker.url(), &[]);
+    let simm = photos_of("John_Simm");
+    let savage = photos_of("John_Savage");
+    let http = |path: &str, body: &Value| -> Value {
+        let mut r = ureq::post(&format!("http://{}{path}", c.addr))
+            .send_json(body)
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.body_mut().read_json().unwrap()
+    };
+    let put = ureq::put(&format!("http://{}/v1/people/simm", c.addr))
+        .send_json(json!({"images": [b64_file(&simm[0])], "meta": "gallery"}))
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let frames: Vec<Value> = [&simm[2], &simm[3], &savage[1]]
+        .iter()
+        .map(|p| Value::String(b64_file(p)))
+        .collect();
+    let work = [
+        (
+            "verify",
+            "/v1/verify",
+            json!({"image1": b64_file(&simm[1]), "image2": b64_file(&savage[0])}),
+        ),
+        (
+            "identify",
+            "/v1/identify",
+            json!({"image": b64_file(&simm[4]), "k": 2}),
+        ),
+        (
+            "review",
+            "/v1/review",
+            json!({"video": "clip", "frames": frames.clone(), "reference": b64_file(&simm[0])}),
+        ),
+    ];
+    let over_http: Vec<Value> = work.iter().map(|(_, path, body)| http(path, body)).collect();
+    rt().block_on(async {
+        let js = connect(&broker.url()).await;
+        for (kind, _, body) in &work {
+            let mut job = body.clone();
+            job["id"] = json!(format!("same-{kind}"));
+            job["kind"] = json!(kind);
+            publish(&js, &job).await;
+        }
+        wait_count(
+            &js,
+            "FACEPOOL_RESULTS",
+            work.len() as u64,
+            Duration::from_secs(120),
+        )
+        .await;
+        let results = by_id(&all_messages(&js, "FACEPOOL_RESULTS").await);
+        for ((kind, _, _), h) in work.iter().zip(&over_http) {
+            let n = &results[&format!("same-{kind}")][0];
+            assert!(h["timings_ms"]["total"].as_f64().unwrap() > 0.0);
+            assert!(n["timings_ms"]["total"].as_f64().unwrap() > 0.0);
+            assert_eq!(work_of(h.clone()), work_of(n.clone()), "{kind}");
+        }
+    });
+    assert_eq!(over_http[1]["best"]["id"], "simm");
+    assert_eq!(over_http[2]["frames"][2]["same"], false);
+}
+
+/// A job with as many images as the service's whole queue waits in the
+/// service's fair line and is admitted within a bound, while HTTP verify
+/// requests keep the service at capacity: capacity that frees goes to the
+/// head of the line, and the HTTP requests behind it are refused (429)
+/// until it is in, instead of taking every free face before it.
+#[test]
+fn a_job_as_big_as_the_queue_is_admitted_under_saturating_traffic() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let dir = TempDir::new("nats-fair");
+    let broker = Broker::start(dir.path());
+    const QUEUE: usize = 8;
+    let c = Consumer::start(dir.path(), "a", &broker.url(), &["--queue", "8"]);
+    let simm = photos_of("John_Simm");
+    let pair = json!({"image1": b64_file(&simm[1]), "image2": b64_file(&simm[2])});
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // Twice the queue's worth of verify requests, each sent again as soon
+    // as it is answered or refused.
+    let clients: Vec<_> = (0..QUEUE)
+        .map(|_| {
+            let (stop, done, refused) = (stop.clone(), done.clone(), refused.clone());
+            let (url, pair) = (format!("http://{}/v1/verify", c.addr), pair.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                while !stop.load(Ordering::Relaxed) {
+                    match agent.post(&url).send_json(&pair).map(|r| r.status().as_u16()) {
+                        Ok(200) => done.fetch_add(1, Ordering::Relaxed),
+                        Ok(429) => refused.fetch_add(1, Ordering::Relaxed),
+                        other => panic!("verify: {other:?}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    // The service is at capacity: requests are being refused.
+    let t0 = Instant::now();
+    while refused.load(Ordering::Relaxed) < 20 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the traffic never filled the service"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let frames: Vec<Value> = (0..QUEUE - 1)
+        .map(|i| Value::String(b64_file(&simm[i % simm.len()])))
+        .collect();
+    let job = json!({"id": "big", "kind": "review", "video": "v", "frames": frames, "reference": b64_file(&simm[0])});
+    let (took, overtook) = rt().block_on(async {
+        let js = connect(&broker.url()).await;
+        let t0 = Instant::now();
+        let at_publish = done.load(Ordering::Relaxed);
+        publish(&js, &job).await;
+        wait_count(&js, "FACEPOOL_RESULTS", 1, Duration::from_secs(60)).await;
+        let overtook = done.load(Ordering::Relaxed) - at_publish;
+        let took = t0.elapsed();
+        let r = &by_id(&all_messages(&js, "FACEPOOL_RESULTS").await)["big"][0];
+        assert_eq!(r["passes"], true, "{r}");
+        (took, overtook)
+    });
+    let before = done.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in clients {
+        t.join().unwrap();
+    }
+    eprintln!(
+        "a job of {QUEUE} images answered in {took:?}, {overtook} verifies answered meanwhile; {} verifies and {} refusals in all",
+        done.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed)
+    );
+    // The bound is in work, not time: the verifies answered while the job
+    // was on its way are those admitted before it (at most the queue's
+    // worth) and those that fit in as its own faces finish. A job that
+    // waited for a moment with nothing admitted would see hundreds.
+    assert!(
+        overtook <= 2 * QUEUE as u64,
+        "{overtook} verifies were answered while the job of {QUEUE} images waited"
+    );
+    assert!(
+        done.load(Ordering::Relaxed) > before,
+        "the traffic went on after the job"
     );
 }

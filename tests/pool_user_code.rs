@@ -71,14 +71,6 @@ fn still_serves<S: 'static>(pool: &Pool<S>) {
     }
 }
 
-fn balanced(s: &PoolStats) {
-    assert_eq!(
-        s.submitted,
-        s.completed + s.panicked + s.expired + s.cancelled + s.rejected,
-        "every submit has exactly one outcome: {s:?}"
-    );
-}
-
 fn has_report(seen: &Reports, needle: &str) -> bool {
     seen.lock().unwrap().iter().any(|m| m.contains(needle))
 }
@@ -87,7 +79,7 @@ fn has_report(seen: &Reports, needle: &str) -> bool {
 fn shut<S: 'static>(pool: &Pool<S>) -> PoolStats {
     assert_eq!(pool.shutdown(LONG).still_running, 0);
     let s = pool.stats();
-    balanced(&s);
+    common::pool_balanced(&s);
     assert_eq!(s.workers, 0, "{s:?}");
     s
 }
@@ -296,7 +288,7 @@ fn shutdown_now_cancels_panicking_captures_and_frees_blocked_submitters() {
     let report = closer.join().unwrap();
     assert_eq!(report.cancelled, 1);
     let s = pool.stats();
-    balanced(&s);
+    common::pool_balanced(&s);
     assert_eq!(s.in_flight(), 0);
 }
 
@@ -372,7 +364,7 @@ fn a_factory_that_always_panics_ends_every_job_at_shutdown() {
             }
         }
         let s = pool.stats();
-        balanced(&s);
+        common::pool_balanced(&s);
         assert_eq!(s.completed, 0);
     }
 }
@@ -426,7 +418,7 @@ fn a_factory_that_panics_half_the_time_under_load_with_a_concurrent_shutdown() {
             }
         }
         let s = pool.stats();
-        balanced(&s);
+        common::pool_balanced(&s);
         assert_eq!(s.workers, 0);
     }
 }
@@ -514,7 +506,7 @@ fn derived_counters_never_go_backwards_and_shutdowns_race_safely() {
         stop.store(true, Ordering::Relaxed);
         reader.join().unwrap();
         let s = pool.stats();
-        balanced(&s);
+        common::pool_balanced(&s);
         // The two shutdowns overlap, so each may count the same outcomes.
         for r in [r1, r2] {
             assert!(r.completed <= s.completed + s.panicked + s.expired, "{r:?} {s:?}");

@@ -2,7 +2,7 @@
 //! (in-process, or the `serve` binary as a child process) and HTTP
 //! requests to it. Every route, the error statuses, 429, 504, a client
 //! that disconnects, SIGTERM's drain and the gallery across a restart.
-#![cfg(feature = "cli")]
+#![cfg(feature = "serve")]
 
 mod common;
 
@@ -11,8 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use common::{assets, photos_of, wait_until, TempDir};
+use common::{assets, b64_file, photos_of, wait_until, TempDir};
 use facepool::server::{App, ServerConfig};
 use facepool::service::{FaceConfig, FaceService};
 use serde_json::{json, Value};
@@ -165,10 +164,6 @@ fn post(url: &str, body: Value) -> Answer {
     send("POST", url, Some(TOKEN), body, &[])
 }
 
-fn b64(path: &Path) -> String {
-    base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
-}
-
 fn photo(person: &str, n: usize) -> PathBuf {
     photos_of(person)[n].clone()
 }
@@ -260,7 +255,7 @@ fn every_route_answers_and_the_gallery_works() {
     // Verify, as JSON and as multipart.
     let v = post(
         &s.url("/v1/verify"),
-        json!({"image1": b64(&a), "image2": b64(&a2)}),
+        json!({"image1": b64_file(&a), "image2": b64_file(&a2)}),
     );
     assert_eq!(v.status, 200, "{}", v.body);
     let v = v.json();
@@ -283,7 +278,7 @@ fn every_route_answers_and_the_gallery_works() {
     // Verify one source against many targets; a bad target fails alone.
     let v = post(
         &s.url("/v1/verify/batch"),
-        json!({"source": b64(&a), "targets": [b64(&a2), b64(&b), base64::engine::general_purpose::STANDARD.encode(b"not an image")]}),
+        json!({"source": b64_file(&a), "targets": [b64_file(&a2), b64_file(&b), common::b64(b"not an image")]}),
     );
     assert_eq!(v.status, 200, "{}", v.body);
     let v = v.json();
@@ -296,7 +291,7 @@ fn every_route_answers_and_the_gallery_works() {
     assert_eq!(r[2]["error"]["code"], "not_an_image", "{v}");
 
     // Embed.
-    let e = post(&s.url("/v1/embed"), json!({"image": b64(&a)}));
+    let e = post(&s.url("/v1/embed"), json!({"image": b64_file(&a)}));
     assert_eq!(e.status, 200, "{}", e.body);
     let e = e.json();
     let norm: f64 = e["embedding"]
@@ -310,7 +305,7 @@ fn every_route_answers_and_the_gallery_works() {
 
     // The gallery: enroll (JSON, then multipart with replace), list, get,
     // identify, delete.
-    let id = post(&s.url("/v1/identify"), json!({"image": b64(&a2)}));
+    let id = post(&s.url("/v1/identify"), json!({"image": b64_file(&a2)}));
     assert_eq!(
         (id.status, id.json()["best"].clone()),
         (200, Value::Null),
@@ -321,7 +316,7 @@ fn every_route_answers_and_the_gallery_works() {
         "PUT",
         &s.url("/v1/people/John_Savage"),
         Some(TOKEN),
-        json!({"images": [b64(&a)], "meta": "{\"team\": 7}"}),
+        json!({"images": [b64_file(&a)], "meta": "{\"team\": 7}"}),
         &[],
     );
     assert_eq!(p.status, 200, "{}", p.body);
@@ -347,7 +342,7 @@ fn every_route_answers_and_the_gallery_works() {
         "PUT",
         &s.url("/v1/people/John_Simm"),
         Some(TOKEN),
-        json!({"images": [b64(&b)]}),
+        json!({"images": [b64_file(&b)]}),
         &[],
     );
     assert_eq!(simm.status, 200);
@@ -360,7 +355,7 @@ fn every_route_answers_and_the_gallery_works() {
     assert_eq!((one.status, one.json()["faces"].as_u64()), (200, Some(2)));
     let id = post(
         &s.url("/v1/identify"),
-        json!({"image": b64(&photo("John_Savage", 3)), "k": 2}),
+        json!({"image": b64_file(&photo("John_Savage", 3)), "k": 2}),
     );
     assert_eq!(id.status, 200, "{}", id.body);
     let id = id.json();
@@ -449,7 +444,7 @@ fn auth_and_bad_input_get_clear_errors() {
         },
         Some(&|c: &mut FaceConfig| c.find.mode = facepool::face::FaceMode::Auto),
     );
-    let a = b64(&photo("John_Savage", 0));
+    let a = b64_file(&photo("John_Savage", 0));
     let url = s.url("/v1/verify");
     let body = json!({"image1": a, "image2": a});
     let no_token = send("POST", &url, None, body.clone(), &[]);
@@ -500,7 +495,7 @@ fn auth_and_bad_input_get_clear_errors() {
     assert_eq!((r.status, r.code()), (400, "bad_form".to_owned()));
 
     // 422: not an image, no face.
-    let text = base64::engine::general_purpose::STANDARD.encode(b"plain text, not a picture");
+    let text = common::b64(b"plain text, not a picture");
     let r = post(&url, json!({"image1": text, "image2": a}));
     assert_eq!(
         (r.status, r.code()),
@@ -517,7 +512,7 @@ fn auth_and_bad_input_get_clear_errors() {
     image::RgbImage::from_pixel(320, 240, image::Rgb([128, 128, 128]))
         .write_to(&mut std::io::Cursor::new(&mut grey), image::ImageFormat::Png)
         .unwrap();
-    let grey = base64::engine::general_purpose::STANDARD.encode(grey);
+    let grey = common::b64(&grey);
     let r = post(&url, json!({"image1": a, "image2": grey}));
     assert_eq!((r.status, r.code()), (422, "no_face".to_owned()), "{}", r.body);
 
@@ -540,7 +535,7 @@ fn a_full_service_refuses_at_once_with_429_and_does_no_work() {
         .try_acquire(facepool::service::Cost::new(8, 0))
         .unwrap();
     let before = (svc.pool_stats().submitted, svc.batch_stats().submitted);
-    let a = b64(&photo("John_Savage", 0));
+    let a = b64_file(&photo("John_Savage", 0));
     let t0 = Instant::now();
     let r = post(&s.url("/v1/verify"), json!({"image1": a, "image2": a}));
     let took = t0.elapsed();
@@ -573,7 +568,7 @@ fn a_full_service_refuses_at_once_with_429_and_does_no_work() {
 #[test]
 fn a_short_deadline_answers_504() {
     let s = InProc::start(config(), Some(&|_| {}));
-    let photo = b64(&assets().join("photos/faces/bald_guys.jpg"));
+    let photo = b64_file(&assets().join("photos/faces/bald_guys.jpg"));
     let r = send(
         "POST",
         &s.url("/v1/verify"),
@@ -607,7 +602,7 @@ fn a_client_that_disconnects_has_its_work_dropped() {
         }),
     );
     let svc = s.app.service().unwrap();
-    let photo = b64(&assets().join("photos/faces/bald_guys.jpg"));
+    let photo = b64_file(&assets().join("photos/faces/bald_guys.jpg"));
     let body = json!({"image1": photo, "image2": photo}).to_string();
     // Many requests whose images need detection, each client gone as soon
     // as its request is sent.
@@ -716,7 +711,7 @@ impl Drop for Child {
 fn sigterm_drains_admitted_requests_saves_the_gallery_and_it_survives_a_restart() {
     let dir = TempDir::new("serve-drain");
     let mut s = Child::start(dir.path(), &["--faces", "detect", "--threads", "1"]);
-    let simm = b64(&photo("John_Simm", 0));
+    let simm = b64_file(&photo("John_Simm", 0));
     let r = send(
         "PUT",
         &s.url("/v1/people/John_Simm"),
@@ -727,7 +722,7 @@ fn sigterm_drains_admitted_requests_saves_the_gallery_and_it_survives_a_restart(
     assert_eq!(r.status, 200, "{}", r.body);
     // A slow request in flight (a group photo against several targets, with
     // detection), then SIGTERM while it runs.
-    let photo = b64(&assets().join("photos/faces/bald_guys.jpg"));
+    let photo = b64_file(&assets().join("photos/faces/bald_guys.jpg"));
     let url = s.url("/v1/verify/batch");
     let slow =
         std::thread::spawn(move || post(&url, json!({"source": photo, "targets": vec![photo.clone(); 6]})));
@@ -748,7 +743,10 @@ fn sigterm_drains_admitted_requests_saves_the_gallery_and_it_survives_a_restart(
         "{}",
         r.body
     );
-    let id = post(&s2.url("/v1/identify"), json!({"image": b64(&photo_of_simm())}));
+    let id = post(
+        &s2.url("/v1/identify"),
+        json!({"image": b64_file(&photo_of_simm())}),
+    );
     assert_eq!(id.json()["best"]["id"], "John_Simm", "{}", id.body);
 }
 

@@ -264,7 +264,7 @@ impl Worker {
 
     /// The job's work: its images read, then the service's operation (which
     /// admits them as a whole, waiting in line, within the deadline).
-    async fn run(&self, job: &Job, deadline: Option<Instant>) -> Result<Value, Fail> {
+    async fn run(&self, job: &Job, deadline: Option<Instant>) -> Result<results::Answer, Fail> {
         let svc = &self.service;
         let refs = job.work.images();
         if refs.is_empty() {
@@ -312,14 +312,14 @@ impl Worker {
             Work::Verify { .. } => {
                 let (a, b) = (next()?, next()?);
                 let v = svc.verify_async(a, b, call).await.map_err(fail)?;
-                serde_json::to_value(VerifyResponse::from(&v))
+                results::Answer::Verify(VerifyResponse::from(&v))
             }
             Work::Identify { k, .. } => {
                 let id = svc
                     .identify_async(next()?, k.unwrap_or(5), call)
                     .await
                     .map_err(fail)?;
-                serde_json::to_value(IdentifyResponse::from(&id))
+                results::Answer::Identify(IdentifyResponse::from(&id))
             }
             Work::Review {
                 video,
@@ -337,10 +337,10 @@ impl Worker {
                     reference,
                 };
                 let r = svc.review_async(req, call).await.map_err(fail)?;
-                serde_json::to_value(ReviewResponse::from(&r))
+                results::Answer::Review(ReviewResponse::from(&r))
             }
         };
-        body.map_err(|e| Fail::new(ErrorKind::Internal, "internal", e.to_string()))
+        Ok(body)
     }
 
     /// An image's bytes: base64 inline, or an object from the bucket.

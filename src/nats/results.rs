@@ -44,6 +44,16 @@ impl Fail {
     }
 }
 
+/// The service's answer to a job: the body the HTTP API sends for the
+/// same work.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(super) enum Answer {
+    Verify(crate::service::wire::VerifyResponse),
+    Identify(crate::service::wire::IdentifyResponse),
+    Review(crate::service::wire::ReviewResponse),
+}
+
 /// A result: the service's body with the job's id and kind, the consumer
 /// that answered and its delivery (more than 1: after a crash, a stop or a
 /// failure).

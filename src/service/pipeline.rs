@@ -187,9 +187,7 @@ impl FaceService {
     /// first (largest) face to the batcher. Never call it from a pool
     /// worker.
     pub fn embed_first(&self, img: PendingImage) -> Result<PendingFace, ServiceError> {
-        let deadline = img.deadline;
-        let prep = img.handle.join()??;
-        self.submit_face(prep, deadline)
+        super::block_on(self.embed_first_async(img))
     }
 
     /// [`embed_first`](Self::embed_first), awaiting the preparation.
@@ -229,37 +227,24 @@ impl FaceService {
 
     /// Waits (on this thread) for a face's embedding.
     pub fn finish(&self, face: PendingFace) -> Result<(FaceResult, Timings), ServiceError> {
-        let PendingFace {
-            handle,
-            path,
-            queue,
-            prepare,
-            submitted,
-        } = face;
-        self.finished(handle.join()?, path, queue, prepare, submitted)
+        super::block_on(self.finish_async(face))
     }
 
     /// [`finish`](Self::finish), awaiting the embedding.
-    pub async fn finish_async(&self, face: PendingFace) -> Result<(FaceResult, Timings), ServiceError> {
+    pub async fn finish_async(&self, mut face: PendingFace) -> Result<(FaceResult, Timings), ServiceError> {
+        let e = (&mut face.handle).await?;
+        self.finished(e, &face)
+    }
+
+    /// A face's embedding with its timings (recorded in the metrics).
+    fn finished(&self, e: Embedded, face: &PendingFace) -> Result<(FaceResult, Timings), ServiceError> {
         let PendingFace {
-            handle,
             path,
             queue,
             prepare,
             submitted,
-        } = face;
-        self.finished(handle.await?, path, queue, prepare, submitted)
-    }
-
-    /// A face's embedding with its timings (recorded in the metrics).
-    fn finished(
-        &self,
-        e: Embedded,
-        path: FacePath,
-        queue: Duration,
-        prepare: Duration,
-        submitted: Instant,
-    ) -> Result<(FaceResult, Timings), ServiceError> {
+            ..
+        } = *face;
         let embedding = e.embedding?;
         let timings = Timings {
             queue,

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: gates to hold jobs, bounded
 //! polling of a condition (a guard against hangs, never a timing assertion),
-//! and the fetched models and labelled photos.
+//! the fetched models and labelled photos, temporary folders, base64, EXIF
+//! orientation, and the books of the pool and the batcher (every submit
+//! has exactly one outcome).
 #![allow(dead_code)]
 
 use std::sync::{Arc, Condvar, Mutex};
@@ -122,4 +124,56 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Base64 of `bytes` (the API's image encoding).
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Base64 of a file's bytes.
+pub fn b64_file(path: &std::path::Path) -> String {
+    b64(&std::fs::read(path).unwrap())
+}
+
+/// `jpeg` with an EXIF orientation tag: an APP1 segment right after the
+/// start-of-image marker.
+pub fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = b"II*\0".to_vec();
+    tiff.extend_from_slice(&8u32.to_le_bytes());
+    tiff.extend_from_slice(&1u16.to_le_bytes());
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes());
+    tiff.extend_from_slice(&3u16.to_le_bytes());
+    tiff.extend_from_slice(&1u32.to_le_bytes());
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0]);
+    tiff.extend_from_slice(&0u32.to_le_bytes());
+    let mut app1 = vec![0xFF, 0xE1];
+    app1.extend_from_slice(&((2 + 6 + tiff.len()) as u16).to_be_bytes());
+    app1.extend_from_slice(b"Exif\0\0");
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// The batcher's books balance: every item submitted had exactly one
+/// outcome.
+pub fn batch_balanced(s: &facepool::batch::BatchStats) {
+    assert_eq!(
+        s.submitted,
+        s.delivered + s.failed + s.expired + s.abandoned + s.cancelled + s.rejected,
+        "every submit has exactly one outcome: {s:?}"
+    );
+}
+
+/// The pool's books balance: every job submitted had exactly one outcome.
+pub fn pool_balanced(s: &facepool::pool::PoolStats) {
+    assert_eq!(
+        s.submitted,
+        s.completed + s.panicked + s.expired + s.cancelled + s.rejected,
+        "every submit has exactly one outcome: {s:?}"
+    );
 }

@@ -19,7 +19,7 @@ out="${1:-target/nats-bench}"
 trials="${TRIALS:-10}"
 mkdir -p "$out"
 bash scripts/fetch-assets.sh >/dev/null
-cargo build --release -q --bin serve --bin loadgen --bin compare
+cargo build --release -q --all-features --bin serve --bin loadgen --bin compare
 
 work="$(mktemp -d)"
 declare -A pids=()

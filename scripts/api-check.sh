@@ -18,7 +18,7 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
 fi
 
 bash scripts/fetch-assets.sh >/dev/null
-cargo build -q --bin serve
+cargo build -q --release --all-features --bin serve
 
 work="$(mktemp -d)"
 serve_pid=""
@@ -36,7 +36,7 @@ printf '%s\n' "$token" > "$work/tokens"
 mkfifo "$work/out"
 # Small limits so that generated requests stay cheap: four images per
 # request, 2 MiB bodies, a 20 s timeout.
-target/debug/serve --listen 127.0.0.1:0 --index "$work/gallery.fpi" --token-file "$work/tokens" \
+target/release/serve --listen 127.0.0.1:0 --index "$work/gallery.fpi" --token-file "$work/tokens" \
     --max-images 4 --max-body 2097152 \
     > "$work/out" 2> "$work/serve.log" &
 serve_pid=$!

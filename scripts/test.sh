@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The project's test command: fetches the models and photos the tests run
 # on (and Debian's nats-server for the async-mode tests), then unit,
-# integration and stress tests (nextest), then the
-# documentation examples (nextest does not run doc tests).
+# integration and stress tests (nextest), then the documentation examples
+# (nextest does not run doc tests).
+#
+# Everything is built in the release profile with every feature: the tests
+# run the real models (they need optimised code), and the README's main job
+# (`cargo run --release --bin compare`) has already built the same
+# dependencies, so only facepool and its test binaries are compiled here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-assets.sh
@@ -15,5 +20,5 @@ if ! command -v nats-server >/dev/null; then
         exit 1
     fi
 fi
-cargo nextest run --no-fail-fast "$@"
-cargo test --doc
+cargo nextest run --release --all-features --no-fail-fast "$@"
+cargo test --release --all-features --doc

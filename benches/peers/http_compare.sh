@@ -25,7 +25,7 @@ if [ ! -x "$py" ]; then
     py=target/peers/bin/python
 fi
 bash scripts/fetch-assets.sh >/dev/null
-cargo build --release -q --bin serve --bin loadgen
+cargo build --release -q --all-features --bin serve --bin loadgen
 
 work="$(mktemp -d)"
 pids=()

@@ -396,6 +396,7 @@ fn exif_turn_is_within_the_limits() {
         max_width: 256,
         max_height: 96,
         max_pixels: 16_384,
+        max_decoded_bytes: 16_384 * 8,
     };
     decodes_within(&bytes, &small);
     assert!(matches!(

@@ -479,13 +479,18 @@ fn searches_run_while_people_are_enrolled_and_removed() {
     let anchor = random_vec(&mut rng, dim);
     idx.insert("anchor", &anchor).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    // The writes start once every reader is searching (on a busy machine a
+    // reader thread may otherwise start only after the writes are done).
+    let searching = Arc::new(std::sync::Barrier::new(3));
     let readers: Vec<_> = (0..2)
         .map(|t| {
             let (idx, stop, anchor) = (idx.clone(), stop.clone(), anchor.clone());
+            let searching = searching.clone();
             std::thread::spawn(move || {
+                searching.wait();
                 let mut searches = 0u64;
                 let mut rng = fastrand::Rng::with_seed(100 + t);
-                while !stop.load(Ordering::Relaxed) {
+                loop {
                     let m = idx.search(&anchor, 5).unwrap();
                     assert_eq!(&*m[0].id, "anchor", "{m:?}");
                     assert!((m[0].similarity - 1.0).abs() < 1e-5);
@@ -499,12 +504,16 @@ fn searches_run_while_people_are_enrolled_and_removed() {
                         assert_eq!(m, &all[0], "one scan, one answer");
                     }
                     searches += 1;
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                 }
                 searches
             })
         })
         .collect();
     let mut data = vec![("anchor".to_owned(), anchor.clone())];
+    searching.wait();
     for i in 0..3 * CHUNK_ROWS {
         let v = random_vec(&mut rng, dim);
         let id = format!("p{}", i % 700);

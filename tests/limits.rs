@@ -82,6 +82,7 @@ fn documented_defaults() {
             max_width: 8192,
             max_height: 8192,
             max_pixels: 40_000_000,
+            max_decoded_bytes: 128 << 20,
         }
     );
     let s = ServerConfig::default();
@@ -334,6 +335,7 @@ fn http_body_images_and_image_limits_at_and_past() {
         max_width: w,
         max_height: h,
         max_pixels: u64::from(w) * u64::from(h),
+        ..DecodeLimits::default()
     };
     let s = InProc::start(
         ServerConfig {

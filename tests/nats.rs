@@ -762,3 +762,196 @@ fn a_job_as_big_as_the_queue_is_admitted_under_saturating_traffic() {
         "the traffic went on after the job"
     );
 }
+
+/// The dead letters by job id: (code, deliveries).
+async fn dead_by_id(js: &jetstream::Context) -> HashMap<String, (String, i64)> {
+    all_messages(js, "FACEPOOL_DEAD")
+        .await
+        .iter()
+        .map(|(_, v)| {
+            (
+                v["id"].as_str().unwrap_or("").to_owned(),
+                (
+                    v["error"]["code"].as_str().unwrap_or("").to_owned(),
+                    v["deliveries"].as_i64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// An image object that links to itself, or whose chunks are gone, cannot
+/// hold a job forever: links are followed once, and reads are bounded by a
+/// timeout and the job's deadline, so each job reaches its dead letter.
+#[test]
+fn objects_that_never_end_reach_a_dead_letter_within_the_deadline() {
+    use base64::Engine as _;
+    let dir = TempDir::new("nats-objects");
+    let broker = Broker::start(dir.path());
+    let _c = Consumer::start(dir.path(), "a", &broker.url(), &["--nats-max-deliver", "2"]);
+    let simm = photos_of("John_Simm");
+    rt().block_on(async {
+        let js = connect(&broker.url()).await;
+        let store = js.get_object_store("facepool-images").await.unwrap();
+        let bytes = std::fs::read(&simm[0]).unwrap();
+        let x = store.put("x", &mut bytes.as_slice()).await.unwrap();
+        // "loop" links to itself: its metadata rewritten as the broker
+        // keeps it.
+        let mut info = store.add_link("loop", &x).await.unwrap();
+        if let Some(link) = info.options.as_mut().and_then(|o| o.link.as_mut()) {
+            link.name = Some("loop".into());
+        }
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Rollup", "sub");
+        let subject = format!(
+            "$O.facepool-images.M.{}",
+            base64::engine::general_purpose::URL_SAFE.encode("loop")
+        );
+        js.publish_with_headers(subject, h, serde_json::to_vec(&info).unwrap().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        // "gone" promises chunks that are not there.
+        let gone = store.put("gone", &mut bytes.as_slice()).await.unwrap();
+        let chunks = format!("$O.facepool-images.C.{}", gone.nuid);
+        js.get_stream("OBJ_facepool-images")
+            .await
+            .unwrap()
+            .purge()
+            .filter(chunks)
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        let image = b64_file(&simm[1]);
+        publish(&js, &json!({"id": "loop", "kind": "verify", "image1": {"object": "loop"}, "image2": image, "deadline_ms": 20000})).await;
+        publish(&js, &json!({"id": "gone", "kind": "verify", "image1": {"object": "gone"}, "image2": image, "deadline_ms": 4000})).await;
+        wait_count(&js, "FACEPOOL_DEAD", 2, Duration::from_secs(60)).await;
+        let took = t0.elapsed();
+        let dead = dead_by_id(&js).await;
+        eprintln!("a self-linked object and one without its chunks: dead letters {dead:?} after {took:?}");
+        assert_eq!(dead["loop"].0, "object_link");
+        assert_eq!(dead["gone"].0, "deadline_exceeded");
+        assert!(took < Duration::from_secs(30), "{took:?}");
+        assert_eq!(count(&js, "FACEPOOL_RESULTS").await, 0);
+    });
+}
+
+/// A job is admitted by the service before its images are read, so a
+/// consumer that holds many jobs holds the images of only those admitted:
+/// 16 jobs held, each of four 7 MB objects, against a queue of 4 faces.
+#[test]
+fn a_job_is_admitted_before_its_images_are_read() {
+    let dir = TempDir::new("nats-admit-first");
+    let broker = Broker::start(dir.path());
+    let c = Consumer::start(
+        dir.path(),
+        "a",
+        &broker.url(),
+        &["--queue", "4", "--nats-inflight", "16", "--nats-max-deliver", "1"],
+    );
+    let pid = c.pid();
+    let peak = move || -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            << 10
+    };
+    rt().block_on(async {
+        let js = connect(&broker.url()).await;
+        let store = js.get_object_store("facepool-images").await.unwrap();
+        let noise: Vec<u8> = (0..7_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        for i in 0..4 {
+            store.put(format!("n{i}").as_str(), &mut noise.as_slice()).await.unwrap();
+        }
+        let before = peak();
+        const JOBS: u64 = 32;
+        for j in 0..JOBS {
+            let frames: Vec<Value> = (0..3).map(|i| json!({"object": format!("n{i}")})).collect();
+            publish(&js, &json!({"id": format!("big-{j}"), "kind": "review", "video": "v", "frames": frames, "reference": {"object": "n3"}})).await;
+        }
+        wait_count(&js, "FACEPOOL_DEAD", JOBS, Duration::from_secs(240)).await;
+        let grown = peak().saturating_sub(before);
+        eprintln!(
+            "{JOBS} jobs of four 7 MB objects, 16 held at once: the consumer's peak RSS grew {} MiB",
+            grown >> 20
+        );
+        let dead = dead_by_id(&js).await;
+        assert!(dead.values().all(|(code, _)| code == "not_an_image"), "{dead:?}");
+        assert!(grown < 200 << 20, "peak RSS grew {} MiB", grown >> 20);
+    });
+}
+
+/// A result larger than the broker's max payload is a dead letter of its
+/// own at once (not retried to max_deliver as if the broker were away).
+#[test]
+fn a_result_over_the_max_payload_is_a_dead_letter_of_its_own() {
+    let dir = TempDir::new("nats-big-result");
+    // A gallery of 1,100 people with 4 KiB of metadata each: an identify
+    // of k = 1000 answers about 4 MB.
+    let index = facepool::index::Index::new(512).unwrap();
+    let meta = "m".repeat(4096);
+    for i in 0..1100u32 {
+        let v: Vec<f32> = (0..512).map(|d| ((i * 512 + d) % 97) as f32 - 48.0).collect();
+        index.add(&format!("p{i}"), &[&v], Some(&meta)).unwrap();
+    }
+    index.save(&dir.path().join("a.fpi")).unwrap();
+    let broker = Broker::start(dir.path());
+    let _c = Consumer::start(dir.path(), "a", &broker.url(), &[]);
+    let simm = photos_of("John_Simm");
+    rt().block_on(async {
+        let js = connect(&broker.url()).await;
+        publish(
+            &js,
+            &json!({"id": "huge", "kind": "identify", "image": b64_file(&simm[0]), "k": 1000}),
+        )
+        .await;
+        wait_count(&js, "FACEPOOL_DEAD", 1, Duration::from_secs(60)).await;
+        let dead = dead_by_id(&js).await;
+        assert_eq!(dead["huge"], ("result_too_large".to_owned(), 1), "{dead:?}");
+    });
+}
+
+/// A job whose dead letter was published before a crash (the ack lost) is
+/// acked on its next delivery without being worked again: one outcome.
+#[test]
+fn a_redelivered_job_with_a_dead_letter_is_acked_without_work() {
+    let dir = TempDir::new("nats-dead-once");
+    let broker = Broker::start(dir.path());
+    // A consumer makes the streams and the durable consumer, then dies.
+    let mut first = Consumer::start(dir.path(), "a", &broker.url(), &["--nats-ack-wait", "2"]);
+    first.kill9();
+    let simm = photos_of("John_Simm");
+    rt().block_on(async {
+        let js = connect(&broker.url()).await;
+        publish(&js, &verify_job("twice", &simm[0], &simm[1])).await;
+        // A delivery taken and never acked (the crashed consumer's)...
+        let jobs = js.get_stream("FACEPOOL_JOBS").await.unwrap();
+        let cons: consumer::PullConsumer = jobs.get_consumer("facepool").await.unwrap();
+        let mut batch = cons.fetch().max_messages(1).messages().await.unwrap();
+        let taken = batch.next().await.unwrap().unwrap();
+        assert_eq!(taken.info().unwrap().delivered, 1);
+        // ... after its dead letter was published.
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", "dead-twice");
+        let body = json!({"id": "twice", "error": {"code": "internal", "message": "before the crash"}, "deliveries": 1});
+        js.publish_with_headers("facepool.dead.twice", h, serde_json::to_vec(&body).unwrap().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        drop(batch);
+        let _second = Consumer::start(dir.path(), "b", &broker.url(), &["--nats-ack-wait", "2"]);
+        let t0 = Instant::now();
+        while count(&js, "FACEPOOL_JOBS").await > 0 {
+            assert!(t0.elapsed() < Duration::from_secs(60), "the redelivered job was never acked");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(count(&js, "FACEPOOL_RESULTS").await, 0, "a second outcome was published");
+        assert_eq!(count(&js, "FACEPOOL_DEAD").await, 1);
+    });
+}

@@ -20,6 +20,7 @@ const SMALL: DecodeLimits = DecodeLimits {
     max_width: 256,
     max_height: 96,
     max_pixels: 16_384,
+    max_decoded_bytes: 16_384 * 8,
 };
 
 fn check(data: &[u8], limits: &DecodeLimits) {

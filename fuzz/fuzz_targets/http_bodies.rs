@@ -65,7 +65,7 @@ fn server() -> &'static Server {
         let mut c = FaceConfig::from_assets(&assets());
         c.workers = 1;
         c.cpu.inference_threads = 1;
-        c.intra_threads = 1;
+        c.cpu.intra_threads = 1;
         c.queue = 64;
         c.cpu.batch_delay = Duration::from_millis(1);
         let svc = FaceService::start(c).expect("the service starts");

@@ -1,6 +1,6 @@
 //! The job messages of the async mode (`src/nats/job.rs`), parsed as the
-//! consumer parses them (`src/nats/delivery.rs`): JSON first, then the job
-//! from that value, then its id checked.
+//! consumer parses them (`src/nats/delivery.rs`): straight from the bytes
+//! into the job's typed fields, then its id checked.
 //!
 //! What must hold: bytes give a job or an error, never a panic; a job that
 //! parses serialises, and parses back from that to the same job (compared
@@ -14,11 +14,9 @@ use facepool::nats::{valid_id, ImageRef, Job, Work};
 use facepool::service::wire::decode_base64;
 use facepool::service::ErrorKind;
 use libfuzzer_sys::fuzz_target;
-use serde_json::Value;
 
 fn parse(bytes: &[u8]) -> Option<Job> {
-    let value = serde_json::from_slice::<Value>(bytes).ok()?;
-    serde_json::from_value::<Job>(value).ok()
+    serde_json::from_slice::<Job>(bytes).ok()
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -18,16 +18,22 @@ pub struct DecodeLimits {
     pub max_height: u32,
     /// Largest width × height.
     pub max_pixels: u64,
+    /// Largest image as the decoder holds it, in its own pixel format
+    /// (a 16-bit RGBA image is 8 bytes a pixel, an 8-bit RGB one 3), bytes:
+    /// with `max_pixels`, what bounds a decode's memory.
+    pub max_decoded_bytes: u64,
 }
 
 impl Default for DecodeLimits {
-    /// 32 MiB files, 8192 × 8192 at most, 40 megapixels.
+    /// 32 MiB files, 8192 × 8192 at most, 40 megapixels, 128 MiB decoded
+    /// (40 megapixels of 8-bit RGB, 16 of 16-bit RGBA).
     fn default() -> Self {
         Self {
             max_file_bytes: 32 << 20,
             max_width: 8192,
             max_height: 8192,
             max_pixels: 40_000_000,
+            max_decoded_bytes: 128 << 20,
         }
     }
 }
@@ -81,8 +87,8 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, FaceError
     let side = limits.max_width.max(limits.max_height);
     l.max_image_width = Some(side);
     l.max_image_height = Some(side);
-    // Decoded RGBA at 16 bits per channel is the most a decoder holds.
-    l.max_alloc = Some(limits.max_pixels.saturating_mul(8));
+    // What the decoder may hold: the image in its own pixel format.
+    l.max_alloc = Some(limits.max_decoded_bytes.min(limits.max_pixels.saturating_mul(8)));
     reader.limits(l);
     let mut decoder = reader.into_decoder().map_err(|e| decode_err(e, limits))?;
     let orientation = decoder
@@ -98,9 +104,24 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, FaceError
         (stored_w, stored_h)
     };
     check_dimensions(width, height, limits)?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| decode_err(e, limits))?;
+    let held = decoder.total_bytes();
+    if held > limits.max_decoded_bytes {
+        return Err(FaceError::TooLarge(format!(
+            "{width}x{height} decodes to {held} bytes, at most {}",
+            limits.max_decoded_bytes
+        )));
+    }
+    // To 8-bit RGB first, then turned: the decoded image and the turned one
+    // are never held at their own (larger) pixel size together.
+    let rgb = DynamicImage::from_decoder(decoder)
+        .map_err(|e| decode_err(e, limits))?
+        .to_rgb8();
+    let mut img = DynamicImage::ImageRgb8(rgb);
     img.apply_orientation(orientation);
-    Ok(img.to_rgb8())
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
 }
 
 /// Whether an EXIF orientation swaps the width and the height.

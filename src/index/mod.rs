@@ -484,6 +484,46 @@ impl Index {
         gone
     }
 
+    /// A copy of this index that can be changed without touching this one
+    /// (its vectors are shared until either side changes them: a chunk is
+    /// copied when first written). For changes that must be stored before
+    /// they are live: change the fork, save it, then
+    /// [`replace_with`](Self::replace_with) it.
+    pub fn fork(&self) -> Index {
+        let s = self.read();
+        let state = State {
+            chunks: s.chunks.clone(),
+            people: s.people.clone(),
+            vectors: s.vectors,
+        };
+        let next = self.inner.next_key.load(Ordering::Relaxed);
+        drop(s);
+        Self::from_state(self.inner.dim, state, next)
+    }
+
+    /// Makes this index hold what `other` holds (a fork of it, changed), in
+    /// one step: searches see all of the old or all of the new. An error
+    /// if the dimensions differ.
+    pub fn replace_with(&self, other: &Index) -> Result<(), IndexError> {
+        if other.dim() != self.dim() {
+            return Err(IndexError::WrongDim {
+                expected: self.dim(),
+                got: other.dim(),
+            });
+        }
+        let o = other.read();
+        let state = State {
+            chunks: o.chunks.clone(),
+            people: o.people.clone(),
+            vectors: o.vectors,
+        };
+        let next = other.inner.next_key.load(Ordering::Relaxed);
+        drop(o);
+        *self.write() = state;
+        self.inner.next_key.fetch_max(next, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn snapshot(&self) -> Vec<Arc<Chunk>> {
         self.read().chunks.clone()
     }

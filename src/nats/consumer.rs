@@ -21,6 +21,10 @@ pub struct Consumer {
     js: jetstream::Context,
     consumer: consumer::PullConsumer,
     results: stream::Stream,
+    dead_letters: stream::Stream,
+    clock_stream: stream::Stream,
+    clock: Arc<super::clock::Clock>,
+    max_payload: usize,
     rate: Option<Arc<RateLimit>>,
     inflight: usize,
 }
@@ -98,16 +102,45 @@ impl Consumer {
             })
             .await
             .map_err(|e| setup(&format!("stream {}", config.results_stream))(&e))?;
-        js.get_or_create_stream(stream::Config {
-            name: config.dead_stream.clone(),
-            subjects: vec![format!("{}.*", config.dead_prefix)],
-            storage: stream::StorageType::File,
-            duplicate_window: config.duplicate_window,
-            num_replicas: config.replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| setup(&format!("stream {}", config.dead_stream))(&e))?;
+        // Bounded: a flood of junk cannot fill the broker's disk; the
+        // oldest dead letters go first.
+        let dead_letters = js
+            .get_or_create_stream(stream::Config {
+                name: config.dead_stream.clone(),
+                subjects: vec![format!("{}.*", config.dead_prefix)],
+                storage: stream::StorageType::File,
+                duplicate_window: config.duplicate_window,
+                num_replicas: config.replicas,
+                max_age: config.dead_max_age,
+                max_bytes: config.dead_max_bytes,
+                discard: stream::DiscardPolicy::Old,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup(&format!("stream {}", config.dead_stream))(&e))?;
+        // The clock probe: one message, in memory.
+        let clock_stream = js
+            .get_or_create_stream(stream::Config {
+                name: config.clock_stream.clone(),
+                subjects: vec![config.clock_subject.clone()],
+                storage: stream::StorageType::Memory,
+                max_messages: 16,
+                discard: stream::DiscardPolicy::Old,
+                num_replicas: config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup(&format!("stream {}", config.clock_stream))(&e))?;
+        let clock = Arc::new(super::clock::Clock::default());
+        clock
+            .measure(&js, &clock_stream, &config.clock_subject)
+            .await
+            .map_err(|e| setup("the clock probe")(&e))?;
+        tracing::info!(
+            offset_ms = clock.offset().whole_milliseconds(),
+            "nats: this clock against the broker's"
+        );
+        let max_payload = js.client().server_info().max_payload;
         // The bucket producers put large images in (`{"object": KEY}`).
         if js.get_object_store(&config.bucket).await.is_err() {
             js.create_object_store(jetstream::object_store::Config {
@@ -146,6 +179,10 @@ impl Consumer {
             js,
             consumer,
             results,
+            dead_letters,
+            clock_stream,
+            clock,
+            max_payload,
             rate,
             inflight,
         })
@@ -174,9 +211,27 @@ impl Consumer {
             service: self.service.clone(),
             js: self.js.clone(),
             results: self.results.clone(),
+            dead_letters: self.dead_letters.clone(),
+            max_payload: self.max_payload,
+            clock: self.clock.clone(),
             rate: self.rate.clone(),
             bucket: tokio::sync::OnceCell::new(),
         });
+        // The clock is measured again every few minutes (clocks drift).
+        let remeasure = {
+            let (js, probe, clock) = (self.js.clone(), self.clock_stream.clone(), self.clock.clone());
+            let subject = self.config.clock_subject.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(300));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = clock.measure(&js, &probe, &subject).await {
+                        tracing::warn!(error = %e, "nats: cannot measure the clock; keeping the last offset");
+                    }
+                }
+            })
+        };
         let permits = Arc::new(Semaphore::new(self.inflight));
         let mut tasks = tokio::task::JoinSet::new();
         let mut failures = 0u32;
@@ -272,5 +327,6 @@ impl Consumer {
             );
             tasks.abort_all();
         }
+        remeasure.abort();
     }
 }

@@ -7,15 +7,16 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream, AckKind};
 use futures_util::FutureExt;
-use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
-use super::job::{valid_id, ImageRef, Job, Work};
+use super::job::{valid_id, IdOnly, ImageRef, Job, Work};
 use super::results::{self, Fail};
 use super::NatsConfig;
 use crate::guard::{RateLimit, RateLimitError};
 use crate::service::wire::{IdentifyResponse, ReviewResponse, VerifyResponse};
-use crate::service::{Call, ErrorKind, FaceService, ImageSource, ReviewRequest, ServiceError};
+use crate::service::{
+    AdmitError, Call, Cost, ErrorKind, FaceService, ImageSource, ReviewRequest, ServiceError,
+};
 
 /// Most bytes of an image read from the object store.
 const MAX_OBJECT_BYTES: u64 = 16 << 20;
@@ -68,6 +69,11 @@ pub(super) struct Worker {
     pub service: FaceService,
     pub js: jetstream::Context,
     pub results: stream::Stream,
+    pub dead_letters: stream::Stream,
+    /// The broker's largest message.
+    pub max_payload: usize,
+    /// This process's clock against the broker's.
+    pub clock: Arc<super::clock::Clock>,
     pub rate: Option<Arc<RateLimit>>,
     /// The object store, looked up once.
     pub bucket: tokio::sync::OnceCell<jetstream::object_store::ObjectStore>,
@@ -105,62 +111,49 @@ impl Worker {
         // included).
         let _progress = Progress::start(&msg, self.config.ack_wait);
         let (delivered, age, seq) = match msg.info() {
-            Ok(i) => {
-                let age = time::OffsetDateTime::now_utc() - i.published;
-                (
-                    i.delivered,
-                    age.try_into().unwrap_or(Duration::ZERO),
-                    i.stream_sequence,
-                )
-            }
+            // The job's age on the broker's clock: this process's clock
+            // corrected by the offset measured against the broker.
+            Ok(i) => (i.delivered, self.clock.age(i.published), i.stream_sequence),
             // Not a JetStream delivery: nothing to count; answer it once.
             Err(_) => (i64::MAX, Duration::ZERO, 0),
         };
-        // The id first (so a job whose body is wrong is dead-lettered
-        // under the id its producer waits on), then the job.
-        let value = serde_json::from_slice::<Value>(&msg.payload).ok();
-        let named = value
-            .as_ref()
-            .and_then(|v| v.get("id"))
-            .and_then(Value::as_str)
-            .filter(|id| valid_id(id))
-            .map(str::to_owned);
         let fallback = || match seq {
             0 => format!("noseq-{}", time::OffsetDateTime::now_utc().unix_timestamp_nanos()),
             n => format!("seq-{n}"),
         };
-        let job = match value.map(serde_json::from_value::<Job>) {
-            Some(Ok(j)) if valid_id(&j.id) => j,
-            Some(Ok(j)) => {
+        // Parsed straight into typed fields; a message that is not a job is
+        // dead-lettered under the id its producer waits on, if it has one.
+        let job = match serde_json::from_slice::<Job>(&msg.payload) {
+            Ok(j) if valid_id(&j.id) => j,
+            Ok(j) => {
                 let f = Fail::now(
                     "bad_id",
                     format!("a job id is 1 to 128 of A-Z a-z 0-9 _ -, not {:?}", j.id),
                 );
                 return self.dead(&msg, &fallback(), delivered, f).await;
             }
-            Some(Err(e)) => {
-                let id = named.unwrap_or_else(fallback);
-                return self
-                    .dead(
-                        &msg,
-                        &id,
-                        delivered,
-                        Fail::now("bad_job", format!("not a job: {e}")),
-                    )
-                    .await;
-            }
-            None => {
-                let f = Fail::now("bad_job", "not a job: not JSON");
-                return self.dead(&msg, &fallback(), delivered, f).await;
+            Err(e) => {
+                let id = serde_json::from_slice::<IdOnly>(&msg.payload)
+                    .ok()
+                    .and_then(|i| i.id)
+                    .filter(|id| valid_id(id))
+                    .unwrap_or_else(fallback);
+                let why = if e.is_syntax() || e.is_eof() {
+                    "not a job: not JSON".to_owned()
+                } else {
+                    format!("not a job: {e}")
+                };
+                return self.dead(&msg, &id, delivered, Fail::now("bad_job", why)).await;
             }
         };
         if delivered > 1 {
-            match self.has_result(&job.id).await {
-                // Computed and published before a crash or a lost ack.
+            // Answered before a crash or a lost ack, by a result or a dead
+            // letter: only ack (one outcome per job).
+            match self.answered(&job.id).await {
                 Ok(true) => return results::ack(&msg).await,
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(id = %job.id, error = %e, "nats: cannot look the result up; later");
+                    tracing::warn!(id = %job.id, error = %e, "nats: cannot look the answer up; later");
                     let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                     return;
                 }
@@ -210,10 +203,28 @@ impl Worker {
                     body,
                 };
                 let subject = format!("{}.{}", self.config.results_prefix, job.id);
-                let published = match serde_json::to_vec(&result) {
-                    Ok(payload) => results::publish(&self.js, &subject, &job.id, payload.into()).await,
-                    Err(_) => false,
+                let payload = match serde_json::to_vec(&result) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let f = Fail::new(ErrorKind::Internal, "internal", e.to_string());
+                        return self.dead(&msg, &job.id, delivered, f).await;
+                    }
                 };
+                // The broker would refuse it, every time: a dead letter of
+                // its own, not retries to max_deliver.
+                if payload.len() > self.max_payload {
+                    let f = Fail::new(
+                        ErrorKind::TooLarge,
+                        "result_too_large",
+                        format!(
+                            "the result is {} bytes, more than the broker's max payload of {}",
+                            payload.len(),
+                            self.max_payload
+                        ),
+                    );
+                    return self.dead(&msg, &job.id, delivered, f).await;
+                }
+                let published = results::publish(&self.js, &subject, &job.id, payload.into()).await;
                 if published {
                     results::ack(&msg).await;
                 } else {
@@ -235,14 +246,19 @@ impl Worker {
         }
     }
 
-    /// Whether the job's result is in the results stream.
-    async fn has_result(&self, id: &str) -> Result<bool, String> {
-        let subject = format!("{}.{}", self.config.results_prefix, id);
-        match self.results.get_last_raw_message_by_subject(&subject).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
-            Err(e) => Err(e.to_string()),
+    /// Whether the job has its answer already: a result in the results
+    /// stream, or a dead letter in the dead-letter stream.
+    async fn answered(&self, id: &str) -> Result<bool, String> {
+        let result = format!("{}.{}", self.config.results_prefix, id);
+        let dead = format!("{}.{}", self.config.dead_prefix, id);
+        for (stream, subject) in [(&self.results, result), (&self.dead_letters, dead)] {
+            match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(e.to_string()),
+            }
         }
+        Ok(false)
     }
 
     /// Publishes a dead letter for the message, then acks it (if the dead
@@ -262,16 +278,17 @@ impl Worker {
         }
     }
 
-    /// The job's work: its images read, then the service's operation (which
-    /// admits them as a whole, waiting in line, within the deadline).
+    /// The job's work: admitted by the service for its images (their
+    /// sizes as the job and the bucket say) before any is read, then the
+    /// images read (objects under a timeout and the deadline), then the
+    /// service's operation on that admission, within the deadline.
     async fn run(&self, job: &Job, deadline: Option<Instant>) -> Result<results::Answer, Fail> {
         let svc = &self.service;
         let refs = job.work.images();
         if refs.is_empty() {
             return Err(Fail::now("no_images", "the job has no images"));
         }
-        // Before reading any image: a job over the per-request cap could
-        // never be admitted.
+        // A job over the per-request cap could never be admitted.
         let cap = svc.admission().stats().cap.faces;
         if refs.len() > cap {
             return Err(Fail::new(
@@ -280,19 +297,32 @@ impl Worker {
                 format!("{} images, more than the {cap} one request may carry", refs.len()),
             ));
         }
-        let mut images = Vec::with_capacity(refs.len());
-        let mut total = 0usize;
+        let mut sources = Vec::with_capacity(refs.len());
+        let mut bytes = 0usize;
         for (i, r) in refs.iter().enumerate() {
-            let img = self.image(i + 1, r).await?;
-            total += img.len();
-            if total > MAX_JOB_BYTES {
+            let s = self.locate(i + 1, r, deadline).await?;
+            bytes = bytes.saturating_add(s.bytes());
+            if bytes > MAX_JOB_BYTES {
                 return Err(Fail::new(
                     ErrorKind::TooLarge,
                     "job_too_large",
                     format!("the job's images are over {MAX_JOB_BYTES} bytes together"),
                 ));
             }
-            images.push(ImageSource::Bytes(img));
+            sources.push(s);
+        }
+        let cost = Cost::new(refs.len(), bytes);
+        let wait = svc.admission().acquire(cost);
+        let permit = match deadline {
+            None => wait.await,
+            Some(d) => tokio::time::timeout_at(d.into(), wait)
+                .await
+                .map_err(|_| Fail::of(&AdmitError::Timeout.into()))?,
+        }
+        .map_err(|e| Fail::of(&e.into()))?;
+        let mut images = Vec::with_capacity(sources.len());
+        for (i, s) in sources.into_iter().enumerate() {
+            images.push(ImageSource::Bytes(self.read(i + 1, s, deadline).await?));
         }
         if let Some(rate) = &self.rate {
             take(rate, images.len()).await;
@@ -300,6 +330,7 @@ impl Worker {
         let call = Call {
             deadline,
             refuse_when_full: false,
+            permit: Some(permit),
         };
         let fail = |e: ServiceError| Fail::of(&e);
         let mut images = images.into_iter();
@@ -308,7 +339,7 @@ impl Worker {
                 .next()
                 .ok_or_else(|| Fail::now("no_images", "an image is missing"))
         };
-        let body = match &job.work {
+        Ok(match &job.work {
             Work::Verify { .. } => {
                 let (a, b) = (next()?, next()?);
                 let v = svc.verify_async(a, b, call).await.map_err(fail)?;
@@ -339,62 +370,173 @@ impl Worker {
                 let r = svc.review_async(req, call).await.map_err(fail)?;
                 results::Answer::Review(ReviewResponse::from(&r))
             }
-        };
-        Ok(body)
+        })
     }
 
-    /// An image's bytes: base64 inline, or an object from the bucket.
-    async fn image(&self, n: usize, r: &ImageRef) -> Result<Arc<[u8]>, Fail> {
-        match r {
+    /// The bucket, looked up once.
+    async fn store(&self) -> Result<&jetstream::object_store::ObjectStore, Fail> {
+        self.bucket
+            .get_or_try_init(|| self.js.get_object_store(&self.config.bucket))
+            .await
+            .map_err(|e| {
+                Fail::new(
+                    ErrorKind::Internal,
+                    "object_store",
+                    format!("the image bucket: {e}"),
+                )
+            })
+    }
+
+    /// An image's bytes if inline (decoded now: the job holds them
+    /// already), or its object, resolved and sized from its metadata (a
+    /// link followed once, to an object of the same bucket).
+    async fn locate(&self, n: usize, r: &ImageRef, deadline: Option<Instant>) -> Result<Located, Fail> {
+        let object = match r {
             ImageRef::Inline(s) => {
                 let bytes = crate::service::wire::decode_base64(&format!("image {n}"), s)
                     .map_err(|e| Fail::of(&e))?;
                 if bytes.is_empty() {
                     return Err(Fail::now("empty_image", format!("image {n}: empty")));
                 }
-                Ok(bytes)
+                return Ok(Located::Bytes(bytes));
             }
-            ImageRef::Object { object } => {
-                let transient = |what: &str, e: &dyn std::fmt::Display| {
-                    Fail::new(
-                        ErrorKind::Internal,
-                        "object_store",
-                        format!("image {n}: {what} {object:?}: {e}"),
-                    )
-                };
-                let store = self
-                    .bucket
-                    .get_or_try_init(|| self.js.get_object_store(&self.config.bucket))
-                    .await
-                    .map_err(|e| transient("bucket of", &e))?;
-                let obj = store.get(object).await.map_err(|e| transient("cannot get", &e))?;
-                let too_large = || {
-                    Fail::new(
-                        ErrorKind::TooLarge,
-                        "image_too_large",
-                        format!("image {n}: object {object:?} is over {MAX_OBJECT_BYTES} bytes"),
-                    )
-                };
-                if obj.info.size as u64 > MAX_OBJECT_BYTES {
-                    return Err(too_large());
-                }
-                let mut bytes = Vec::with_capacity(obj.info.size.min(MAX_OBJECT_BYTES as usize));
-                obj.take(MAX_OBJECT_BYTES + 1)
-                    .read_to_end(&mut bytes)
-                    .await
-                    .map_err(|e| transient("cannot read", &e))?;
-                if bytes.len() as u64 > MAX_OBJECT_BYTES {
-                    return Err(too_large());
-                }
-                if bytes.is_empty() {
-                    return Err(Fail::now(
-                        "empty_image",
-                        format!("image {n}: object {object:?} is empty"),
-                    ));
-                }
-                Ok(bytes.into())
+            ImageRef::Object { object } => object,
+        };
+        let store = self.store().await?;
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            Fail::new(
+                ErrorKind::Internal,
+                "object_store",
+                format!("image {n}: {what} {object:?}: {e}"),
+            )
+        };
+        let mut info = bounded(deadline, store.info(object))
+            .await?
+            .map_err(|e| failed("no object", &e))?;
+        let mut name = object.clone();
+        if let Some(link) = info.options.as_ref().and_then(|o| o.link.clone()) {
+            let (Some(target), true) = (link.name, link.bucket == self.config.bucket) else {
+                return Err(Fail::now(
+                    "object_link",
+                    format!("image {n}: object {object:?} links to a bucket or another bucket"),
+                ));
+            };
+            info = bounded(deadline, store.info(&target))
+                .await?
+                .map_err(|e| failed("the link's target of", &e))?;
+            if info.options.as_ref().is_some_and(|o| o.link.is_some()) {
+                return Err(Fail::now(
+                    "object_link",
+                    format!("image {n}: object {object:?} links to a link"),
+                ));
             }
+            name = target;
         }
+        if info.deleted {
+            return Err(failed("deleted", &"the object was deleted"));
+        }
+        if info.size as u64 > MAX_OBJECT_BYTES {
+            return Err(Fail::new(
+                ErrorKind::TooLarge,
+                "image_too_large",
+                format!("image {n}: object {object:?} is over {MAX_OBJECT_BYTES} bytes"),
+            ));
+        }
+        if info.size == 0 {
+            return Err(Fail::now(
+                "empty_image",
+                format!("image {n}: object {object:?} is empty"),
+            ));
+        }
+        Ok(Located::Object {
+            name,
+            size: info.size,
+        })
+    }
+
+    /// A located image's bytes: an object read within its size (what
+    /// arrives must be what its metadata says), within
+    /// [`OBJECT_READ_TIMEOUT`] and the job's deadline.
+    async fn read(&self, n: usize, l: Located, deadline: Option<Instant>) -> Result<Arc<[u8]>, Fail> {
+        let (name, size) = match l {
+            Located::Bytes(b) => return Ok(b),
+            Located::Object { name, size } => (name, size),
+        };
+        let store = self.store().await?;
+        let read = async {
+            let obj = store.get(&name).await.map_err(|e| e.to_string())?;
+            let mut bytes = Vec::with_capacity(size);
+            obj.take(size as u64 + 1)
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(bytes)
+        };
+        let bytes = bounded(deadline, read).await?.map_err(|e| {
+            Fail::new(
+                ErrorKind::Internal,
+                "object_store",
+                format!("image {n}: cannot read {name:?}: {e}"),
+            )
+        })?;
+        if bytes.len() != size {
+            return Err(Fail::new(
+                ErrorKind::Internal,
+                "object_store",
+                format!(
+                    "image {n}: object {name:?} read {} bytes, its metadata says {size}",
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes.into())
+    }
+}
+
+/// Where an image of a job is.
+enum Located {
+    /// Inline: its bytes.
+    Bytes(Arc<[u8]>),
+    /// An object of the bucket (a link resolved): its name and size.
+    Object { name: String, size: usize },
+}
+
+impl Located {
+    fn bytes(&self) -> usize {
+        match self {
+            Located::Bytes(b) => b.len(),
+            Located::Object { size, .. } => *size,
+        }
+    }
+}
+
+/// How long one object-store request (a lookup, or a read) may take.
+const OBJECT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `f` within [`OBJECT_READ_TIMEOUT`] and the job's deadline: past the
+/// deadline the job is late (dead-lettered), past the timeout the object
+/// store failed (retried).
+async fn bounded<T>(deadline: Option<Instant>, f: impl std::future::Future<Output = T>) -> Result<T, Fail> {
+    let by_timeout = Instant::now() + OBJECT_READ_TIMEOUT;
+    let (until, late) = match deadline {
+        Some(d) if d < by_timeout => (d, true),
+        _ => (by_timeout, false),
+    };
+    match tokio::time::timeout_at(until.into(), f).await {
+        Ok(v) => Ok(v),
+        Err(_) if late => Err(Fail::new(
+            ErrorKind::Deadline,
+            "deadline_exceeded",
+            "the job's deadline passed while its images were read",
+        )),
+        Err(_) => Err(Fail::new(
+            ErrorKind::Internal,
+            "object_timeout",
+            format!(
+                "the object store did not answer within {} s",
+                OBJECT_READ_TIMEOUT.as_secs()
+            ),
+        )),
     }
 }
 

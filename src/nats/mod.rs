@@ -27,6 +27,7 @@
 //! - Stopping: no more pulls, what is in flight finishes and is acked
 //!   (bounded by the drain time), then [`Consumer::run`] returns.
 
+mod clock;
 mod consumer;
 mod delivery;
 mod job;
@@ -80,6 +81,15 @@ pub struct NatsConfig {
     pub dead_stream: String,
     /// Dead letters go to `<dead_prefix>.<job id>`.
     pub dead_prefix: String,
+    /// Dead letters are kept this long at most.
+    pub dead_max_age: Duration,
+    /// Bytes of dead letters kept at most (the oldest go first).
+    pub dead_max_bytes: i64,
+    /// The stream of the clock probe (this process's clock against the
+    /// broker's, for deadlines).
+    pub clock_stream: String,
+    /// The clock probe's subject.
+    pub clock_subject: String,
     /// The durable consumer's name (shared by every process).
     pub consumer: String,
     /// The object store bucket of `{"object": KEY}` images.
@@ -112,7 +122,8 @@ impl NatsConfig {
     /// `FACEPOOL_RESULTS`, `FACEPOOL_DEAD` on `facepool.jobs`,
     /// `facepool.results.*`, `facepool.dead.*`; consumer `facepool`;
     /// `ack_wait` 30 s; `max_deliver` 3; a million jobs or 1 GiB of
-    /// backlog; 10 minutes of duplicate detection.
+    /// backlog; 10 minutes of duplicate detection; dead letters kept a week
+    /// and 256 MiB at most; the clock probe on `FACEPOOL_CLOCK`.
     pub fn new(url: impl Into<String>) -> Self {
         let mut c = Self {
             url: url.into(),
@@ -122,6 +133,10 @@ impl NatsConfig {
             results_prefix: String::new(),
             dead_stream: String::new(),
             dead_prefix: String::new(),
+            dead_max_age: Duration::from_secs(7 * 24 * 3600),
+            dead_max_bytes: 256 << 20,
+            clock_stream: String::new(),
+            clock_subject: String::new(),
             consumer: String::new(),
             bucket: String::new(),
             ack_wait: Duration::from_secs(30),
@@ -169,6 +184,8 @@ impl NatsConfig {
         self.results_prefix = format!("{p}.results");
         self.dead_stream = format!("{upper}_DEAD");
         self.dead_prefix = format!("{p}.dead");
+        self.clock_stream = format!("{upper}_CLOCK");
+        self.clock_subject = format!("{p}.clock");
         self.consumer = p.to_owned();
         self.bucket = format!("{p}-images");
     }

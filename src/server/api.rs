@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
-use super::extract::{images, no_more, one_image, text, Form, FromForm, Image};
+use super::extract::{images, no_more, one_image, text, Form, FromForm, Image, Images};
 
 /// `POST /v1/verify`: are the faces of two images the same person?
 #[derive(Debug, Deserialize, ToSchema)]
@@ -38,7 +38,7 @@ pub struct VerifyBatchRequest {
     pub source: Image,
     /// The target images, base64.
     #[schema(value_type = Vec<String>)]
-    pub targets: Vec<Image>,
+    pub targets: Images,
 }
 
 impl FromForm for VerifyBatchRequest {
@@ -101,7 +101,7 @@ impl FromForm for EmbedRequest {
 pub struct EnrollRequest {
     /// Face images of the person, base64 (the largest face of each).
     #[schema(value_type = Vec<String>)]
-    pub images: Vec<Image>,
+    pub images: Images,
     /// Text stored with the person (for example JSON), when new or replaced.
     #[serde(default)]
     pub meta: Option<String>,
@@ -126,7 +126,7 @@ pub struct ReviewRequestBody {
     pub video: String,
     /// The frames, base64, in order.
     #[schema(value_type = Vec<String>)]
-    pub frames: Vec<Image>,
+    pub frames: Images,
     /// The face every frame should show, base64.
     #[serde(default)]
     #[schema(value_type = Option<String>)]

@@ -200,6 +200,14 @@ pub struct NotFound(#[allow(dead_code)] ErrorBody);
 #[response(status = 409, description = "A profile is already being taken")]
 pub struct Busy(#[allow(dead_code)] ErrorBody);
 
+/// 409 of an enroll.
+#[derive(IntoResponses)]
+#[response(
+    status = 409,
+    description = "The idempotency key was used for another request"
+)]
+pub struct KeyReused(#[allow(dead_code)] ErrorBody);
+
 /// 500.
 #[derive(IntoResponses)]
 #[response(status = 500, description = "Model, index or gallery failure")]

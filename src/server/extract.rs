@@ -34,40 +34,195 @@ pub trait FromForm: Sized {
     fn from_form(form: Form) -> Result<Self, ApiError>;
 }
 
-/// The body as JSON or as a multipart form.
+/// Request body bytes held at once, across requests: taken before a body
+/// is read (from its `Content-Length`, or chunk by chunk as it arrives),
+/// given back when its request is answered.
+#[derive(Debug, Clone)]
+pub(super) struct BodyBudget(Arc<tokio::sync::Semaphore>);
+
+/// A request's share of the [`BodyBudget`].
+#[derive(Debug, Default)]
+pub struct BodyHold(Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// Each body byte is counted twice: the body, then the images it holds.
+const BYTES_PER_BODY_BYTE: usize = 2;
+
+impl BodyBudget {
+    pub(super) fn new(bytes: usize) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(
+            bytes.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        )))
+    }
+
+    /// Bytes held now.
+    pub(super) fn held(&self, total: usize) -> usize {
+        total.saturating_sub(self.0.available_permits())
+    }
+
+    /// Adds `bytes` of body to `hold`, or refuses (429) when the budget is
+    /// spent.
+    fn take(&self, hold: &mut BodyHold, bytes: usize) -> Result<(), ApiError> {
+        let n = u32::try_from(bytes.saturating_mul(BYTES_PER_BODY_BYTE)).unwrap_or(u32::MAX);
+        match self.0.clone().try_acquire_many_owned(n) {
+            Ok(p) => {
+                match &mut hold.0 {
+                    Some(held) => held.merge(p),
+                    None => hold.0 = Some(p),
+                }
+                Ok(())
+            }
+            Err(_) => Err(ApiError {
+                retry_after: Some(Duration::from_secs(1)),
+                ..ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "overloaded",
+                    "too many request bodies are being received; nothing was read, try again later",
+                )
+            }),
+        }
+    }
+}
+
+/// The body as JSON or as a multipart form, with its share of the bytes
+/// in flight (held until the request is answered).
 #[derive(Debug)]
-pub struct JsonOrForm<T>(pub T);
+pub struct JsonOrForm<T>(pub T, pub BodyHold);
+
+thread_local! {
+    /// Most items of a counted array ([`Images`]) while a body is parsed.
+    static MAX_ITEMS: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// What an over-long array's parse error starts with.
+const TOO_MANY: &str = "too many images";
+
+/// The request's `Content-Length`, if it gives one.
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
 
 impl<T: DeserializeOwned + FromForm + Send> FromRequest<App> for JsonOrForm<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, app: &App) -> Result<Self, ApiError> {
-        let limit = app.config().max_body;
+        let (limit, h) = (app.config().max_body, &app.config().hygiene);
+        let declared = content_length(req.headers());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ApiError::too_large(limit));
+        }
+        let budget = app.body_budget();
+        let mut hold = BodyHold::default();
         let multipart = req
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
-        if multipart {
-            return T::from_form(read_form(req, limit).await?).map(JsonOrForm);
+        // A body of a declared size is counted before a byte of it is read;
+        // a form without one is counted at the limit.
+        match (declared, multipart) {
+            (Some(n), _) => budget.take(&mut hold, n)?,
+            (None, true) => budget.take(&mut hold, limit)?,
+            (None, false) => {}
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
-            // The length limit is 413; a broken or aborted upload is 400.
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-            let mut over = false;
-            while let Some(c) = cause {
-                over |= c.is::<http_body_util::LengthLimitError>();
-                cause = c.source();
-            }
-            if over {
-                ApiError::too_large(limit)
+        let late = || {
+            ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    h.body_timeout.as_secs_f64()
+                ),
+            )
+        };
+        if multipart {
+            let form = tokio::time::timeout(h.body_timeout, read_form(req, limit))
+                .await
+                .map_err(|_| late())??;
+            return T::from_form(form).map(|t| JsonOrForm(t, hold));
+        }
+        let read = read_body(req, limit, declared, |n| match declared {
+            Some(_) => Ok(()),
+            None => budget.take(&mut hold, n),
+        });
+        let bytes = tokio::time::timeout(h.body_timeout, read)
+            .await
+            .map_err(|_| late())??;
+        let max = app.config().max_images;
+        MAX_ITEMS.set(max);
+        let parsed = serde_json::from_slice(&bytes);
+        MAX_ITEMS.set(usize::MAX);
+        drop(bytes);
+        parsed.map(|t| JsonOrForm(t, hold)).map_err(|e| {
+            let m = e.to_string();
+            if m.starts_with(TOO_MANY) {
+                ApiError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_many_images",
+                    format!("more than {max} images in one request"),
+                )
             } else {
-                ApiError::bad_request("bad_body", format!("cannot read the body: {e}"))
+                ApiError::bad_request("bad_json", m)
             }
-        })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonOrForm)
-            .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))
+        })
+    }
+}
+
+/// Reads a body of at most `limit` bytes, telling `more` of each chunk as
+/// it arrives.
+async fn read_body(
+    req: Request,
+    limit: usize,
+    declared: Option<usize>,
+    mut more: impl FnMut(usize) -> Result<(), ApiError>,
+) -> Result<Vec<u8>, ApiError> {
+    use http_body_util::BodyExt;
+    let mut body = req.into_body();
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request("bad_body", format!("cannot read the body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if buf.len() + data.len() > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        more(data.len())?;
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf)
+}
+
+/// A JSON array of images counted while it is parsed: one longer than the
+/// request's limit is refused (413) before the rest of it is built.
+#[derive(Debug, Default)]
+pub struct Images(pub Vec<Image>);
+
+impl<'de> Deserialize<'de> for Images {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Counted;
+        impl<'de> serde::de::Visitor<'de> for Counted {
+            type Value = Images;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of base64 images")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Images, A::Error> {
+                let max = MAX_ITEMS.get();
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(x) = seq.next_element::<Image>()? {
+                    if v.len() >= max {
+                        return Err(serde::de::Error::custom(TOO_MANY));
+                    }
+                    v.push(x);
+                }
+                Ok(Images(v))
+            }
+        }
+        d.deserialize_seq(Counted)
     }
 }
 
@@ -134,8 +289,9 @@ impl Image {
     }
 
     /// Each of `images` to hand to the service, named `field[i]`.
-    pub fn sources(images: Vec<Image>, field: &str) -> Result<Vec<ImageSource>, ApiError> {
+    pub fn sources(images: Images, field: &str) -> Result<Vec<ImageSource>, ApiError> {
         images
+            .0
             .into_iter()
             .enumerate()
             .map(|(i, im)| im.source(&format!("{field}[{i}]")))
@@ -164,12 +320,14 @@ pub fn one_image(form: &mut Form, name: &str) -> Result<Image, ApiError> {
 }
 
 /// Every image of form field `name` (none if absent).
-pub fn images(form: &mut Form, name: &str) -> Vec<Image> {
-    form.remove(name)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|b| Image::Bytes(b.into()))
-        .collect()
+pub fn images(form: &mut Form, name: &str) -> Images {
+    Images(
+        form.remove(name)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| Image::Bytes(b.into()))
+            .collect(),
+    )
 }
 
 /// The optional text of form field `name`.
@@ -230,6 +388,8 @@ pub struct WorkRequest<T> {
     pub call: Call,
     /// The body.
     pub body: T,
+    /// The body's share of the bytes in flight, until the answer.
+    pub held: BodyHold,
 }
 
 impl<T: DeserializeOwned + FromForm + Send> FromRequest<App> for WorkRequest<T> {
@@ -239,10 +399,11 @@ impl<T: DeserializeOwned + FromForm + Send> FromRequest<App> for WorkRequest<T> 
         let c = app.config();
         let arrived = std::time::Instant::now();
         let t = timeout(req.headers(), c.default_timeout, c.max_timeout);
-        let JsonOrForm(body) = JsonOrForm::<T>::from_request(req, app).await?;
+        let JsonOrForm(body, held) = JsonOrForm::<T>::from_request(req, app).await?;
         Ok(WorkRequest {
             call: Call::refuse_when_full().until(arrived + t?),
             body,
+            held,
         })
     }
 }

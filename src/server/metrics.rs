@@ -56,7 +56,11 @@ impl std::fmt::Debug for HttpMetrics {
 impl HttpMetrics {
     /// The metrics, with the runtime's gauges read from `service` once it
     /// is set.
-    pub fn new(service: Arc<OnceLock<FaceService>>) -> Self {
+    pub fn new(
+        service: Arc<OnceLock<FaceService>>,
+        connections: Arc<OnceLock<Arc<super::conn::Registry>>>,
+        bodies: (super::extract::BodyBudget, usize),
+    ) -> Self {
         let mut registry = Registry::with_prefix("facepool");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -78,7 +82,11 @@ impl HttpMetrics {
             "Time per pipeline stage of the answered requests (admission, queue, prepare, batch_wait, inference, search, total)",
             stages.clone(),
         );
-        registry.register_collector(Box::new(Runtime { service }));
+        registry.register_collector(Box::new(Runtime {
+            service,
+            connections,
+            bodies,
+        }));
         Self {
             registry,
             requests,
@@ -129,9 +137,16 @@ impl HttpMetrics {
 }
 
 /// The pool's and batcher's gauges and counters, read at each scrape.
-#[derive(Debug)]
 struct Runtime {
     service: Arc<OnceLock<FaceService>>,
+    connections: Arc<OnceLock<Arc<super::conn::Registry>>>,
+    bodies: (super::extract::BodyBudget, usize),
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
 }
 
 fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
@@ -150,6 +165,34 @@ fn int(v: usize) -> i64 {
 
 impl Collector for Runtime {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (budget, total) = &self.bodies;
+        gauge(
+            &mut e,
+            "http_body_bytes_held",
+            "Request body bytes counted against the budget (twice each body byte)",
+            int(budget.held(*total)),
+        )?;
+        if let Some(c) = self.connections.get() {
+            gauge(
+                &mut e,
+                "http_connections",
+                "Connections open to the API",
+                int(c.open()),
+            )?;
+            let (evicted, refused) = c.counts();
+            counter(
+                &mut e,
+                "http_connections_evicted",
+                "Idle connections closed to make room at the connection cap",
+                evicted,
+            )?;
+            counter(
+                &mut e,
+                "http_connections_refused",
+                "Connections closed at once: every connection busy, the probe room full",
+                refused,
+            )?;
+        }
         let Some(svc) = self.service.get() else {
             return Ok(());
         };

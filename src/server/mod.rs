@@ -31,6 +31,7 @@
 
 mod api;
 mod auth;
+mod conn;
 mod error;
 mod extract;
 mod handlers;
@@ -50,11 +51,12 @@ use axum::routing::{get, post, put};
 use axum::Router;
 
 pub use self::api::*;
+pub use self::conn::Hygiene;
 pub use self::error::{status_of, ApiError, ErrorBody, ErrorDetail};
 pub use self::extract::{Image, JsonOrForm};
 use self::handlers::{people, system, work};
 use self::metrics::HttpMetrics;
-pub use self::serve::{serve, Drained};
+pub use self::serve::{serve, Drained, Stop};
 pub use crate::service::wire::*;
 use crate::service::{FaceService, Timings};
 
@@ -76,11 +78,15 @@ pub struct ServerConfig {
     pub default_timeout: Duration,
     /// The longest timeout a request may ask for.
     pub max_timeout: Duration,
+    /// The bounds on connections, headers and bodies ([`serve`] applies
+    /// the connection and header ones; the body ones hold however the
+    /// router is served).
+    pub hygiene: Hygiene,
 }
 
 impl Default for ServerConfig {
     /// No tokens, 8 MiB bodies, 64 images a request, 30 s timeouts (at most
-    /// 120 s).
+    /// 120 s), [`Hygiene::default`].
     fn default() -> Self {
         Self {
             tokens: Vec::new(),
@@ -89,6 +95,7 @@ impl Default for ServerConfig {
             max_images: 64,
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(120),
+            hygiene: Hygiene::default(),
         }
     }
 }
@@ -105,6 +112,9 @@ struct Inner {
     service: Arc<OnceLock<FaceService>>,
     stopping: AtomicBool,
     metrics: HttpMetrics,
+    bodies: extract::BodyBudget,
+    /// The connections [`serve`] has open (for the gauges).
+    connections: Arc<OnceLock<Arc<conn::Registry>>>,
     /// One CPU profile at a time (the profiler is process-wide).
     profiling: tokio::sync::Mutex<()>,
 }
@@ -126,9 +136,17 @@ impl App {
     /// say 503 until [`ready`](Self::ready) hands it the service.
     pub fn new(config: ServerConfig) -> Self {
         let service = Arc::new(OnceLock::new());
+        let connections = Arc::new(OnceLock::new());
+        let bodies = extract::BodyBudget::new(config.hygiene.max_inflight_bytes);
         Self {
             inner: Arc::new(Inner {
-                metrics: HttpMetrics::new(service.clone()),
+                metrics: HttpMetrics::new(
+                    service.clone(),
+                    connections.clone(),
+                    (bodies.clone(), config.hygiene.max_inflight_bytes),
+                ),
+                bodies,
+                connections,
                 config,
                 service,
                 stopping: AtomicBool::new(false),
@@ -211,6 +229,33 @@ impl App {
             .layer(middleware::from_fn_with_state(self.clone(), count_requests))
             .layer(DefaultBodyLimit::max(self.inner.config.max_body))
             .with_state(self.clone())
+    }
+
+    /// The router a connection gets when every other connection is busy:
+    /// the probes and `/metrics`; anything else 503.
+    pub fn probe_router(&self) -> Router {
+        let metrics = Router::new()
+            .route("/metrics", get(system::metrics_text))
+            .route_layer(middleware::from_fn_with_state(
+                self.clone(),
+                auth::require_metrics_token,
+            ));
+        Router::new()
+            .route("/livez", get(system::livez))
+            .route("/readyz", get(system::readyz))
+            .merge(metrics)
+            .fallback(system::too_many_connections)
+            .layer(middleware::from_fn_with_state(self.clone(), count_requests))
+            .with_state(self.clone())
+    }
+
+    /// Lets the gauges see the connections [`serve`] keeps.
+    fn watch_connections(&self, r: Arc<conn::Registry>) {
+        let _ = self.inner.connections.set(r);
+    }
+
+    fn body_budget(&self) -> &extract::BodyBudget {
+        &self.inner.bodies
     }
 
     /// The service, or why the API cannot answer now.

@@ -53,14 +53,16 @@ impl Cost {
         Self { faces, bytes }
     }
 
-    fn add(self, o: Cost) -> Cost {
+    /// The sum of two costs.
+    pub fn saturating_add(self, o: Cost) -> Cost {
         Cost {
             faces: self.faces.saturating_add(o.faces),
             bytes: self.bytes.saturating_add(o.bytes),
         }
     }
 
-    fn sub(self, o: Cost) -> Cost {
+    /// What `self` asks beyond `o` (zero where `o` covers it).
+    pub fn saturating_sub(self, o: Cost) -> Cost {
         Cost {
             faces: self.faces.saturating_sub(o.faces),
             bytes: self.bytes.saturating_sub(o.bytes),
@@ -180,7 +182,7 @@ impl State {
     /// Whether `cost` may be granted now, ignoring the line.
     fn fits(&self, cost: Cost) -> bool {
         // One request alone may always run if within the cap.
-        self.in_use.is_zero() || self.in_use.add(cost).within(self.limit)
+        self.in_use.is_zero() || self.in_use.saturating_add(cost).within(self.limit)
     }
 
     /// Grants the head of the line while it fits; returns the wakers.
@@ -190,7 +192,7 @@ impl State {
                 break;
             }
             let Some(w) = self.line.pop_front() else { break };
-            self.in_use = self.in_use.add(w.cost);
+            self.in_use = self.in_use.saturating_add(w.cost);
             self.stats.granted += 1;
             self.stats.granted_after_wait += 1;
             wake.extend(w.slot.settle(SlotState::Granted));
@@ -220,7 +222,7 @@ impl Shared {
         let mut wake = Vec::new();
         {
             let mut s = lock(&self.state);
-            s.in_use = s.in_use.sub(cost);
+            s.in_use = s.in_use.saturating_sub(cost);
             s.grant_line(&mut wake);
         }
         wake.into_iter().for_each(Waker::wake);
@@ -273,11 +275,19 @@ impl Permit {
     /// given back when that one is dropped.
     pub fn split(&mut self, part: Cost) -> Permit {
         let part = part.min(self.cost);
-        self.cost = self.cost.sub(part);
+        self.cost = self.cost.saturating_sub(part);
         Permit {
             shared: self.shared.clone(),
             cost: part,
         }
+    }
+
+    /// Adds `other` (from the same admission) to this permit.
+    pub fn merge(&mut self, mut other: Permit) {
+        if self.shared.is_none() {
+            self.shared = other.shared.clone();
+        }
+        self.cost = self.cost.saturating_add(std::mem::take(&mut other.cost));
     }
 
     /// Gives the bytes back now (the images are decoded), keeping the faces.
@@ -344,7 +354,7 @@ impl Admission {
             });
         }
         if s.line.is_empty() && s.fits(cost) {
-            s.in_use = s.in_use.add(cost);
+            s.in_use = s.in_use.saturating_add(cost);
             s.stats.granted += 1;
             return Ok(true);
         }

@@ -26,6 +26,7 @@ mod deadline;
 pub mod dedup;
 mod error;
 mod ops;
+mod people;
 mod pipeline;
 mod results;
 #[cfg(feature = "serde")]
@@ -47,7 +48,8 @@ pub use self::budget::{Pins, Split};
 pub use self::config::{Batching, FaceConfig};
 pub use self::dedup::{ImageKey, Recent};
 pub use self::error::{ErrorKind, ServiceError, StartError};
-pub use self::ops::{block_on, check_id, MAX_ID_BYTES, MAX_K, MAX_PAGE};
+pub use self::ops::{block_on, MAX_K};
+pub use self::people::{check_id, check_meta, KEYS_KEPT, MAX_ID_BYTES, MAX_META_BYTES, MAX_PAGE};
 pub use self::pipeline::{Embedded, FaceResult, ImageSource, PendingFace, PendingImage, Queued, Timings};
 pub use self::results::{
     BatchVerdict, Call, FrameVerdict, Identification, PeoplePage, Person, Review, ReviewMode, ReviewRequest,
@@ -67,6 +69,12 @@ pub struct FaceService {
     dim: usize,
     index: Index,
     gallery: Option<Arc<GalleryFile>>,
+    /// Index reads (searches, lookups, listings), off the callers' threads.
+    reads: Pool<()>,
+    /// Gallery changes, one at a time.
+    changes: Pool<()>,
+    /// Keyed enrolls answered (idempotency).
+    keys: Arc<std::sync::Mutex<Recent<String, people::Keyed>>>,
     metrics: Metrics,
     admission: Admission,
 }
@@ -139,6 +147,21 @@ impl FaceService {
             }
         };
         let pool = pool.build()?;
+        // Index reads on as many threads as cores (a large scan splits
+        // itself over rayon's threads besides), changes on one; both with
+        // bounded queues that refuse at once.
+        let reads = Pool::builder()
+            .capacity(budget::cores())
+            .queue_capacity(256)
+            .nonblocking(true)
+            .thread_name("face-index")
+            .build()?;
+        let changes = Pool::builder()
+            .capacity(1)
+            .queue_capacity(256)
+            .nonblocking(true)
+            .thread_name("face-gallery")
+            .build()?;
         let bytes = config.max_bytes.max(1);
         let limit = Cost::new(queue, bytes);
         Ok(Self {
@@ -149,6 +172,9 @@ impl FaceService {
             dim,
             index: Index::new(dim).map_err(|e| FaceError::Model(e.to_string()))?,
             gallery: None,
+            reads,
+            changes,
+            keys: Arc::new(std::sync::Mutex::new(Recent::new(people::KEYS_KEPT))),
             metrics,
             admission: Admission::new(limit, limit),
         })
@@ -207,19 +233,16 @@ impl FaceService {
 
     /// Opens the gallery file at `path`: its index is loaded if the file
     /// exists (else the gallery starts empty), and from now on every enroll
-    /// and remove is saved to it before it answers. Returns the people
-    /// loaded.
+    /// and remove is saved to it before it is live and answered. Returns
+    /// the people loaded.
     pub fn open_gallery(&mut self, path: &Path) -> Result<usize, ServiceError> {
-        if path.exists() {
-            let index = Index::load(path)?;
-            self.set_index(index)?;
-        } else {
-            self.set_index(Index::new(self.dim)?)?;
-        }
-        self.gallery = Some(Arc::new(GalleryFile::start(
-            self.index.clone(),
-            path.to_path_buf(),
-        )));
+        let file = GalleryFile::new(path.to_path_buf());
+        let index = match file.load()? {
+            Some(i) => i,
+            None => Index::new(self.dim)?,
+        };
+        self.set_index(index)?;
+        self.gallery = Some(Arc::new(file));
         Ok(self.index.len())
     }
 
@@ -248,7 +271,9 @@ impl FaceService {
     /// Saves the gallery file now (at shutdown), if one is open.
     pub fn save_gallery(&self) -> Result<(), ServiceError> {
         match &self.gallery {
-            Some(g) => g.save_now().map_err(ServiceError::Gallery),
+            Some(g) => g
+                .save(&self.index)
+                .map_err(|e| ServiceError::Gallery(e.to_string())),
             None => Ok(()),
         }
     }
@@ -259,5 +284,7 @@ impl FaceService {
         self.admission.close();
         self.pool.shutdown(timeout);
         self.batcher.shutdown(timeout);
+        self.reads.shutdown(timeout);
+        self.changes.shutdown(timeout);
     }
 }

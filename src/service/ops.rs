@@ -16,8 +16,8 @@ use super::admission::{AdmitError, Permit};
 use super::deadline::{within, Late};
 use super::pipeline::{FaceResult, ImageSource, Timings};
 use super::results::{
-    person_of, BatchVerdict, Call, FrameVerdict, Identification, PeoplePage, Person, Review, ReviewMode,
-    ReviewRequest, TargetVerdict, Verdict,
+    BatchVerdict, Call, FrameVerdict, Identification, Review, ReviewMode, ReviewRequest, TargetVerdict,
+    Verdict,
 };
 use super::{ErrorKind, FaceService, ServiceError};
 use crate::face::FaceError;
@@ -25,10 +25,6 @@ use crate::metrics::Stage;
 
 /// Closest people an identify may ask for.
 pub const MAX_K: usize = 1000;
-/// People a listing page may hold.
-pub const MAX_PAGE: usize = 1000;
-/// Longest person id, bytes.
-pub const MAX_ID_BYTES: usize = 256;
 
 /// Runs a future to its end on this thread (the blocking forms).
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -36,19 +32,6 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 type Embedded = Vec<Result<(FaceResult, Timings), ServiceError>>;
-
-/// A person's id: 1 to [`MAX_ID_BYTES`] bytes of text without control
-/// characters.
-pub fn check_id(id: &str) -> Result<&str, ServiceError> {
-    if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
-        return Err(ServiceError::request(
-            ErrorKind::Malformed,
-            "bad_id",
-            format!("a person's id is 1 to {MAX_ID_BYTES} bytes of text without control characters"),
-        ));
-    }
-    Ok(id)
-}
 
 fn check_k(k: usize) -> Result<usize, ServiceError> {
     if k == 0 || k > MAX_K {
@@ -61,8 +44,28 @@ fn check_k(k: usize) -> Result<usize, ServiceError> {
     Ok(k)
 }
 
-fn unknown(id: &str) -> ServiceError {
-    ServiceError::request(ErrorKind::NotFound, "unknown_person", format!("no person {id:?}"))
+/// The `k` closest people of a face in `index`, and the best if it
+/// reaches `threshold`; the search is added to `timings`.
+fn identify_in(
+    index: &crate::index::Index,
+    threshold: f32,
+    face: &FaceResult,
+    k: usize,
+    timings: Timings,
+) -> Result<Identification, ServiceError> {
+    let started = Instant::now();
+    let matches = index.search(&face.embedding.0, k)?;
+    let best = matches.first().filter(|m| m.similarity >= threshold).cloned();
+    Ok(Identification {
+        best,
+        matches,
+        threshold,
+        path: face.path,
+        timings: Timings {
+            search: started.elapsed(),
+            ..timings
+        },
+    })
 }
 
 fn missing() -> ServiceError {
@@ -70,25 +73,34 @@ fn missing() -> ServiceError {
 }
 
 impl FaceService {
-    /// Admits `cost` as the call says: at once or in line until its deadline.
-    async fn admit(&self, cost: super::Cost, call: &Call) -> Result<Permit, ServiceError> {
-        if call.refuse_when_full {
-            return Ok(self.admission.try_acquire(cost)?);
+    /// Admits `cost` as the call says: with what it already holds, then at
+    /// once or in line until its deadline for the rest.
+    async fn admit(&self, cost: super::Cost, call: &mut Call) -> Result<Permit, ServiceError> {
+        let mut held = call.permit.take().unwrap_or_else(Permit::none);
+        let more = cost.saturating_sub(held.cost());
+        if more == super::Cost::default() {
+            return Ok(held);
         }
-        match within(call.deadline, self.admission.acquire(cost)).await {
-            Ok(r) => Ok(r?),
-            Err(Late) => Err(AdmitError::Timeout.into()),
-        }
+        let rest = if call.refuse_when_full {
+            self.admission.try_acquire(more)?
+        } else {
+            match within(call.deadline, self.admission.acquire(more)).await {
+                Ok(r) => r?,
+                Err(Late) => return Err(AdmitError::Timeout.into()),
+            }
+        };
+        held.merge(rest);
+        Ok(held)
     }
 
     /// Admits `images` as a whole, then embeds the largest face of each
     /// (one result per image, in order), all within the call's deadline.
     /// Each result's timings carry the admission wait; `t0` is the call's
     /// start.
-    async fn embed_call(
+    pub(crate) async fn embed_call(
         &self,
         images: Vec<ImageSource>,
-        call: &Call,
+        call: &mut Call,
         t0: Instant,
     ) -> Result<Embedded, ServiceError> {
         let permit = self.admit(ImageSource::cost_of(&images), call).await?;
@@ -140,10 +152,10 @@ impl FaceService {
         &self,
         a: ImageSource,
         b: ImageSource,
-        call: Call,
+        mut call: Call,
     ) -> Result<Verdict, ServiceError> {
         let t0 = Instant::now();
-        let mut rs = self.embed_call(vec![a, b], &call, t0).await?.into_iter();
+        let mut rs = self.embed_call(vec![a, b], &mut call, t0).await?.into_iter();
         let (fa, ta) = rs
             .next()
             .unwrap_or_else(|| Err(missing()))
@@ -169,13 +181,13 @@ impl FaceService {
         &self,
         source: ImageSource,
         targets: Vec<ImageSource>,
-        call: Call,
+        mut call: Call,
     ) -> Result<BatchVerdict, ServiceError> {
         let t0 = Instant::now();
         let mut images = Vec::with_capacity(targets.len() + 1);
         images.push(source);
         images.extend(targets);
-        let mut rs = self.embed_call(images, &call, t0).await?.into_iter();
+        let mut rs = self.embed_call(images, &mut call, t0).await?.into_iter();
         let (src, ts) = rs
             .next()
             .unwrap_or_else(|| Err(missing()))
@@ -221,11 +233,11 @@ impl FaceService {
     pub async fn embed_async(
         &self,
         src: ImageSource,
-        call: Call,
+        mut call: Call,
     ) -> Result<(FaceResult, Timings), ServiceError> {
         let t0 = Instant::now();
         let (face, mut t) = self
-            .embed_call(vec![src], &call, t0)
+            .embed_call(vec![src], &mut call, t0)
             .await?
             .into_iter()
             .next()
@@ -246,10 +258,10 @@ impl FaceService {
     pub async fn embed_all_async(
         &self,
         images: Vec<ImageSource>,
-        call: Call,
+        mut call: Call,
     ) -> Result<Embedded, ServiceError> {
         let t0 = Instant::now();
-        let mut results = self.embed_call(images, &call, t0).await?;
+        let mut results = self.embed_call(images, &mut call, t0).await?;
         let total = t0.elapsed();
         for (_, t) in results.iter_mut().flatten() {
             t.total = total;
@@ -272,21 +284,20 @@ impl FaceService {
         k: usize,
         timings: Timings,
     ) -> Result<Identification, ServiceError> {
-        let k = check_k(k)?;
-        let started = Instant::now();
-        let matches = self.index.search(&face.embedding.0, k)?;
-        let threshold = self.config.threshold;
-        let best = matches.first().filter(|m| m.similarity >= threshold).cloned();
-        Ok(Identification {
-            best,
-            matches,
-            threshold,
-            path: face.path,
-            timings: Timings {
-                search: started.elapsed(),
-                ..timings
-            },
-        })
+        identify_in(&self.index, self.config.threshold, face, check_k(k)?, timings)
+    }
+
+    /// [`identify_face`](Self::identify_face), searched on the index
+    /// workers (a large gallery's scan never holds an async thread).
+    async fn identify_face_async(
+        &self,
+        face: FaceResult,
+        k: usize,
+        timings: Timings,
+    ) -> Result<Identification, ServiceError> {
+        let (k, threshold) = (check_k(k)?, self.config.threshold);
+        self.read_index(move |index| identify_in(index, threshold, &face, k, timings))
+            .await?
     }
 
     /// Who is the largest face of the image? The `k` (1 to [`MAX_K`])
@@ -296,17 +307,17 @@ impl FaceService {
         &self,
         src: ImageSource,
         k: usize,
-        call: Call,
+        mut call: Call,
     ) -> Result<Identification, ServiceError> {
         let t0 = Instant::now();
         check_k(k)?;
         let (face, t) = self
-            .embed_call(vec![src], &call, t0)
+            .embed_call(vec![src], &mut call, t0)
             .await?
             .into_iter()
             .next()
             .unwrap_or_else(|| Err(missing()))?;
-        let mut id = self.identify_face(&face, k, t)?;
+        let mut id = self.identify_face_async(face, k, t).await?;
         self.record_call(&mut id.timings, t0);
         Ok(id)
     }
@@ -316,120 +327,12 @@ impl FaceService {
         block_on(self.identify_async(src, k, Call::wait()))
     }
 
-    /// Enrolls the largest face of each image under `id`, adding to the
-    /// faces it already has (`replace`: instead of them). All or nothing:
-    /// if any image fails, the gallery is left as it was and the error
-    /// names the image (by its position, from 0). `meta` is stored when
-    /// the person is new or replaced. The change is stored in the gallery
-    /// file, if the service has one, before the call returns.
-    pub async fn enroll_async(
-        &self,
-        id: &str,
-        images: Vec<ImageSource>,
-        meta: Option<&str>,
-        replace: bool,
-        call: Call,
-    ) -> Result<Person, ServiceError> {
-        let t0 = Instant::now();
-        let id = check_id(id)?;
-        if images.is_empty() {
-            return Err(crate::index::IndexError::NoVectors(id.to_owned()).into());
-        }
-        let mut vectors = Vec::with_capacity(images.len());
-        for (index, r) in self.embed_call(images, &call, t0).await?.into_iter().enumerate() {
-            vectors.push(r.map_err(|e| e.for_image(index))?.0.embedding.0);
-        }
-        let views: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
-        if replace {
-            self.index.upsert(id, &views, meta)?;
-        } else {
-            self.index.add(id, &views, meta)?;
-        }
-        self.store().await?;
-        self.person(id)
-    }
-
-    /// [`enroll_async`](Self::enroll_async), blocking.
-    pub fn enroll(
-        &self,
-        id: &str,
-        images: Vec<ImageSource>,
-        meta: Option<&str>,
-        replace: bool,
-    ) -> Result<Person, ServiceError> {
-        block_on(self.enroll_async(id, images, meta, replace, Call::wait()))
-    }
-
-    /// Removes `id` and its faces; returns how many faces went
-    /// (`NotFound` if it was not enrolled). Stored like an enroll.
-    pub async fn remove_async(&self, id: &str) -> Result<usize, ServiceError> {
-        let id = check_id(id)?;
-        let removed = self.index.remove(id);
-        if removed == 0 {
-            return Err(unknown(id));
-        }
-        self.store().await?;
-        Ok(removed)
-    }
-
-    /// [`remove_async`](Self::remove_async), blocking.
-    pub fn remove(&self, id: &str) -> Result<usize, ServiceError> {
-        block_on(self.remove_async(id))
-    }
-
-    /// Saves the gallery file after a change, if there is one.
-    async fn store(&self) -> Result<(), ServiceError> {
-        match &self.gallery {
-            Some(g) => g.save().await.map_err(ServiceError::Gallery),
-            None => Ok(()),
-        }
-    }
-
-    /// An enrolled person (`NotFound` if not).
-    pub fn person(&self, id: &str) -> Result<Person, ServiceError> {
-        let id = check_id(id)?;
-        let faces = self.index.count(id);
-        if faces == 0 {
-            return Err(unknown(id));
-        }
-        Ok(Person {
-            id: id.to_owned(),
-            faces,
-            meta: self.index.meta(id).map(|m| m.to_string()),
-        })
-    }
-
-    /// A page of the enrolled people, by id: `limit` (1 to [`MAX_PAGE`])
-    /// people from position `offset`.
-    pub fn people(&self, offset: usize, limit: usize) -> Result<PeoplePage, ServiceError> {
-        if limit == 0 || limit > MAX_PAGE {
-            return Err(ServiceError::request(
-                ErrorKind::Malformed,
-                "bad_limit",
-                format!("limit must be 1 to {MAX_PAGE}"),
-            ));
-        }
-        let people = self.index.people();
-        let total = people.len();
-        let page = people
-            .iter()
-            .skip(offset)
-            .take(limit)
-            .map(|p| person_of(&p.id, p.vectors, p.meta.as_ref()))
-            .collect();
-        Ok(PeoplePage {
-            total,
-            offset,
-            people: page,
-        })
-    }
-
     /// Reviews a video's frames, all admitted together: with a reference
     /// face, does every frame with a face show that person (and at least
     /// one frame have a face)? Without one, is anyone of the gallery in a
     /// frame? A frame without a face is an answer, not a failure; any other
     /// failing image fails the call (frames from 0, then the reference).
-    pub async fn review_async(&self, req: ReviewRequest, call: Call) -> Result<Review, ServiceError> {
+    pub async fn review_async(&self, req: ReviewRequest, mut call: Call) -> Result<Review, ServiceError> {
         let t0 = Instant::now();
         let ReviewRequest {
             video,
@@ -451,7 +354,7 @@ impl FaceService {
         };
         let mut images = frames;
         images.extend(reference);
-        let mut results = self.embed_call(images, &call, t0).await?;
+        let mut results = self.embed_call(images, &mut call, t0).await?;
         let reference = match mode {
             ReviewMode::Reference => Some(
                 results
@@ -482,7 +385,7 @@ impl FaceService {
                     (f, v.timings)
                 }
                 None => {
-                    let id = self.identify_face(&face, 1, t)?;
+                    let id = self.identify_face_async(face, 1, t).await?;
                     (FrameVerdict::Gallery { best: id.best }, id.timings)
                 }
             };

@@ -10,7 +10,7 @@ use crate::face::FacePath;
 use crate::index::Match;
 
 /// How a call is admitted and how long it may take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Default)]
 pub struct Call {
     /// When the answer is due: work not started by then is dropped, and
     /// the call ends with [`ErrorKind::Deadline`](super::ErrorKind) (also
@@ -20,6 +20,10 @@ pub struct Call {
     /// [`ErrorKind::Overloaded`](super::ErrorKind) instead of waiting in
     /// line (fairly: first come, first served) for room.
     pub refuse_when_full: bool,
+    /// Admission the caller already holds for this call (taken before its
+    /// images were read, say): used first, and topped up if the call turns
+    /// out to cost more.
+    pub permit: Option<super::Permit>,
 }
 
 impl Call {
@@ -47,6 +51,14 @@ impl Call {
     /// Due within `d` from now.
     pub fn within(self, d: std::time::Duration) -> Self {
         self.until(Instant::now() + d)
+    }
+
+    /// With admission already held.
+    pub fn with_permit(self, permit: super::Permit) -> Self {
+        Self {
+            permit: Some(permit),
+            ..self
+        }
     }
 }
 

@@ -177,3 +177,6 @@ pub fn pool_balanced(s: &facepool::pool::PoolStats) {
         "every submit has exactly one outcome: {s:?}"
     );
 }
+
+#[cfg(feature = "serve")]
+pub mod serve;

@@ -60,6 +60,10 @@ pub struct ServiceArgs {
     /// Most pixels (width × height) of an image accepted (default: 40000000).
     #[arg(long, env = "FACEPOOL_MAX_IMAGE_PIXELS")]
     pub max_image_pixels: Option<u64>,
+    /// Largest image as decoded in its own pixel format, bytes (default:
+    /// 134217728, 128 MiB: 40 MP of 8-bit RGB, 16 MP of 16-bit RGBA).
+    #[arg(long, env = "FACEPOOL_MAX_DECODE_BYTES")]
+    pub max_decode_bytes: Option<u64>,
     /// Most time a face waits for its batch, ms (default: 2 on the CPU, 4
     /// on a GPU).
     #[arg(long, env = "FACEPOOL_BATCH_DELAY_MS", value_parser = delay_ms)]
@@ -108,6 +112,9 @@ pub fn config(args: &ServiceArgs) -> FaceConfig {
     }
     if let Some(p) = args.max_image_pixels {
         c.limits.max_pixels = p;
+    }
+    if let Some(b) = args.max_decode_bytes {
+        c.limits.max_decoded_bytes = b;
     }
     // What the flags set holds on every backend (the GPU's own defaults
     // apply only where a flag leaves them).

@@ -7,12 +7,15 @@
 //!
 //! Prints `listening on ADDR` on stdout once bound (`--listen
 //! 127.0.0.1:0` takes a free port), loads the models and the gallery (until
-//! then `/readyz` answers 503), and serves until SIGTERM or SIGINT: then it
-//! stops accepting, finishes what was admitted (at most `--drain-timeout`),
-//! saves the gallery and exits 0. Every flag can be given as a `FACEPOOL_*`
-//! environment variable. Exit codes: 0 after a clean shutdown, 1 when the
-//! gallery cannot be saved at the end, 2 for usage and set-up errors
-//! (also a signal that comes before the models are loaded).
+//! then `/readyz` answers 503), and serves until SIGTERM or SIGINT: then
+//! `/readyz` says 503 for `--settle-ms` while the listener still accepts,
+//! the listener closes, what was admitted finishes (at most
+//! `--drain-timeout`), the gallery is saved and it exits. A second signal
+//! stops at once. Every flag can be given as a `FACEPOOL_*` environment
+//! variable. Exit codes: 0 after a clean shutdown, 1 when the gallery cannot
+//! be saved at the end, 2 for usage and set-up errors (also a signal that
+//! comes before the models are loaded), 3 when the drain did not finish
+//! (its time ran out, or a second signal came): requests were cut.
 
 #[path = "../common/service_args.rs"]
 mod service_args;
@@ -74,9 +77,73 @@ struct Args {
     #[arg(long, env = "FACEPOOL_LOG_JSON")]
     log_json: bool,
     #[command(flatten)]
+    hygiene: HygieneArgs,
+    #[command(flatten)]
     nats: NatsArgs,
     #[command(flatten)]
     service: ServiceArgs,
+}
+
+/// The bounds on connections, headers and bodies (docs/hostile-input.md).
+#[derive(clap::Args)]
+struct HygieneArgs {
+    /// A request's headers must arrive within this, ms (also the longest a
+    /// keep-alive connection waits for its next request).
+    #[arg(long, env = "FACEPOOL_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// Largest request head (request line and headers), bytes.
+    #[arg(long, env = "FACEPOOL_MAX_HEADER_BYTES", default_value_t = 64 << 10)]
+    max_header_bytes: usize,
+    /// A request's body must arrive within this once its headers have, ms.
+    #[arg(long, env = "FACEPOOL_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    body_timeout_ms: u64,
+    /// Connections open at once (at the cap the oldest idle one is closed
+    /// for a new one).
+    #[arg(long, env = "FACEPOOL_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Connections kept for the probes when every other one is busy.
+    #[arg(long, env = "FACEPOOL_PROBE_CONNECTIONS", default_value_t = 32)]
+    probe_connections: usize,
+    /// Request body bytes held at once across requests; more are refused
+    /// (429) before they are read.
+    #[arg(long, env = "FACEPOOL_MAX_INFLIGHT_BYTES", default_value_t = 256 << 20)]
+    max_inflight_bytes: usize,
+    /// At shutdown, how long /readyz says 503 before the listener closes, ms.
+    #[arg(long, env = "FACEPOOL_SETTLE_MS", default_value_t = 2_000)]
+    settle_ms: u64,
+}
+
+impl HygieneArgs {
+    fn hygiene(&self) -> facepool::server::Hygiene {
+        facepool::server::Hygiene {
+            header_timeout: Duration::from_millis(self.header_timeout_ms.max(1)),
+            max_header_bytes: self.max_header_bytes,
+            body_timeout: Duration::from_millis(self.body_timeout_ms.max(1)),
+            max_connections: self.max_connections.max(1),
+            probe_connections: self.probe_connections,
+            max_inflight_bytes: self.max_inflight_bytes.max(1),
+            settle: Duration::from_millis(self.settle_ms),
+        }
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit, so that the
+/// connection cap, not the descriptor limit, is what refuses clients;
+/// lowers the cap if the limit is still too low for it. Returns the cap.
+fn descriptors(max_connections: usize, probes: usize) -> usize {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    // Room for the gallery, the models, the broker and the logs.
+    let spare = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(probes + 64);
+    if spare < max_connections {
+        tracing::warn!(
+            limit,
+            max_connections = spare,
+            "the open-file limit lowers the connection cap"
+        );
+    }
+    max_connections.min(spare.max(1))
 }
 
 /// The async mode: jobs from NATS JetStream, beside the HTTP API.
@@ -117,6 +184,8 @@ enum Failure {
     Setup(String),
     /// The gallery could not be saved at the end (exit 1).
     Save(String),
+    /// The drain did not finish: requests were cut (exit 3).
+    Cut(String),
 }
 
 impl Failure {
@@ -124,6 +193,7 @@ impl Failure {
         let (code, why) = match self {
             Failure::Setup(w) => (2, w),
             Failure::Save(w) => (1, format!("cannot save the gallery: {w}")),
+            Failure::Cut(w) => (3, w),
         };
         eprintln!("serve: {why}");
         ExitCode::from(code)
@@ -256,6 +326,8 @@ fn run(args: Args) -> Result<(), Failure> {
         ))
     })?;
     let nats = args.nats.config(drain)?;
+    let mut hygiene = args.hygiene.hygiene();
+    hygiene.max_connections = descriptors(hygiene.max_connections, hygiene.probe_connections);
     let app = App::new(ServerConfig {
         tokens,
         metrics_token,
@@ -263,6 +335,7 @@ fn run(args: Args) -> Result<(), Failure> {
         max_images: args.max_images.max(1),
         default_timeout: Duration::from_millis(args.timeout_ms.max(1)),
         max_timeout: Duration::from_millis(args.max_timeout_ms.max(1)),
+        hygiene,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -337,42 +410,59 @@ async fn serve(args: Args, app: App, nats: Option<NatsConfig>, drain: Duration) 
     });
     drop(failed_tx);
 
-    // Stop on a signal, or on a failure to load or to bind the consumer.
+    // Drain on a signal, or on a failure to load or to bind the consumer;
+    // a second signal stops at once.
+    let stop = facepool::server::Stop::new();
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<String>();
-    let shutdown = async move {
-        tokio::select! {
-            _ = signal() => tracing::info!("stopping: finishing admitted requests and jobs"),
-            Some(e) = failed_rx.recv() => {
-                let _ = fatal_tx.send(e);
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = signal() => tracing::info!("stopping: finishing admitted requests and jobs"),
+                Some(e) = failed_rx.recv() => {
+                    let _ = fatal_tx.send(e);
+                }
             }
-        }
-        let _ = stop_tx.send(true);
-    };
-    let drained = facepool::server::serve(app.clone(), listener, shutdown, drain)
+            stop.drain();
+            let _ = stop_tx.send(true);
+            signal().await;
+            tracing::warn!("a second signal: stopping now");
+            stop.now();
+        });
+    }
+    let drained = facepool::server::serve(app.clone(), listener, stop, drain)
         .await
         .map_err(|e| Failure::Setup(format!("the server failed: {e}")))?;
-    if drained == facepool::server::Drained::TimedOut {
-        tracing::warn!("drain timeout: some requests were still running");
-    }
     if let Some(c) = consumer {
         // It drains its own jobs (at most `drain`).
         let _ = c.await;
     }
+    // A fatal error, if that is what stopped it, was sent before the drain
+    // began (the signal task lives on, for a second signal).
+    let mut fatal_rx = fatal_rx;
+    let fatal = fatal_rx.try_recv().ok();
     let Some(svc) = app.service() else {
         // The models never loaded: a set-up error.
         return Err(Failure::Setup(
-            fatal_rx
-                .await
-                .unwrap_or_else(|_| "stopped before the models were loaded".into()),
+            fatal.unwrap_or_else(|| "stopped before the models were loaded".into()),
         ));
     };
-    if let Ok(e) = fatal_rx.await {
+    if let Some(e) = fatal {
         svc.shutdown(Duration::from_secs(5));
         return Err(Failure::Setup(e));
     }
     let saved = svc.save_gallery();
     svc.shutdown(Duration::from_secs(5));
     saved.map_err(|e| Failure::Save(e.to_string()))?;
-    tracing::info!("stopped");
-    Ok(())
+    match drained {
+        facepool::server::Drained::Finished => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        facepool::server::Drained::TimedOut => Err(Failure::Cut(format!(
+            "the drain did not finish within {} s: requests were cut",
+            drain.as_secs_f64()
+        ))),
+        facepool::server::Drained::Cut => Err(Failure::Cut("stopped at once: requests were cut".into())),
+    }
 }

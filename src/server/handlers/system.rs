@@ -18,6 +18,14 @@ pub(in super::super) async fn not_found() -> ApiError {
     ApiError::not_found("no_route", "no such route")
 }
 
+/// A connection served the probes only (every other connection is busy).
+pub(in super::super) async fn too_many_connections() -> ApiError {
+    ApiError::unavailable(
+        "too_many_connections",
+        "the server has as many connections as it serves; try again later",
+    )
+}
+
 /// A known route with a method it does not take: the JSON error shape
 /// like every other error (axum's own 405 has an empty body); axum adds
 /// the `Allow` header.
@@ -125,7 +133,18 @@ async fn profile(app: &App, q: ProfileQuery, out: Output) -> Result<Vec<u8>, Api
     };
     let capture = Capture::with_frequency(DEFAULT_FREQUENCY, None, None).map_err(|e| internal(&e))?;
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    capture.finish_to(out).map_err(|e| internal(&e))
+    // Symbolising and rendering take a while: on a thread of their own
+    // (one profile at a time), never on a tokio worker.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("facepool-profile".into())
+        .spawn(move || {
+            let _ = tx.send(capture.finish_to(out));
+        })
+        .map_err(|e| internal(&e))?;
+    rx.await
+        .map_err(|_| internal(&"the profile's thread ended without an answer"))?
+        .map_err(|e| internal(&e))
 }
 
 #[utoipa::path(get, path = "/debug/pprof/profile", params(ProfileQuery),

@@ -19,7 +19,11 @@ use crate::service::ReviewRequest;
     responses((status = 200, body = VerifyResponse), AuthErrors, WorkErrors), security(("bearer" = [])))]
 pub(in super::super) async fn verify(
     State(app): State<App>,
-    WorkRequest { call, body: r }: WorkRequest<VerifyRequest>,
+    WorkRequest {
+        call,
+        body: r,
+        held: _held,
+    }: WorkRequest<VerifyRequest>,
 ) -> Result<Json<VerifyResponse>, ApiError> {
     let (a, b) = (r.image1.source("image1")?, r.image2.source("image2")?);
     let v = app.ready_service()?.verify_async(a, b, call).await?;
@@ -31,9 +35,13 @@ pub(in super::super) async fn verify(
     responses((status = 200, body = VerifyBatchResponse), AuthErrors, WorkErrors), security(("bearer" = [])))]
 pub(in super::super) async fn verify_batch(
     State(app): State<App>,
-    WorkRequest { call, body: r }: WorkRequest<VerifyBatchRequest>,
+    WorkRequest {
+        call,
+        body: r,
+        held: _held,
+    }: WorkRequest<VerifyBatchRequest>,
 ) -> Result<Json<VerifyBatchResponse>, ApiError> {
-    app.check_images(r.targets.len() + 1)?;
+    app.check_images(r.targets.0.len() + 1)?;
     let source = r.source.source("source")?;
     let targets = Image::sources(r.targets, "targets")?;
     let b = app
@@ -48,7 +56,11 @@ pub(in super::super) async fn verify_batch(
     responses((status = 200, body = IdentifyResponse), AuthErrors, WorkErrors), security(("bearer" = [])))]
 pub(in super::super) async fn identify(
     State(app): State<App>,
-    WorkRequest { call, body: r }: WorkRequest<IdentifyRequest>,
+    WorkRequest {
+        call,
+        body: r,
+        held: _held,
+    }: WorkRequest<IdentifyRequest>,
 ) -> Result<Json<IdentifyResponse>, ApiError> {
     let image = r.image.source("image")?;
     let id = app
@@ -63,7 +75,11 @@ pub(in super::super) async fn identify(
     responses((status = 200, body = EmbedResponse), AuthErrors, WorkErrors), security(("bearer" = [])))]
 pub(in super::super) async fn embed(
     State(app): State<App>,
-    WorkRequest { call, body: r }: WorkRequest<EmbedRequest>,
+    WorkRequest {
+        call,
+        body: r,
+        held: _held,
+    }: WorkRequest<EmbedRequest>,
 ) -> Result<Json<EmbedResponse>, ApiError> {
     let image = r.image.source("image")?;
     let (face, t) = app.ready_service()?.embed_async(image, call).await?;
@@ -75,9 +91,13 @@ pub(in super::super) async fn embed(
     responses((status = 200, body = ReviewResponse), AuthErrors, WorkErrors), security(("bearer" = [])))]
 pub(in super::super) async fn review(
     State(app): State<App>,
-    WorkRequest { call, body: r }: WorkRequest<ReviewRequestBody>,
+    WorkRequest {
+        call,
+        body: r,
+        held: _held,
+    }: WorkRequest<ReviewRequestBody>,
 ) -> Result<Json<ReviewResponse>, ApiError> {
-    app.check_images(r.frames.len() + usize::from(r.reference.is_some()))?;
+    app.check_images(r.frames.0.len() + usize::from(r.reference.is_some()))?;
     let req = ReviewRequest {
         video: r.video,
         frames: Image::sources(r.frames, "frames")?,

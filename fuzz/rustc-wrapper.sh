@@ -5,8 +5,11 @@
 # input (the models are fixed files), its branches follow tensor shapes,
 # not input bytes, and instrumented it spends three quarters of a model run
 # in the coverage callbacks: the targets that run the models go about five
-# times slower and their corpora fill with numeric noise. Everything else,
-# facepool and every parser it calls, keeps cargo-fuzz's flags.
+# times slower and their corpora fill with numeric noise. It is also
+# compiled in cargo's default code-generation units instead of cargo-fuzz's
+# one (which only helps coverage counters, and these have none), so the
+# largest crates of the build use both cores. Everything else, facepool and
+# every parser it calls, keeps cargo-fuzz's flags.
 rustc=$1
 shift
 case " $* " in
@@ -15,7 +18,7 @@ case " $* " in
         args=()
         for a in "$@"; do
             case $a in
-                -Cpasses=sancov-module | -Cdebug-assertions | -Cllvm-args=-sanitizer-coverage-*) ;;
+                -Cpasses=sancov-module | -Cdebug-assertions | -Cllvm-args=-sanitizer-coverage-* | -Ccodegen-units=1) ;;
                 *) args+=("$a") ;;
             esac
         done

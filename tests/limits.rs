@@ -30,16 +30,6 @@ fn png(width: u32, height: u32) -> Vec<u8> {
     out.into_inner()
 }
 
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(kind);
-    crc.update(data);
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    out.extend_from_slice(&crc.finalize().to_be_bytes());
-}
-
 /// A PNG that claims `width` × `height` (8-bit RGB) but holds only the
 /// start of its first row: a decompression bomb's shape, a few hundred
 /// bytes that would decode to gigabytes.
@@ -49,15 +39,15 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
     ihdr.extend_from_slice(&width.to_be_bytes());
     ihdr.extend_from_slice(&height.to_be_bytes());
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
+    common::png_chunk(&mut out, b"IHDR", &ihdr);
     // zlib header, then one stored deflate block (not the last) of 101
     // bytes: the filter byte and the first 100 bytes of row 0.
     let mut idat = vec![0x78, 0x01, 0x00];
     idat.extend_from_slice(&101u16.to_le_bytes());
     idat.extend_from_slice(&(!101u16).to_le_bytes());
     idat.extend_from_slice(&[0u8; 101]);
-    chunk(&mut out, b"IDAT", &idat);
-    chunk(&mut out, b"IEND", &[]);
+    common::png_chunk(&mut out, b"IDAT", &idat);
+    common::png_chunk(&mut out, b"IEND", &[]);
     out
 }
 

@@ -16,7 +16,7 @@ use facepool::server::{App, ServerConfig};
 use facepool::service::{FaceConfig, FaceService};
 use serde_json::{json, Value};
 
-const TOKEN: &str = "test-token-1";
+use common::serve::{Serve, TOKEN};
 
 /// A server running in this process, on its own runtime thread.
 struct InProc {
@@ -641,76 +641,20 @@ fn not_ready_until_the_service_is_set() {
     assert!(r.retry_after.is_some());
 }
 
-/// The `serve` binary as a child process.
-struct Child {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Child {
-    fn start(dir: &Path, extra: &[&str]) -> Self {
-        std::fs::write(dir.join("tokens"), format!("# tokens\n{TOKEN}\n")).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_serve"))
-            .args(["--listen", "127.0.0.1:0", "--token-file"])
-            .arg(dir.join("tokens"))
-            .arg("--index")
-            .arg(dir.join("gallery.fpi"))
-            .arg("--assets")
-            .arg(assets())
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let out = child.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("{line}"))
-            .to_owned();
-        let c = Self { child, addr };
-        wait_until("ready", || get(&c.url("/readyz"), None).status == 200);
-        c
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn terminate(&mut self) {
-        let pid = self.child.id().to_string();
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    fn wait(&mut self) -> i32 {
-        let limit = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < limit, "the server did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The `serve` binary as a child process, with the gallery file in `dir`.
+fn child(dir: &Path, extra: &[&str]) -> Serve {
+    let index = dir.join("gallery.fpi");
+    let mut args = vec!["--index", index.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let s = Serve::start(dir, &args);
+    s.wait_ready();
+    s
 }
 
 #[test]
 fn sigterm_drains_admitted_requests_saves_the_gallery_and_it_survives_a_restart() {
     let dir = TempDir::new("serve-drain");
-    let mut s = Child::start(dir.path(), &["--faces", "detect", "--threads", "1"]);
+    let mut s = child(dir.path(), &["--faces", "detect", "--threads", "1"]);
     let simm = b64_file(&photo("John_Simm", 0));
     let r = send(
         "PUT",
@@ -727,7 +671,7 @@ fn sigterm_drains_admitted_requests_saves_the_gallery_and_it_survives_a_restart(
     let slow =
         std::thread::spawn(move || post(&url, json!({"source": photo, "targets": vec![photo.clone(); 6]})));
     std::thread::sleep(Duration::from_millis(300));
-    s.terminate();
+    s.signal("TERM");
     let r = slow.join().unwrap();
     assert_eq!(r.status, 200, "the admitted request finished: {}", r.body);
     assert_eq!(r.json()["results"].as_array().unwrap().len(), 6);
@@ -735,7 +679,7 @@ fn sigterm_drains_admitted_requests_saves_the_gallery_and_it_survives_a_restart(
     assert!(dir.path().join("gallery.fpi").is_file(), "the gallery was saved");
 
     // The gallery survives a restart.
-    let s2 = Child::start(dir.path(), &[]);
+    let s2 = child(dir.path(), &[]);
     let r = get(&s2.url("/v1/people/John_Simm"), Some(TOKEN));
     assert_eq!(
         (r.status, r.json()["faces"].as_u64()),

@@ -17,6 +17,11 @@
 //!   thread can kill it: the handler, the drops of items and results, the
 //!   wakers and the clock are each caught, reported to the panic handler,
 //!   and every slot of a batch resolves (`tests/batch_user_code.rs`).
+//!
+//! One file, though longer than the project's 600 lines: it is one
+//! protocol (submit, flush, run, settle, shut down) over one lock, and each
+//! invariant above binds code in several of its functions; the loom model
+//! (`tests/loom_batch.rs`) checks it as a whole.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

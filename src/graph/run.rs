@@ -26,6 +26,11 @@
 //!   refusal fails it); timeouts and the deadline are fired by the timer.
 //! - Lock order: a node's lock, then the timer's. No user code runs under a
 //!   lock (a default's clone, a late value's drop run after it).
+//!
+//! One file, though longer than the project's 600 lines: the invariants
+//! above are one protocol among the node's phase, `waiting`, `pending` and
+//! the run's failure, and every function here moves one of them; split,
+//! the parts would each hold half of an invariant.
 
 use std::any::Any;
 use std::convert::Infallible;

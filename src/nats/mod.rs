@@ -31,6 +31,7 @@ mod clock;
 mod consumer;
 mod delivery;
 mod job;
+mod objects;
 mod results;
 
 use std::time::Duration;

@@ -159,6 +159,17 @@ pub fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
     out
 }
 
+/// Appends a PNG chunk (length, kind, data, CRC) to `out`.
+pub fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(kind);
+    crc.update(data);
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    out.extend_from_slice(&crc.finalize().to_be_bytes());
+}
+
 /// The batcher's books balance: every item submitted had exactly one
 /// outcome.
 pub fn batch_balanced(s: &facepool::batch::BatchStats) {

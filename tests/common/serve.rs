@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The bearer token the served API takes.
-pub const TOKEN: &str = "hostile-test-token";
+pub const TOKEN: &str = "test-token-1";
 
 /// A running `serve`.
 pub struct Serve {

@@ -26,6 +26,7 @@ mod nats;
 mod profile;
 mod report;
 mod run;
+mod synthetic;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::serve::{Serve, TOKEN};
 use common::{b64, b64_file, photos_of, TempDir};
-use serde_json::json;
+use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
 
@@ -156,8 +156,8 @@ fn near_limit_bodies_are_held_within_the_byte_budget() {
     assert_eq!(s.status("GET", "/livez", None), Some(200));
 }
 
-/// An array of a million images in a body under the limit is refused while
-/// it is parsed, at the request's image limit: it is never built.
+/// An array of a million images in a body under the limit is refused at the
+/// request's image limit: the items past it are read but never kept.
 #[test]
 fn an_over_long_array_is_refused_while_parsing() {
     let dir = TempDir::new("hostile-array");
@@ -176,6 +176,14 @@ fn an_over_long_array_is_refused_while_parsing() {
     );
     assert_eq!(status, Some(413));
     assert!(peak.saturating_sub(before) < 48 * MIB);
+    // The same array in a body that lacks a required field is malformed
+    // first: 400, as the schema says.
+    let mut targets: Vec<Value> = vec![json!("AA=="); 100];
+    let body = json!({"targets": targets});
+    assert_eq!(s.status("POST", "/v1/verify/batch", Some(&body)), Some(400));
+    targets[99] = json!(7);
+    let body = json!({"source": "AA==", "targets": targets});
+    assert_eq!(s.status("POST", "/v1/verify/batch", Some(&body)), Some(400));
 }
 
 /// Metadata is bounded in bytes and may hold no control characters, so an

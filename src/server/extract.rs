@@ -91,10 +91,9 @@ pub struct JsonOrForm<T>(pub T, pub BodyHold);
 thread_local! {
     /// Most items of a counted array ([`Images`]) while a body is parsed.
     static MAX_ITEMS: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    /// Whether a counted array in the body being parsed was over the limit.
+    static OVER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
-
-/// What an over-long array's parse error starts with.
-const TOO_MANY: &str = "too many images";
 
 /// The request's `Content-Length`, if it gives one.
 fn content_length(headers: &HeaderMap) -> Option<usize> {
@@ -113,8 +112,8 @@ impl<T: DeserializeOwned + FromForm + Send> FromRequest<App> for JsonOrForm<T> {
     async fn from_request(req: Request, app: &App) -> Result<Self, ApiError> {
         let (limit, h) = (app.config().max_body, &app.config().hygiene);
         let declared = content_length(req.headers());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(ApiError::too_large(limit));
+        if let Some(n) = declared.filter(|n| *n > limit) {
+            return Err(refused(req, n, limit, ApiError::too_large(limit)).await);
         }
         let budget = app.body_budget();
         let mut hold = BodyHold::default();
@@ -125,10 +124,13 @@ impl<T: DeserializeOwned + FromForm + Send> FromRequest<App> for JsonOrForm<T> {
             .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
         // A body of a declared size is counted before a byte of it is read;
         // a form without one is counted at the limit.
-        match (declared, multipart) {
-            (Some(n), _) => budget.take(&mut hold, n)?,
-            (None, true) => budget.take(&mut hold, limit)?,
-            (None, false) => {}
+        let taken = match (declared, multipart) {
+            (Some(n), _) => budget.take(&mut hold, n),
+            (None, true) => budget.take(&mut hold, limit),
+            (None, false) => Ok(()),
+        };
+        if let Err(e) = taken {
+            return Err(refused(req, declared.unwrap_or(limit), limit, e).await);
         }
         let late = || {
             ApiError::new(
@@ -155,22 +157,47 @@ impl<T: DeserializeOwned + FromForm + Send> FromRequest<App> for JsonOrForm<T> {
             .map_err(|_| late())??;
         let max = app.config().max_images;
         MAX_ITEMS.set(max);
+        OVER.set(false);
         let parsed = serde_json::from_slice(&bytes);
         MAX_ITEMS.set(usize::MAX);
         drop(bytes);
-        parsed.map(|t| JsonOrForm(t, hold)).map_err(|e| {
-            let m = e.to_string();
-            if m.starts_with(TOO_MANY) {
-                ApiError::new(
-                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_many_images",
-                    format!("more than {max} images in one request"),
-                )
-            } else {
-                ApiError::bad_request("bad_json", m)
-            }
-        })
+        // A malformed body is malformed first; a well-formed one with too
+        // many images is too large.
+        match parsed {
+            Err(e) => Err(ApiError::bad_request("bad_json", e.to_string())),
+            Ok(_) if OVER.replace(false) => Err(ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_images",
+                format!("more than {max} images in one request"),
+            )),
+            Ok(t) => Ok(JsonOrForm(t, hold)),
+        }
     }
+}
+
+/// A request refused before its body was read: a body of up to twice the
+/// limit is read and thrown away first (within a few seconds, never kept),
+/// so that the client, still sending, gets the answer instead of a broken
+/// connection; a larger one is not read (the connection closes).
+async fn refused(req: Request, declared: usize, limit: usize, e: ApiError) -> ApiError {
+    use http_body_util::BodyExt;
+    if declared > limit.saturating_mul(2) {
+        return e;
+    }
+    let mut body = req.into_body();
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(d) = frame.into_data() {
+                seen += d.len();
+                if seen > declared {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    e
 }
 
 /// Reads a body of at most `limit` bytes, telling `more` of each chunk as
@@ -197,8 +224,9 @@ async fn read_body(
     Ok(buf)
 }
 
-/// A JSON array of images counted while it is parsed: one longer than the
-/// request's limit is refused (413) before the rest of it is built.
+/// A JSON array of images counted while it is parsed: the items past the
+/// request's limit are checked to be strings but not kept, and the body is
+/// refused (413) once it has parsed.
 #[derive(Debug, Default)]
 pub struct Images(pub Vec<Image>);
 
@@ -213,16 +241,38 @@ impl<'de> Deserialize<'de> for Images {
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Images, A::Error> {
                 let max = MAX_ITEMS.get();
                 let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-                while let Some(x) = seq.next_element::<Image>()? {
-                    if v.len() >= max {
-                        return Err(serde::de::Error::custom(TOO_MANY));
+                while v.len() < max {
+                    match seq.next_element::<Image>()? {
+                        Some(x) => v.push(x),
+                        None => return Ok(Images(v)),
                     }
-                    v.push(x);
+                }
+                while seq.next_element::<Skipped>()?.is_some() {
+                    OVER.set(true);
                 }
                 Ok(Images(v))
             }
         }
         d.deserialize_seq(Counted)
+    }
+}
+
+/// A string read and not kept.
+struct Skipped;
+
+impl<'de> Deserialize<'de> for Skipped {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AnyStr;
+        impl serde::de::Visitor<'_> for AnyStr {
+            type Value = Skipped;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a base64 image")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Skipped, E> {
+                Ok(Skipped)
+            }
+        }
+        d.deserialize_str(AnyStr)
     }
 }
 

@@ -29,6 +29,11 @@ fn poll(a: &mut Acquire, w: &Waker) -> Poll<Result<Permit, AdmitError>> {
     Pin::new(a).poll(&mut Context::from_waker(w))
 }
 
+/// Full, on a fixed limit: try again in a second.
+const FULL: AdmitError = AdmitError::Overloaded {
+    retry_after: Duration::from_secs(1),
+};
+
 fn faces(n: usize) -> Cost {
     Cost::new(n, 0)
 }
@@ -41,7 +46,7 @@ fn adm(limit: usize) -> Admission {
 fn all_or_none_within_the_limit() {
     let a = adm(4);
     let p = a.try_acquire(faces(3)).unwrap();
-    assert_eq!(a.try_acquire(faces(2)).unwrap_err(), AdmitError::Overloaded);
+    assert_eq!(a.try_acquire(faces(2)).unwrap_err(), FULL);
     let q = a.try_acquire(faces(1)).unwrap();
     assert_eq!(a.in_use(), faces(4));
     drop(p);
@@ -58,10 +63,7 @@ fn all_or_none_within_the_limit() {
 fn bytes_count_like_faces() {
     let a = Admission::new(Cost::new(10, 100), Cost::new(10, 100));
     let _p = a.try_acquire(Cost::new(1, 80)).unwrap();
-    assert_eq!(
-        a.try_acquire(Cost::new(1, 30)).unwrap_err(),
-        AdmitError::Overloaded
-    );
+    assert_eq!(a.try_acquire(Cost::new(1, 30)).unwrap_err(), FULL);
     let _q = a.try_acquire(Cost::new(1, 20)).unwrap();
 }
 
@@ -74,7 +76,7 @@ fn a_waiter_at_the_head_is_not_overtaken() {
     assert!(poll(&mut big, &w).is_pending());
     // No barging: a small request that would fit is refused while the
     // big one waits.
-    assert_eq!(a.try_acquire(faces(1)).unwrap_err(), AdmitError::Overloaded);
+    assert_eq!(a.try_acquire(faces(1)).unwrap_err(), FULL);
     assert!(!flag.0.load(Ordering::SeqCst));
     drop(small);
     assert!(flag.0.load(Ordering::SeqCst), "the release woke the waiter");
@@ -121,7 +123,7 @@ fn one_request_alone_may_pass_a_lowered_limit() {
     let a = adm(8);
     a.set_limit(faces(2));
     let p = a.try_acquire(faces(6)).unwrap();
-    assert_eq!(a.try_acquire(faces(1)).unwrap_err(), AdmitError::Overloaded);
+    assert_eq!(a.try_acquire(faces(1)).unwrap_err(), FULL);
     drop(p);
     // Raising the limit admits waiters at once.
     let _p = a.try_acquire(faces(2)).unwrap();

@@ -246,7 +246,17 @@ impl Consumer {
                     Err(_) => break 'pull,
                 },
             };
-            let free = permits.available_permits() + 1;
+            // Then room in the service: jobs are pulled against the same
+            // admission limit as every other request (the broker keeps the
+            // backlog), a verify's worth at a time beyond the first.
+            let admission = self.service.admission().clone();
+            tokio::select! {
+                _ = &mut stop => break 'pull,
+                _ = admission.room(1) => {}
+            }
+            let a = admission.stats();
+            let room_jobs = a.limit.faces.saturating_sub(a.in_use.faces) / 2;
+            let free = (permits.available_permits() + 1).min(room_jobs.max(1));
             let started = tokio::time::Instant::now();
             let batch = tokio::select! {
                 _ = &mut stop => break 'pull,

@@ -22,6 +22,9 @@ pub(super) const MAX_OBJECT_BYTES: u64 = 16 << 20;
 /// Most bytes of all a job's images together.
 const MAX_JOB_BYTES: usize = 32 << 20;
 
+/// How long a requeued job waits before its next delivery.
+const REQUEUE_DELAY: Duration = Duration::from_millis(250);
+
 /// Deliveries past `max_deliver` a job may get (after crashes, stops or a
 /// broker away) before it is dead-lettered without being run again.
 pub(super) const DELIVERY_SLACK: i64 = 2;
@@ -233,8 +236,11 @@ impl Worker {
                 }
             }
             Err(f) => match settle(delivered, self.config.max_deliver, f.kind) {
+                // Another consumer (or this one, when it has room) takes
+                // it: after a moment, so that a full consumer does not
+                // spin on its own redeliveries.
                 Settle::Requeue => {
-                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    let _ = msg.ack_with(AckKind::Nak(Some(REQUEUE_DELAY))).await;
                 }
                 Settle::Retry(backoff) => {
                     tracing::debug!(id = %job.id, code = %f.code, delivered, "nats: job failed, retrying");
@@ -310,8 +316,12 @@ impl Worker {
             }
             sources.push(s);
         }
+        // Admitted in the service's fair line (no request barges ahead of
+        // it), by the job's deadline. The consumer pulls a job only when
+        // the service has room for it, so the wait is short: a request
+        // that took the room meanwhile finishes ahead of it.
         let cost = Cost::new(refs.len(), bytes);
-        let wait = svc.admission().acquire(cost);
+        let wait = svc.admission().acquire_by(cost, deadline);
         let permit = match deadline {
             None => wait.await,
             Some(d) => tokio::time::timeout_at(d.into(), wait)

@@ -199,6 +199,41 @@ pub struct LimitsBody {
     pub max_image_pixels: u64,
 }
 
+/// The admission's state: its limit and how it moves.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdmissionBody {
+    /// Faces admitted at once at most now (the adaptive limit).
+    pub limit_faces: usize,
+    /// The hard cap (`--queue`).
+    pub cap_faces: usize,
+    /// Faces admitted and not yet embedded.
+    pub in_use_faces: usize,
+    /// Requests waiting in line.
+    pub waiting: usize,
+    /// The latency target, ms (absent: a fixed limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_ms: Option<f64>,
+    /// Faces finished per second while the limit held requests back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_faces_per_sec: Option<f64>,
+    /// The smallest face sojourn seen, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_sojourn_ms: Option<f64>,
+    /// The last interval's face sojourn p99, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_sojourn_ms: Option<f64>,
+    /// What a face admitted now would wait, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_wait_ms: Option<f64>,
+    /// Requests refused at once because full.
+    pub refused_full: u64,
+    /// Requests refused because over the cap.
+    pub refused_too_large: u64,
+    /// Requests refused because their deadline was shorter than the
+    /// expected wait.
+    pub refused_deadline: u64,
+}
+
 /// What runs.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct InfoBody {
@@ -214,6 +249,8 @@ pub struct InfoBody {
     pub people: usize,
     /// The limits.
     pub limits: LimitsBody,
+    /// The admission.
+    pub admission: AdmissionBody,
     /// facepool's version.
     pub version: String,
 }

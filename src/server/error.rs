@@ -124,7 +124,8 @@ impl IntoResponse for ApiError {
         };
         let mut r = (self.status, axum::Json(body)).into_response();
         if let Some(after) = self.retry_after {
-            let secs = after.as_secs().max(1);
+            // Whole seconds, rounded up (at least one).
+            let secs = after.as_secs_f64().ceil().max(1.0) as u64;
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 r.headers_mut().insert(header::RETRY_AFTER, v);
             }

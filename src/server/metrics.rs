@@ -159,6 +159,11 @@ fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<
     c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
+fn fgauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
 fn int(v: usize) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -251,8 +256,51 @@ impl Collector for Runtime {
         gauge(
             &mut e,
             "admission_limit_faces",
-            "Faces admitted at once at most",
+            "Faces admitted at once at most (the adaptive limit)",
             int(a.limit.faces),
+        )?;
+        gauge(
+            &mut e,
+            "admission_cap_faces",
+            "The hard cap on faces admitted at once",
+            int(a.cap.faces),
+        )?;
+        let secs = |d: Option<std::time::Duration>| d.map_or(0.0, |d| d.as_secs_f64());
+        fgauge(
+            &mut e,
+            "admission_target_seconds",
+            "The latency target admitted requests are held to (0: a fixed limit)",
+            secs(a.target),
+        )?;
+        fgauge(
+            &mut e,
+            "admission_rate_faces_per_second",
+            "Faces finished per second while the limit held requests back (the measured capacity)",
+            a.rate.unwrap_or(0.0),
+        )?;
+        fgauge(
+            &mut e,
+            "admission_min_sojourn_seconds",
+            "The smallest face sojourn seen (what a face costs alone)",
+            secs(a.floor),
+        )?;
+        fgauge(
+            &mut e,
+            "admission_sample_sojourn_seconds",
+            "The last interval's face sojourn p99",
+            secs(a.sojourn_p99),
+        )?;
+        fgauge(
+            &mut e,
+            "admission_expected_wait_seconds",
+            "What a face admitted now would wait, at the measured rate",
+            secs(a.expected_wait),
+        )?;
+        counter(
+            &mut e,
+            "admission_refused_deadline",
+            "Requests refused at once because their deadline was shorter than the expected wait",
+            a.refused_deadline,
         )?;
         gauge(
             &mut e,

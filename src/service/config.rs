@@ -86,10 +86,15 @@ pub struct FaceConfig {
     pub gpu: Batching,
     /// Decode limits.
     pub limits: DecodeLimits,
-    /// Faces admitted at once (waiting or in work); a request of more is
-    /// refused as too large. The pool's and the batcher's queues hold twice
-    /// this, as a backstop.
+    /// Faces admitted at once at most (waiting or in work): the hard cap
+    /// under the adaptive limit (or the limit itself without a latency
+    /// target); a request of more is refused as too large. The pool's and
+    /// the batcher's queues hold twice this, as a backstop.
     pub queue: usize,
+    /// The latency admitted requests should meet at p99: the faces
+    /// admitted at once adapt to hold it ([`limit`](super::limit)).
+    /// `None`: `queue` faces, fixed.
+    pub latency_target: Option<Duration>,
     /// Encoded image bytes admitted at once; a request of more is refused
     /// as too large.
     pub max_bytes: usize,
@@ -154,8 +159,8 @@ impl FaceConfig {
     /// `scripts/fetch-assets.sh`), threads from the core budget
     /// ([`budget::split`]: as many preparation workers as cores and as many
     /// inference threads as cores, one intra-op thread each, sharing the
-    /// cores), [`Batching::cpu`] and [`Batching::gpu`], 4096 faces and 256
-    /// MiB admitted at once.
+    /// cores), [`Batching::cpu`] and [`Batching::gpu`], a latency target of
+    /// 300 ms under a cap of 4096 faces, and 256 MiB admitted at once.
     pub fn from_assets(assets: &Path) -> Self {
         let threads = budget::split(budget::cores(), Pins::default());
         Self {
@@ -171,6 +176,7 @@ impl FaceConfig {
             gpu: Batching::gpu(),
             limits: DecodeLimits::default(),
             queue: 4096,
+            latency_target: Some(Duration::from_millis(300)),
             max_bytes: 256 << 20,
             autoscale: false,
         }

@@ -149,7 +149,7 @@ impl ServiceError {
             },
             ServiceError::Admit(a) => match a {
                 AdmitError::TooLarge { .. } => K::TooLarge,
-                AdmitError::Overloaded => K::Overloaded,
+                AdmitError::Overloaded { .. } | AdmitError::Unmeetable { .. } => K::Overloaded,
                 AdmitError::Timeout => K::Deadline,
                 AdmitError::Closed => K::Unavailable,
             },
@@ -211,6 +211,7 @@ impl ServiceError {
                 _ => "index",
             },
             ServiceError::Gallery(_) => "gallery_save",
+            ServiceError::Admit(AdmitError::Unmeetable { .. }) => "deadline_unmeetable",
             ServiceError::Request { code, .. } => code,
             ServiceError::Image { error, .. } => error.code(),
             _ => match self.kind() {
@@ -219,6 +220,21 @@ impl ServiceError {
                 ErrorKind::Unavailable => "shutting_down",
                 _ => "internal",
             },
+        }
+    }
+
+    /// When a refused request may be tried again: the admission's estimate
+    /// for a full service (the excess drained at the measured rate), one
+    /// second for other transient refusals; `None` for errors a retry does
+    /// not cure.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ServiceError::Admit(AdmitError::Overloaded { retry_after }) => Some(*retry_after),
+            ServiceError::Image { error, .. } => error.retry_after(),
+            _ if matches!(self.kind(), ErrorKind::Overloaded | ErrorKind::Unavailable) => {
+                Some(std::time::Duration::from_secs(1))
+            }
+            _ => None,
         }
     }
 
@@ -277,7 +293,22 @@ mod tests {
                 "image_too_large",
             ),
             (FaceError::Model("x".into()).into(), K::Internal, "model"),
-            (AdmitError::Overloaded.into(), K::Overloaded, "overloaded"),
+            (
+                AdmitError::Overloaded {
+                    retry_after: std::time::Duration::from_secs(1),
+                }
+                .into(),
+                K::Overloaded,
+                "overloaded",
+            ),
+            (
+                AdmitError::Unmeetable {
+                    expected: std::time::Duration::from_secs(1),
+                }
+                .into(),
+                K::Overloaded,
+                "deadline_unmeetable",
+            ),
             (AdmitError::Timeout.into(), K::Deadline, "deadline_exceeded"),
             (AdmitError::Closed.into(), K::Unavailable, "shutting_down"),
             (
@@ -333,8 +364,11 @@ mod tests {
     fn image_errors_name_their_image() {
         let e = ServiceError::from(FaceError::NoFace).for_image(1);
         assert_eq!(e.message(), "image 1: no face found in the image");
-        let e = ServiceError::from(AdmitError::Overloaded);
+        let e = ServiceError::from(AdmitError::Overloaded {
+            retry_after: std::time::Duration::from_millis(2500),
+        });
         assert!(e.message().contains("nothing was done"));
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_millis(2500)));
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod config;
 mod deadline;
 pub mod dedup;
 mod error;
+pub mod limit;
 mod ops;
 mod people;
 mod pipeline;
@@ -163,7 +164,15 @@ impl FaceService {
             .thread_name("face-gallery")
             .build()?;
         let bytes = config.max_bytes.max(1);
-        let limit = Cost::new(queue, bytes);
+        // The faces limit adapts to the latency target (at least a batch
+        // per inference thread, at most the queue), or is the queue.
+        let admission = match config.latency_target {
+            Some(target) => {
+                let min = batching.batch_max.max(1) * batching.inference_threads.max(1);
+                Admission::adaptive(limit::LimitPolicy::new(target, min, queue), bytes)
+            }
+            None => Admission::new(Cost::new(queue, bytes), Cost::new(queue, bytes)),
+        };
         Ok(Self {
             pool,
             batcher,
@@ -176,7 +185,7 @@ impl FaceService {
             changes,
             keys: Arc::new(std::sync::Mutex::new(Recent::new(people::KEYS_KEPT))),
             metrics,
-            admission: Admission::new(limit, limit),
+            admission,
         })
     }
 

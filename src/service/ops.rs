@@ -82,9 +82,9 @@ impl FaceService {
             return Ok(held);
         }
         let rest = if call.refuse_when_full {
-            self.admission.try_acquire(more)?
+            self.admission.try_acquire_by(more, call.deadline)?
         } else {
-            match within(call.deadline, self.admission.acquire(more)).await {
+            match within(call.deadline, self.admission.acquire_by(more, call.deadline)).await {
                 Ok(r) => r?,
                 Err(Late) => return Err(AdmitError::Timeout.into()),
             }

@@ -28,6 +28,9 @@ pub struct ModeReport {
     pub offered_rps: f64,
     /// Requests answered per second, from the first send to the last answer.
     pub throughput_rps: f64,
+    /// Requests answered within the SLO's p99 target per second (all the
+    /// answered ones when the profile sets no target).
+    pub goodput_rps: f64,
     /// Faces answered per second.
     pub faces_per_sec: f64,
     pub sent: u64,
@@ -116,6 +119,14 @@ pub fn summarise(run: &ModeRun, slo: &Slo) -> ModeReport {
         .sum();
     let secs = |d: Duration| d.as_secs_f64().max(1e-9);
     let latency_ms = latency(&h.done);
+    let within = slo
+        .p99_ms
+        .map_or(Duration::MAX, |ms| Duration::from_secs_f64(ms / 1e3));
+    let good = run
+        .samples
+        .iter()
+        .filter(|s| s.kind == Kind::Done && s.latency <= within)
+        .count();
     let mut missed = Vec::new();
     let total = run.sent.max(1) as f64;
     if let Some(p99) = slo.p99_ms {
@@ -153,6 +164,7 @@ pub fn summarise(run: &ModeRun, slo: &Slo) -> ModeReport {
         mode: run.label.clone(),
         offered_rps: round(run.sent as f64 / secs(run.send_time), 1),
         throughput_rps: round(completed as f64 / secs(run.total_time), 1),
+        goodput_rps: round(good as f64 / secs(run.total_time), 1),
         faces_per_sec: round(faces as f64 / secs(run.total_time), 1),
         sent: run.sent,
         completed,

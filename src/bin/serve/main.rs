@@ -59,11 +59,16 @@ struct Args {
     /// Most images in one request.
     #[arg(long, env = "FACEPOOL_MAX_IMAGES", default_value_t = 64)]
     max_images: usize,
-    /// Faces admitted at most (waiting or in work); more are refused with
-    /// 429. Default: 48 per core, about half a second of work for a CPU
-    /// backend, so that admitted requests keep a bounded latency.
+    /// Faces admitted at once at most (waiting or in work): the hard cap
+    /// under the adaptive limit (with --latency-target-ms 0, the limit
+    /// itself). Default: 256 per core.
     #[arg(long, env = "FACEPOOL_QUEUE")]
     queue: Option<usize>,
+    /// The latency admitted requests should meet at p99, ms: the faces
+    /// admitted at once adapt to hold it, and a request that cannot meet
+    /// it is refused at once (429). 0: a fixed limit of --queue faces.
+    #[arg(long, env = "FACEPOOL_LATENCY_TARGET_MS", default_value_t = 300)]
+    latency_target_ms: u64,
     /// A request's timeout when it sets no X-Request-Timeout-Ms, ms.
     #[arg(long, env = "FACEPOOL_TIMEOUT_MS", default_value_t = 30_000)]
     timeout_ms: u64,
@@ -252,17 +257,22 @@ fn logging(json: bool) {
     }
 }
 
-/// Faces admitted per core by default: a CPU core embeds about 80 faces a
-/// second, so 48 is about 0.6 s of queue. Measured on 2 cores at twice the
-/// capacity (benches/peers/http_compare.sh): 256 faces kept the admitted
-/// p99 at 1.7 s, 128 at 1.04 s, 96 at 0.69 s, at the same throughput.
-const QUEUE_PER_CORE: usize = 48;
+/// The hard cap on faces admitted, per core, by default: far above what the
+/// latency target lets in on a CPU (about 45 faces on 2 cores at 300 ms),
+/// so that the target governs; it bounds memory when the model is fast.
+const QUEUE_PER_CORE: usize = 256;
 
 /// Loads the models and the gallery (on a thread of its own, while the
 /// server already answers its probes).
-fn load(service: &ServiceArgs, queue: usize, index: Option<&Path>) -> Result<FaceService, String> {
+fn load(
+    service: &ServiceArgs,
+    queue: usize,
+    target: Option<Duration>,
+    index: Option<&Path>,
+) -> Result<FaceService, String> {
     let mut c = config(service);
     c.queue = queue;
+    c.latency_target = target;
     let mut svc = FaceService::start(c).map_err(|e| e.to_string())?;
     tracing::info!(backend = %svc.backend(), "models loaded");
     if let Some(path) = index {
@@ -364,9 +374,10 @@ async fn serve(args: Args, app: App, nats: Option<NatsConfig>, drain: Duration) 
             .unwrap_or_else(|| QUEUE_PER_CORE * facepool::service::budget::cores())
             .max(1);
         let (service, index) = (args.service.clone(), args.index.clone());
+        let target = (args.latency_target_ms > 0).then(|| Duration::from_millis(args.latency_target_ms));
         std::thread::spawn(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                load(&service, queue, index.as_deref())
+                load(&service, queue, target, index.as_deref())
             }));
             match r {
                 Ok(Ok(svc)) => {

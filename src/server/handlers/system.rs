@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::super::api::{InfoBody, LimitsBody, ProfileQuery, StatusBody};
+use super::super::api::{AdmissionBody, InfoBody, LimitsBody, ProfileQuery, StatusBody};
 use super::super::error::{ApiError, AuthErrors, Busy, Internal, Malformed, Unavailable};
 use super::super::extract::QueryOf;
 use super::super::App;
@@ -92,8 +92,27 @@ pub(in super::super) async fn info(State(app): State<App>) -> Result<Json<InfoBo
             max_image_bytes: c.limits.max_file_bytes,
             max_image_pixels: c.limits.max_pixels,
         },
+        admission: admission_body(&svc.admission().stats()),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     }))
+}
+
+fn admission_body(a: &crate::service::AdmissionStats) -> AdmissionBody {
+    let ms = |d: Option<Duration>| d.map(crate::service::wire::ms);
+    AdmissionBody {
+        limit_faces: a.limit.faces,
+        cap_faces: a.cap.faces,
+        in_use_faces: a.in_use.faces,
+        waiting: a.waiting,
+        target_ms: ms(a.target),
+        rate_faces_per_sec: a.rate.map(|r| (r * 10.0).round() / 10.0),
+        min_sojourn_ms: ms(a.floor),
+        sample_sojourn_ms: ms(a.sojourn_p99),
+        expected_wait_ms: ms(a.expected_wait),
+        refused_full: a.refused_full,
+        refused_too_large: a.refused_too_large,
+        refused_deadline: a.refused_deadline,
+    }
 }
 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus (OpenMetrics) text", content_type = "application/openmetrics-text"), AuthErrors, Internal))]

@@ -30,105 +30,19 @@
 //! woken after both are released.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
-use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::task::Waker;
+use std::time::{Duration, Instant};
 
+use super::limit::{Control, LimitPolicy};
 use crate::sync::{lock, wait_until};
 
-/// What a request asks for: the faces its images may yield and their bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Cost {
-    /// Faces (one per image today).
-    pub faces: usize,
-    /// Encoded bytes of the images held in memory.
-    pub bytes: usize,
-}
+mod cost;
+mod wait;
 
-impl Cost {
-    /// `faces` faces of `bytes` bytes.
-    pub fn new(faces: usize, bytes: usize) -> Self {
-        Self { faces, bytes }
-    }
-
-    /// The sum of two costs.
-    pub fn saturating_add(self, o: Cost) -> Cost {
-        Cost {
-            faces: self.faces.saturating_add(o.faces),
-            bytes: self.bytes.saturating_add(o.bytes),
-        }
-    }
-
-    /// What `self` asks beyond `o` (zero where `o` covers it).
-    pub fn saturating_sub(self, o: Cost) -> Cost {
-        Cost {
-            faces: self.faces.saturating_sub(o.faces),
-            bytes: self.bytes.saturating_sub(o.bytes),
-        }
-    }
-
-    fn within(self, limit: Cost) -> bool {
-        self.faces <= limit.faces && self.bytes <= limit.bytes
-    }
-
-    fn min(self, o: Cost) -> Cost {
-        Cost {
-            faces: self.faces.min(o.faces),
-            bytes: self.bytes.min(o.bytes),
-        }
-    }
-
-    fn is_zero(self) -> bool {
-        self.faces == 0 && self.bytes == 0
-    }
-}
-
-/// Why admission refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AdmitError {
-    /// More than the hard cap: no wait can help.
-    #[error("{} faces and {} bytes in one request, over the limit of {} faces and {} bytes", asked.faces, asked.bytes, cap.faces, cap.bytes)]
-    TooLarge {
-        /// What was asked.
-        asked: Cost,
-        /// The hard cap.
-        cap: Cost,
-    },
-    /// Full now (and, for a waiter, not before its deadline).
-    #[error("at capacity")]
-    Overloaded,
-    /// The deadline passed while waiting in line.
-    #[error("the deadline passed while waiting for admission")]
-    Timeout,
-    /// Admission is closed (the service is stopping).
-    #[error("the service is shutting down")]
-    Closed,
-}
-
-/// Counts of the admission, for gauges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct AdmissionStats {
-    /// The current limit (faces and bytes in use at once).
-    pub limit: Cost,
-    /// The hard cap a single request may not pass.
-    pub cap: Cost,
-    /// In use now.
-    pub in_use: Cost,
-    /// Waiters in line.
-    pub waiting: usize,
-    /// Permits granted.
-    pub granted: u64,
-    /// Refused at once because full (`try_acquire`).
-    pub refused_full: u64,
-    /// Refused because over the hard cap.
-    pub refused_too_large: u64,
-    /// Waiters whose deadline passed (or who gave up) in line.
-    pub gave_up: u64,
-    /// Permits granted after waiting in line.
-    pub granted_after_wait: u64,
-}
+pub use cost::{AdmissionStats, AdmitError, Cost};
+pub use wait::Acquire;
+use wait::Room;
 
 enum SlotState {
     Waiting(Option<Waker>),
@@ -166,6 +80,9 @@ struct Waiter {
     id: u64,
     cost: Cost,
     slot: Arc<Slot>,
+    /// Waits for room only ([`Admission::room`]): granted without taking
+    /// any.
+    probe: bool,
 }
 
 struct State {
@@ -176,6 +93,8 @@ struct State {
     next_id: u64,
     closed: bool,
     stats: AdmissionStats,
+    /// The adaptive limit's controller, when the limit adapts.
+    control: Option<Control>,
 }
 
 impl State {
@@ -192,11 +111,33 @@ impl State {
                 break;
             }
             let Some(w) = self.line.pop_front() else { break };
-            self.in_use = self.in_use.saturating_add(w.cost);
-            self.stats.granted += 1;
-            self.stats.granted_after_wait += 1;
+            if !w.probe {
+                self.in_use = self.in_use.saturating_add(w.cost);
+                if let Some(c) = &mut self.control {
+                    c.in_use(self.in_use.faces);
+                }
+                self.stats.granted += 1;
+                self.stats.granted_after_wait += 1;
+            }
             wake.extend(w.slot.settle(SlotState::Granted));
         }
+    }
+
+    /// When a request of `cost` refused now may try again.
+    fn retry_after(&self, cost: Cost) -> Duration {
+        let second = Duration::from_secs(1);
+        let Some(rate) = self
+            .control
+            .as_ref()
+            .and_then(|c| c.state.rate)
+            .filter(|r| *r > 0.0)
+        else {
+            return second;
+        };
+        let excess = (self.in_use.faces + cost.faces)
+            .saturating_sub(self.limit.faces)
+            .max(1);
+        Duration::from_secs_f64((excess as f64 / rate).min(60.0)).max(Duration::from_millis(1))
     }
 
     fn remove(&mut self, id: u64) -> bool {
@@ -215,7 +156,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn release(&self, cost: Cost) {
+    fn release(&self, cost: Cost, granted: Instant) {
         if cost.is_zero() {
             return;
         }
@@ -223,6 +164,16 @@ impl Shared {
         {
             let mut s = lock(&self.state);
             s.in_use = s.in_use.saturating_sub(cost);
+            if let Some(c) = &mut s.control {
+                let now = Instant::now();
+                if cost.faces > 0 {
+                    c.finished(cost.faces, now.saturating_duration_since(granted));
+                }
+                if let Some(limit) = c.tick(now) {
+                    s.limit.faces = limit;
+                    s.stats.limit = s.limit;
+                }
+            }
             s.grant_line(&mut wake);
         }
         wake.into_iter().for_each(Waker::wake);
@@ -249,6 +200,8 @@ impl std::fmt::Debug for Admission {
 pub struct Permit {
     shared: Option<Arc<Shared>>,
     cost: Cost,
+    /// When it was granted (a face's sojourn counts from here).
+    granted: Instant,
 }
 
 impl std::fmt::Debug for Permit {
@@ -263,6 +216,7 @@ impl Permit {
         Self {
             shared: None,
             cost: Cost::default(),
+            granted: Instant::now(),
         }
     }
 
@@ -279,6 +233,7 @@ impl Permit {
         Permit {
             shared: self.shared.clone(),
             cost: part,
+            granted: self.granted,
         }
     }
 
@@ -286,7 +241,9 @@ impl Permit {
     pub fn merge(&mut self, mut other: Permit) {
         if self.shared.is_none() {
             self.shared = other.shared.clone();
+            self.granted = other.granted;
         }
+        self.granted = self.granted.min(other.granted);
         self.cost = self.cost.saturating_add(std::mem::take(&mut other.cost));
     }
 
@@ -295,7 +252,7 @@ impl Permit {
         let bytes = Cost::new(0, self.cost.bytes);
         self.cost.bytes = 0;
         if let Some(s) = &self.shared {
-            s.release(bytes);
+            s.release(bytes, self.granted);
         }
     }
 }
@@ -303,7 +260,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(s) = self.shared.take() {
-            s.release(self.cost);
+            s.release(self.cost, self.granted);
         }
     }
 }
@@ -312,11 +269,25 @@ impl Admission {
     /// An admission with `limit` in use at once and `cap` per request (a
     /// limit above the cap is lowered to it).
     pub fn new(limit: Cost, cap: Cost) -> Self {
+        Self::with(limit, cap, None)
+    }
+
+    /// An admission whose faces limit adapts to hold `policy`'s latency
+    /// target (between its `min` and `max`, the hard cap of a request), and
+    /// whose bytes limit is `bytes`.
+    pub fn adaptive(policy: LimitPolicy, bytes: usize) -> Self {
+        let control = Control::new(policy);
+        let limit = Cost::new(control.state.faces(), bytes);
+        Self::with(limit, Cost::new(policy.max, bytes), Some(control))
+    }
+
+    fn with(limit: Cost, cap: Cost, control: Option<Control>) -> Self {
         let cap = Cost::new(cap.faces.max(1), cap.bytes.max(1));
         let limit = Cost::new(limit.faces.clamp(1, cap.faces), limit.bytes.clamp(1, cap.bytes));
         let stats = AdmissionStats {
             limit,
             cap,
+            target: control.as_ref().map(|c| c.policy.target),
             ..AdmissionStats::default()
         };
         Self {
@@ -329,6 +300,7 @@ impl Admission {
                     next_id: 0,
                     closed: false,
                     stats,
+                    control,
                 }),
             }),
         }
@@ -338,11 +310,17 @@ impl Admission {
         Permit {
             shared: Some(self.shared.clone()),
             cost,
+            granted: Instant::now(),
         }
     }
 
     /// Checks that can refuse at once; `Ok(true)` if granted now.
-    fn enter(s: &mut State, cost: Cost, queue_ok: bool) -> Result<bool, AdmitError> {
+    fn enter(
+        s: &mut State,
+        cost: Cost,
+        queue_ok: bool,
+        deadline: Option<Instant>,
+    ) -> Result<bool, AdmitError> {
         if s.closed {
             return Err(AdmitError::Closed);
         }
@@ -353,14 +331,33 @@ impl Admission {
                 cap: s.cap,
             });
         }
+        // A deadline shorter than the wait it would have: refused at once.
+        let in_use = s.in_use.faces;
+        if let (Some(d), Some(c)) = (deadline, &mut s.control) {
+            if let Some(expected) = c.state.expected(in_use, cost.faces) {
+                if Instant::now() + expected > d {
+                    c.refused_deadline += 1;
+                    s.stats.refused_deadline += 1;
+                    return Err(AdmitError::Unmeetable { expected });
+                }
+            }
+        }
         if s.line.is_empty() && s.fits(cost) {
             s.in_use = s.in_use.saturating_add(cost);
             s.stats.granted += 1;
+            if let Some(c) = &mut s.control {
+                c.in_use(s.in_use.faces);
+            }
             return Ok(true);
+        }
+        if let Some(c) = &mut s.control {
+            c.limited();
         }
         if !queue_ok {
             s.stats.refused_full += 1;
-            return Err(AdmitError::Overloaded);
+            return Err(AdmitError::Overloaded {
+                retry_after: s.retry_after(cost),
+            });
         }
         Ok(false)
     }
@@ -368,8 +365,14 @@ impl Admission {
     /// The permit now, or `Overloaded` (also while others wait in line:
     /// no barging), `TooLarge` or `Closed`.
     pub fn try_acquire(&self, cost: Cost) -> Result<Permit, AdmitError> {
+        self.try_acquire_by(cost, None)
+    }
+
+    /// [`try_acquire`](Self::try_acquire) for a request due by `deadline`:
+    /// also refused (`Unmeetable`) when the expected wait is longer.
+    pub fn try_acquire_by(&self, cost: Cost, deadline: Option<Instant>) -> Result<Permit, AdmitError> {
         let mut s = lock(&self.shared.state);
-        Self::enter(&mut s, cost, false)?;
+        Self::enter(&mut s, cost, false, deadline)?;
         drop(s);
         Ok(self.permit(cost))
     }
@@ -377,9 +380,17 @@ impl Admission {
     /// Waits in line for the permit (a future; dropping it leaves the line).
     /// Bound the wait with the caller's deadline.
     pub fn acquire(&self, cost: Cost) -> Acquire {
+        self.acquire_by(cost, None)
+    }
+
+    /// [`acquire`](Self::acquire) for a request due by `deadline`: refused
+    /// at once (`Unmeetable`) when the expected wait is longer. (The wait
+    /// itself is the caller's to bound.)
+    pub fn acquire_by(&self, cost: Cost, deadline: Option<Instant>) -> Acquire {
         Acquire {
             admission: self.clone(),
             cost,
+            deadline,
             waiting: None,
             done: false,
         }
@@ -390,7 +401,7 @@ impl Admission {
     pub fn acquire_blocking(&self, cost: Cost, deadline: Option<Instant>) -> Result<Permit, AdmitError> {
         let (id, slot) = {
             let mut s = lock(&self.shared.state);
-            if Self::enter(&mut s, cost, true)? {
+            if Self::enter(&mut s, cost, true, deadline)? {
                 drop(s);
                 return Ok(self.permit(cost));
             }
@@ -420,6 +431,7 @@ impl Admission {
             id,
             cost,
             slot: slot.clone(),
+            probe: false,
         });
         (id, slot)
     }
@@ -441,6 +453,30 @@ impl Admission {
         };
         wake.into_iter().for_each(Waker::wake);
         granted.then(|| self.permit(cost))
+    }
+
+    /// Waits, in line like a request, until a request of `faces` would be
+    /// admitted now, taking nothing (for a caller that fetches its work
+    /// only when there is room for it: the NATS consumer). Resolves at once
+    /// when closed.
+    pub async fn room(&self, faces: usize) {
+        let cost = Cost::new(faces, 0);
+        let slot = {
+            let mut s = lock(&self.shared.state);
+            if s.closed || (s.line.is_empty() && s.fits(cost)) {
+                return;
+            }
+            let (id, slot) = Self::queue(&mut s, cost, None);
+            if let Some(w) = s.line.back_mut().filter(|w| w.id == id) {
+                w.probe = true;
+            }
+            (id, slot)
+        };
+        Room {
+            admission: self.clone(),
+            slot: Some(slot),
+        }
+        .await;
     }
 
     /// Sets the limit (at most the cap, at least 1 face and 1 byte); a
@@ -485,95 +521,15 @@ impl Admission {
     /// The counts.
     pub fn stats(&self) -> AdmissionStats {
         let s = lock(&self.shared.state);
+        let control = s.control.as_ref().map(|c| c.state);
         AdmissionStats {
             in_use: s.in_use,
             waiting: s.line.len(),
+            rate: control.and_then(|c| c.rate),
+            floor: control.and_then(|c| c.floor),
+            sojourn_p99: control.and_then(|c| c.p99),
+            expected_wait: control.and_then(|c| c.expected(s.in_use.faces, 1)),
             ..s.stats
-        }
-    }
-}
-
-/// Waiting in line for a permit ([`Admission::acquire`]).
-#[must_use = "futures do nothing unless polled"]
-pub struct Acquire {
-    admission: Admission,
-    cost: Cost,
-    waiting: Option<(u64, Arc<Slot>)>,
-    done: bool,
-}
-
-impl Future for Acquire {
-    type Output = Result<Permit, AdmitError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.done {
-            return Poll::Ready(Err(AdmitError::Closed));
-        }
-        let cost = self.cost;
-        let Some((_, slot)) = &self.waiting else {
-            let entered = {
-                let mut s = lock(&self.admission.shared.state);
-                Self::enter_or_queue(&mut s, cost, cx.waker())
-            };
-            return match entered {
-                Err(e) => {
-                    self.done = true;
-                    Poll::Ready(Err(e))
-                }
-                Ok(None) => {
-                    self.done = true;
-                    Poll::Ready(Ok(self.admission.permit(cost)))
-                }
-                Ok(Some(w)) => {
-                    self.waiting = Some(w);
-                    Poll::Pending
-                }
-            };
-        };
-        let mut st = lock(&slot.state);
-        match &mut *st {
-            SlotState::Granted => {
-                drop(st);
-                self.done = true;
-                self.waiting = None;
-                Poll::Ready(Ok(self.admission.permit(cost)))
-            }
-            SlotState::Closed => {
-                drop(st);
-                self.done = true;
-                self.waiting = None;
-                Poll::Ready(Err(AdmitError::Closed))
-            }
-            SlotState::Waiting(w) => {
-                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *w = Some(cx.waker().clone());
-                }
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl Acquire {
-    /// Granted now (`None`), or queued with this waker.
-    fn enter_or_queue(
-        s: &mut State,
-        cost: Cost,
-        waker: &Waker,
-    ) -> Result<Option<(u64, Arc<Slot>)>, AdmitError> {
-        if Admission::enter(s, cost, true)? {
-            return Ok(None);
-        }
-        Ok(Some(Admission::queue(s, cost, Some(waker.clone()))))
-    }
-}
-
-impl Drop for Acquire {
-    fn drop(&mut self) {
-        if let Some((id, slot)) = self.waiting.take() {
-            // Granted after the last poll: the permit is dropped here,
-            // which hands the capacity back.
-            drop(self.admission.give_up(id, &slot, self.cost));
         }
     }
 }

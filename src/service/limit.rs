@@ -1,0 +1,437 @@
+//! The adaptive admission limit: how many faces may be in flight at once
+//! so that admitted requests meet a latency target while the model stays
+//! busy. A pure decision (`decide`), applied by the admission every
+//! interval from what it saw; tested without threads or clocks.
+//!
+//! **What it measures.** Each face's *sojourn*: from the moment its request
+//! is admitted to the end of its model run (preparation, waiting for a
+//! batch, and the run: everything the number of faces in flight lengthens).
+//! Per interval: the sojourns' 99th percentile and minimum, the faces that
+//! finished, the most faces in flight, and whether the limit turned anyone
+//! away (refused, or kept waiting in line).
+//!
+//! **The rule** (a target-tracking controller, from Little's law):
+//! - The goal is `target × headroom` (the rest of the target is for what a
+//!   request does after its faces: comparing, searching, answering).
+//! - A sojourn p99 over the goal lowers the limit at once, in proportion:
+//!   `limit × max(½, goal / p99)` (a 3× slower model shows in one
+//!   interval).
+//! - While the limit is what turns requests away, and the p99 is within the
+//!   goal, the limit moves up toward `rate × goal`, the faces in flight
+//!   that the measured throughput finishes within the goal (Little's law),
+//!   by half the distance each interval, at least one face.
+//! - Otherwise it holds. It never grows while nobody is turned away, so it
+//!   does not creep upward under modest load (Gradient2's known trap: its
+//!   added headroom raises the limit whenever the gradient is flat), and it
+//!   needs no probe that pins the concurrency low to find the floor
+//!   (Envoy's min-RTT probe and the 503s it causes): the floor is the
+//!   smallest sojourn seen, which under load is what a face costs alone.
+//! - It stays between `min` (a batch per inference thread: fewer faces in
+//!   flight would starve the batcher, which needs a queue to form batches;
+//!   the target bounds that queue) and `max` (`--queue`, the hard cap).
+//!
+//! **Expected wait.** With the throughput measured at saturation, a request
+//! of `n` faces admitted now finishes after about `(in use + n) / rate`;
+//! one whose own deadline is shorter is refused at once instead of being
+//! admitted to time out, and a refusal's `Retry-After` is the time the
+//! excess takes to drain at that rate.
+
+use std::time::Duration;
+
+/// The controller's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimitPolicy {
+    /// The latency admitted requests should meet at p99.
+    pub target: Duration,
+    /// The share of the target a face's sojourn may take.
+    pub headroom: f64,
+    /// The smallest limit (faces).
+    pub min: usize,
+    /// The largest limit (faces): the hard cap.
+    pub max: usize,
+    /// How often the limit is decided.
+    pub interval: Duration,
+    /// Sojourns an interval needs to decide on (fewer: it waits longer).
+    pub min_samples: usize,
+}
+
+impl LimitPolicy {
+    /// A 300 ms target (80 % of it for the faces), decided every 100 ms on
+    /// at least 16 faces, between `min` and `max`.
+    pub fn new(target: Duration, min: usize, max: usize) -> Self {
+        let max = max.max(1);
+        Self {
+            target,
+            headroom: 0.8,
+            min: min.clamp(1, max),
+            max,
+            interval: Duration::from_millis(100),
+            min_samples: 16,
+        }
+    }
+
+    /// The sojourn goal: `target × headroom`.
+    pub fn goal(&self) -> Duration {
+        self.target.mul_f64(self.headroom.clamp(0.05, 1.0))
+    }
+
+    /// Where the limit starts: four batches' worth, within the bounds.
+    pub fn initial(&self) -> usize {
+        self.min.saturating_mul(4).clamp(self.min, self.max)
+    }
+}
+
+/// What the admission saw in one interval.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Observation {
+    /// How long the interval was.
+    pub elapsed: Duration,
+    /// Faces whose work ended in it.
+    pub completed: u64,
+    /// Their sojourns' 99th percentile.
+    pub p99: Option<Duration>,
+    /// Their smallest sojourn.
+    pub min: Option<Duration>,
+    /// The most faces in flight at once.
+    pub peak_in_use: usize,
+    /// Whether the limit turned a request away (refused, or kept in line).
+    pub limited: bool,
+}
+
+/// The controller's state from one interval to the next.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimitState {
+    /// The limit (faces), fractional between decisions.
+    pub limit: f64,
+    /// Faces finished per second while the limit was what held requests
+    /// back (the capacity), smoothed; `None` until measured.
+    pub rate: Option<f64>,
+    /// The smallest sojourn seen (what a face costs alone), drifting up
+    /// slowly so that a model that became slower is noticed.
+    pub floor: Option<Duration>,
+    /// The last interval's sojourn p99.
+    pub p99: Option<Duration>,
+}
+
+impl LimitState {
+    /// The starting state of `policy`.
+    pub fn new(policy: &LimitPolicy) -> Self {
+        Self {
+            limit: policy.initial() as f64,
+            rate: None,
+            floor: None,
+            p99: None,
+        }
+    }
+
+    /// The limit in whole faces.
+    pub fn faces(&self) -> usize {
+        self.limit.round().max(1.0) as usize
+    }
+
+    /// How long `faces` more would take to finish, at the measured rate.
+    pub fn expected(&self, in_use: usize, faces: usize) -> Option<Duration> {
+        let rate = self.rate.filter(|r| *r > 0.0)?;
+        let s = (in_use + faces) as f64 / rate;
+        Some(Duration::from_secs_f64(s.min(3600.0)) + self.floor.unwrap_or_default())
+    }
+}
+
+/// The next state, from the last one and an interval's observation.
+pub fn decide(policy: &LimitPolicy, state: &LimitState, obs: &Observation) -> LimitState {
+    let mut next = *state;
+    if obs.completed == 0 {
+        return next;
+    }
+    next.p99 = obs.p99.or(state.p99);
+    // The floor: the smallest sojourn, drifting up 1 % an interval.
+    next.floor = match (state.floor, obs.min) {
+        (Some(f), Some(m)) => Some(m.min(f.mul_f64(1.01))),
+        (f, m) => m.or(f),
+    };
+    let goal = policy.goal();
+    let secs = obs.elapsed.as_secs_f64();
+    if obs.limited && secs > 0.0 {
+        let r = obs.completed as f64 / secs;
+        next.rate = Some(match state.rate {
+            Some(old) => 0.7 * old + 0.3 * r,
+            None => r,
+        });
+    }
+    match obs.p99 {
+        Some(p) if p > goal => {
+            let cut = (goal.as_secs_f64() / p.as_secs_f64()).max(0.5);
+            next.limit = (state.limit * cut).min(state.limit - 1.0);
+        }
+        Some(_) if obs.limited => {
+            if let Some(rate) = next.rate {
+                let little = rate * goal.as_secs_f64();
+                if little > state.limit {
+                    next.limit = state.limit + ((little - state.limit) / 2.0).max(1.0);
+                }
+            }
+        }
+        _ => {}
+    }
+    next.limit = next.limit.clamp(policy.min as f64, policy.max as f64);
+    next
+}
+
+/// The 99th percentile of `samples` (sorted in place), and the smallest.
+pub fn summarise(samples: &mut [Duration]) -> (Option<Duration>, Option<Duration>) {
+    if samples.is_empty() {
+        return (None, None);
+    }
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 * 0.99).ceil() as usize).clamp(1, samples.len()) - 1;
+    (Some(samples[i]), Some(samples[0]))
+}
+
+/// The controller as the admission runs it: the interval's samples and
+/// counts, and the decision when the interval is over.
+#[derive(Debug)]
+pub(crate) struct Control {
+    pub policy: LimitPolicy,
+    pub state: LimitState,
+    window: Vec<std::time::Duration>,
+    completed: u64,
+    limited: bool,
+    peak: usize,
+    started: std::time::Instant,
+    /// Faces turned away because of the limit, and for their deadline.
+    pub refused_deadline: u64,
+}
+
+/// Sojourns kept per interval at most (more are counted, not kept).
+const WINDOW: usize = 8192;
+
+impl Control {
+    pub fn new(policy: LimitPolicy) -> Self {
+        Self {
+            state: LimitState::new(&policy),
+            policy,
+            window: Vec::new(),
+            completed: 0,
+            limited: false,
+            peak: 0,
+            started: std::time::Instant::now(),
+            refused_deadline: 0,
+        }
+    }
+
+    /// `faces` finished, `sojourn` after they were admitted.
+    pub fn finished(&mut self, faces: usize, sojourn: Duration) {
+        self.completed += faces as u64;
+        for _ in 0..faces.min(WINDOW - self.window.len().min(WINDOW)) {
+            self.window.push(sojourn);
+        }
+    }
+
+    /// The limit turned a request away.
+    pub fn limited(&mut self) {
+        self.limited = true;
+    }
+
+    /// Faces in flight now.
+    pub fn in_use(&mut self, faces: usize) {
+        self.peak = self.peak.max(faces);
+    }
+
+    /// At the end of an interval with enough samples: the decision's new
+    /// limit.
+    pub fn tick(&mut self, now: std::time::Instant) -> Option<usize> {
+        let elapsed = now.saturating_duration_since(self.started);
+        if elapsed < self.policy.interval || self.window.len() < self.policy.min_samples {
+            return None;
+        }
+        let (p99, min) = summarise(&mut self.window);
+        let obs = Observation {
+            elapsed,
+            completed: self.completed,
+            p99,
+            min,
+            peak_in_use: self.peak,
+            limited: self.limited,
+        };
+        self.state = decide(&self.policy, &self.state, &obs);
+        self.window.clear();
+        (self.completed, self.limited, self.peak, self.started) = (0, false, 0, now);
+        Some(self.state.faces())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn policy() -> LimitPolicy {
+        LimitPolicy::new(ms(300), 8, 512)
+    }
+
+    fn obs(completed: u64, p99: u64, limited: bool) -> Observation {
+        Observation {
+            elapsed: ms(100),
+            completed,
+            p99: Some(ms(p99)),
+            min: Some(ms(20)),
+            peak_in_use: 0,
+            limited,
+        }
+    }
+
+    #[test]
+    fn over_the_goal_it_falls_in_proportion_and_at_most_by_half() {
+        let p = policy();
+        let s = LimitState {
+            limit: 100.0,
+            ..LimitState::new(&p)
+        };
+        // Goal 240 ms; 480 ms is twice it: half.
+        assert_eq!(decide(&p, &s, &obs(10, 480, true)).faces(), 50);
+        // 2.4 s: ten times, but at most half.
+        assert_eq!(decide(&p, &s, &obs(10, 2400, true)).faces(), 50);
+        // Just over: at least one face less.
+        assert_eq!(decide(&p, &s, &obs(10, 241, true)).faces(), 99);
+        // Never under the floor of the batches.
+        let low = LimitState { limit: 9.0, ..s };
+        assert_eq!(decide(&p, &low, &obs(10, 2400, true)).faces(), 8);
+    }
+
+    #[test]
+    fn it_grows_toward_little_only_while_it_turns_requests_away() {
+        let p = policy();
+        let s = LimitState {
+            limit: 20.0,
+            rate: Some(200.0),
+            ..LimitState::new(&p)
+        };
+        // 200 faces/s × 240 ms = 48: half the way from 20 (the rate is
+        // measured again: 20 in 100 ms keeps it at 200).
+        let up = decide(&p, &s, &obs(20, 100, true));
+        assert_eq!(up.faces(), 34);
+        // Not limited: it holds, however low the latency (no creep).
+        assert_eq!(decide(&p, &s, &obs(5, 30, false)).faces(), 20);
+        // Nothing finished: nothing learned.
+        assert_eq!(decide(&p, &s, &obs(0, 30, true)), s);
+        // Capped.
+        let big = LimitState {
+            limit: 500.0,
+            rate: Some(10_000.0),
+            ..s
+        };
+        assert_eq!(decide(&p, &big, &obs(1000, 100, true)).faces(), 512);
+    }
+
+    #[test]
+    fn the_floor_is_the_smallest_sojourn_drifting_up() {
+        let p = policy();
+        let mut s = LimitState::new(&p);
+        s = decide(&p, &s, &obs(10, 100, false));
+        assert_eq!(s.floor, Some(ms(20)));
+        let mut o = obs(10, 100, false);
+        o.min = Some(ms(500));
+        let s2 = decide(&p, &s, &o);
+        assert_eq!(s2.floor, Some(ms(20).mul_f64(1.01)));
+    }
+
+    #[test]
+    fn expected_wait_from_the_rate() {
+        let s = LimitState {
+            limit: 10.0,
+            rate: Some(100.0),
+            floor: Some(ms(30)),
+            p99: None,
+        };
+        assert_eq!(s.expected(48, 2), Some(ms(530)));
+        let unknown = LimitState { rate: None, ..s };
+        assert_eq!(unknown.expected(48, 2), None);
+    }
+
+    /// A simulated server: faces served at a rate that drops 3× mid-run
+    /// (and comes back), arrivals at twice the first rate; the admission
+    /// runs the controller every interval. The limit follows the rate
+    /// within a few intervals, and the sojourn p99 returns under the goal.
+    #[test]
+    fn it_follows_a_rate_that_changes_three_times() {
+        let p = policy();
+        let mut s = LimitState::new(&p);
+        let dt = 0.001; // 1 ms steps
+        let mut queue: std::collections::VecDeque<f64> = Default::default(); // admission times
+        let (mut t, mut credit) = (0.0f64, 0.0f64);
+        let mut window: Vec<Duration> = Vec::new();
+        let (mut completed, mut limited, mut peak) = (0u64, false, 0usize);
+        let mut last = 0.0;
+        let mut history = Vec::new();
+        while t < 30.0 {
+            // 600 faces/s, then 200 from 10 s to 20 s, then 600 again.
+            let rate = if (10.0..20.0).contains(&t) { 200.0 } else { 600.0 };
+            // Arrivals: 1,200 faces/s offered; each admitted if it fits.
+            for _ in 0..(1200.0 * dt) as usize {
+                if queue.len() < s.faces() {
+                    queue.push_back(t);
+                } else {
+                    limited = true;
+                }
+            }
+            peak = peak.max(queue.len());
+            credit += rate * dt;
+            while credit >= 1.0 {
+                credit -= 1.0;
+                if let Some(at) = queue.pop_front() {
+                    window.push(Duration::from_secs_f64(t - at + 0.02));
+                    completed += 1;
+                }
+            }
+            t += dt;
+            if t - last >= p.interval.as_secs_f64() && window.len() >= p.min_samples {
+                let (p99, min) = summarise(&mut window);
+                let o = Observation {
+                    elapsed: Duration::from_secs_f64(t - last),
+                    completed,
+                    p99,
+                    min,
+                    peak_in_use: peak,
+                    limited,
+                };
+                s = decide(&p, &s, &o);
+                history.push((t, s.faces(), p99.unwrap_or_default()));
+                window.clear();
+                (completed, limited, peak, last) = (0, false, 0, t);
+            }
+        }
+        let at = |from: f64, to: f64| -> Vec<&(f64, usize, Duration)> {
+            history
+                .iter()
+                .filter(|(t, _, _)| (from..to).contains(t))
+                .collect()
+        };
+        let goal = p.goal();
+        // Settled at each rate: the limit near rate × goal (within 2×) and
+        // the p99 under the goal.
+        for (from, to, rate) in [(5.0, 10.0, 600.0), (15.0, 20.0, 200.0), (25.0, 30.0, 600.0)] {
+            let ideal = rate * goal.as_secs_f64();
+            for (t, limit, p99) in at(from, to) {
+                assert!(
+                    (*limit as f64) < 2.0 * ideal && (*limit as f64) > ideal / 2.0,
+                    "at {t:.1} s: limit {limit}, ideal {ideal:.0}"
+                );
+                assert!(
+                    *p99 <= goal + Duration::from_millis(30),
+                    "at {t:.1} s: p99 {p99:?}"
+                );
+            }
+        }
+        // The drop is followed within a second.
+        let after = at(11.0, 20.0);
+        assert!(
+            after
+                .iter()
+                .all(|(_, _, p99)| *p99 <= goal + Duration::from_millis(30)),
+            "{after:?}"
+        );
+    }
+}

@@ -85,7 +85,11 @@ struct Args {
 /// Starts the service and says which embedding backend runs, or says why
 /// it could not start.
 fn start_service(args: &ServiceArgs) -> Result<FaceService, ExitCode> {
-    let svc = FaceService::start(config(args)).map_err(|e| {
+    // A batch run is after throughput, not a latency per request: the
+    // queue is the fixed limit.
+    let mut c = config(args);
+    c.latency_target = None;
+    let svc = FaceService::start(c).map_err(|e| {
         eprintln!("compare: {e}");
         ExitCode::from(2)
     })?;

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use facepool::service::dedup::read_keyed;
 use facepool::service::{
-    ErrorKind, FaceResult, FaceService, ImageKey, ImageSource, PendingFace, PendingImage, Recent,
+    AdmitError, ErrorKind, FaceResult, FaceService, ImageKey, ImageSource, PendingFace, PendingImage, Recent,
     ServiceError, Timings, Verdict,
 };
 
@@ -251,10 +251,20 @@ impl<'a> Pipeline<'a> {
         while self.preparing.len() >= PREPARING {
             self.advance();
         }
-        // Admitted in line; the permit comes back as the image moves on
-        // (its bytes once decoded, its face once embedded), so this thread
-        // never waits on a release only it could make.
-        let permit = self.svc.admission().acquire_blocking(src.cost(), None)?;
+        // The permit comes back as the image moves on (its bytes once
+        // decoded, its face once embedded). While this thread holds images
+        // of its own it moves them on instead of waiting, so it never
+        // waits on a release only it could make, however small the limit.
+        let permit = loop {
+            if self.preparing.is_empty() && self.embedding.is_empty() {
+                break self.svc.admission().acquire_blocking(src.cost(), None)?;
+            }
+            match self.svc.admission().try_acquire(src.cost()) {
+                Ok(p) => break p,
+                Err(AdmitError::Overloaded { .. }) => self.advance(),
+                Err(e) => return Err(e.into()),
+            }
+        };
         let pending = self.svc.prepare(src, permit, None)?;
         let img = Rc::new(RefCell::new(Stage::Preparing(pending)));
         self.preparing.push_back(img.clone());

@@ -30,8 +30,9 @@ pub struct Request {
 pub enum Outcome {
     /// Answered.
     Done,
-    /// Refused at admission (`Overloaded`).
-    Rejected,
+    /// Refused at admission (`Overloaded`), with when to try again if the
+    /// service said.
+    Rejected(Option<std::time::Duration>),
     /// Failed, with why.
     Failed(String),
 }
@@ -390,7 +391,7 @@ impl Target for RealBatch {
             images.push(ImageSource::Bytes(bytes.clone()));
         }
         let fail = |e: ServiceError| match e.kind() {
-            ErrorKind::Overloaded => Outcome::Rejected,
+            ErrorKind::Overloaded => Outcome::Rejected(e.retry_after()),
             _ => Outcome::Failed(e.to_string()),
         };
         let results = match block_on(self.service.embed_all_async(images, Call::refuse_when_full())) {

@@ -150,11 +150,17 @@ impl Http {
             Err(e) => return Outcome::Failed(format!("{path}: {e}")),
         };
         let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(std::time::Duration::from_secs);
         // Read the whole answer, so the connection is reused.
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         match status {
             200 => Outcome::Done,
-            429 => Outcome::Rejected,
+            429 => Outcome::Rejected(retry_after),
             s => Outcome::Failed(format!("{path}: HTTP {s} {}", error_code(&text))),
         }
     }

@@ -113,6 +113,11 @@ pub struct Arrival {
     /// rate). The run lasts as long as the phases.
     #[serde(default)]
     pub phases: Vec<Phase>,
+    /// Closed loop: a client refused with a Retry-After waits that long
+    /// before its next request, as a well-behaved client does (by default
+    /// it sends the next at once).
+    #[serde(default)]
+    pub honour_retry_after: bool,
 }
 
 /// One phase of an open-loop run.

@@ -103,7 +103,7 @@ impl Recorder {
                 self.done.fetch_add(1, Ordering::Relaxed);
                 Kind::Done
             }
-            Outcome::Rejected => {
+            Outcome::Rejected(_) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 Kind::Rejected
             }
@@ -310,19 +310,25 @@ impl Driver {
     /// records its end (the sender records its start): `direct` runs it on
     /// a new thread of its own (the naive thread-per-request service),
     /// failing past the thread limit; `wait` waits for that thread.
-    fn serve(self: &Arc<Self>, req: Request, due: Instant, wait: bool) {
+    /// Serves `req`; returns the wait a refusal asked for (not for a
+    /// request on a thread of its own).
+    fn serve(self: &Arc<Self>, req: Request, due: Instant, wait: bool) -> Option<Duration> {
         let faces = req.images.len();
         if self.mode != Mode::Direct {
             let o = self.target.call(&req);
+            let retry = match o {
+                Outcome::Rejected(after) => after,
+                _ => None,
+            };
             self.rec.end(due, faces, o);
-            return;
+            return retry;
         }
         let limit = self.limit;
         if self.live.fetch_add(1, Ordering::AcqRel) >= limit {
             self.live.fetch_sub(1, Ordering::AcqRel);
             let why = format!("over {limit} request threads");
             self.rec.end(due, faces, Outcome::Failed(why));
-            return;
+            return None;
         }
         let me = self.clone();
         let spawned = std::thread::Builder::new()
@@ -343,6 +349,7 @@ impl Driver {
                 self.rec.end(due, faces, Outcome::Failed(why));
             }
         }
+        None
     }
 }
 
@@ -350,6 +357,7 @@ fn closed_loop(profile: &Profile, d: &Arc<Driver>, shapes: &Shapes, sent: &Atomi
     let start = d.rec.start;
     let window = profile.send_window().unwrap_or(Duration::MAX);
     let cap = profile.stop.requests.unwrap_or(u64::MAX);
+    let honour = profile.arrival.honour_retry_after;
     std::thread::scope(|s| {
         for c in 0..profile.arrival.clients.unwrap_or(1) {
             let builder = std::thread::Builder::new().name(format!("loadgen-client-{c}"));
@@ -358,7 +366,12 @@ fn closed_loop(profile: &Profile, d: &Arc<Driver>, shapes: &Shapes, sent: &Atomi
                     break;
                 }
                 d.rec.begin();
-                d.serve(shapes.next(), Instant::now(), true);
+                let retry = d.serve(shapes.next(), Instant::now(), true);
+                // A client that honours Retry-After waits as it asks
+                // (within what is left of the run).
+                if let Some(after) = retry.filter(|_| honour) {
+                    std::thread::sleep(after.min(window.saturating_sub(start.elapsed())));
+                }
             });
             if spawned.is_err() {
                 break;

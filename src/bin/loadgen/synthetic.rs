@@ -168,7 +168,7 @@ struct SynthPool {
 pub(crate) fn job_outcome<T>(r: Result<pool::JobHandle<T>, pool::SubmitError>) -> Result<T, Outcome> {
     match r {
         Ok(h) => h.join().map_err(|e| Outcome::Failed(format!("pool job: {e}"))),
-        Err(pool::SubmitError::Overloaded) => Err(Outcome::Rejected),
+        Err(pool::SubmitError::Overloaded) => Err(Outcome::Rejected(None)),
         Err(e) => Err(Outcome::Failed(format!("pool: {e}"))),
     }
 }
@@ -211,7 +211,7 @@ impl Target for SynthBatch {
         }));
         let handles = match handles {
             Ok(Ok(h)) => h,
-            Ok(Err(batch::SubmitError::Overloaded)) => return Outcome::Rejected,
+            Ok(Err(batch::SubmitError::Overloaded)) => return Outcome::Rejected(None),
             Ok(Err(e)) => return Outcome::Failed(format!("batcher: {e}")),
             Err(o) => return o,
         };

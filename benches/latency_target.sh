@@ -46,17 +46,7 @@ start_serve() {
     local line=""
     read -r -t 180 line < "$work/serve.out" || true
     addr="${line#listening on }"
-    python3 - "http://$addr/readyz" <<'PY'
-import sys, time, urllib.request
-for _ in range(1200):
-    try:
-        if urllib.request.urlopen(sys.argv[1], timeout=5).status == 200:
-            sys.exit(0)
-    except OSError:
-        pass
-    time.sleep(0.1)
-sys.exit("latency_target: serve never became ready")
-PY
+    python3 scripts/wait-ready.py "http://$addr/readyz" 120 latency_target
 }
 
 stop_serve() {

@@ -52,17 +52,7 @@ if [ -z "$addr" ]; then
 fi
 base="http://$addr"
 # Ready once the models and the gallery are loaded.
-python3 - "$base/readyz" <<'PY'
-import sys, time, urllib.request
-for _ in range(600):
-    try:
-        if urllib.request.urlopen(sys.argv[1], timeout=5).status == 200:
-            sys.exit(0)
-    except OSError:
-        pass
-    time.sleep(0.1)
-sys.exit("api-check: serve never became ready")
-PY
+python3 scripts/wait-ready.py "$base/readyz" 60 api-check
 
 # Operations that sample the CPU for seconds are left out (their
 # parameters are still checked by tests/server.rs).

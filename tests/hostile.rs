@@ -49,6 +49,8 @@ fn trickling_sockets_are_shed_while_work_and_probes_are_answered() {
         ],
     );
     s.wait_ready();
+    // What serve holds open with no client: its models, listener, runtime.
+    let base_fds = s.fds();
     const N: usize = 3000;
     let mut socks = Vec::with_capacity(N);
     for _ in 0..N {
@@ -87,11 +89,16 @@ fn trickling_sockets_are_shed_while_work_and_probes_are_answered() {
     }
     let shed = t0.elapsed();
     eprintln!(
-        "{N} trickling sockets: verify in {verify_took:?}, probe in {probe_took:?}, {} descriptors open at the peak, all shed {shed:?} later ({open} left)",
-        peak_fds
+        "{N} trickling sockets: verify in {verify_took:?}, probe in {probe_took:?}, {peak_fds} descriptors open at the peak ({base_fds} before), all shed {shed:?} later ({open} left)",
     );
     assert_eq!(open, 0, "{open} trickling sockets still open after {shed:?}");
-    assert!(peak_fds < 200 + 8 + 100, "{peak_fds} descriptors open");
+    // The connection cap and the probes' reserve, plus the evicted ones
+    // whose tasks have not yet run to close them (more on a busy machine):
+    // bounded by the cap, not by the clients.
+    assert!(
+        peak_fds <= base_fds + 2 * (200 + 8),
+        "{peak_fds} descriptors open, {base_fds} before the sockets"
+    );
 }
 
 /// Many clients posting bodies near the limit at once: bodies are counted

@@ -65,17 +65,7 @@ exec 4< "$work/peer.out"
 peer_addr="$(listening /dev/fd/4 python)"
 
 # serve is ready once its models are loaded.
-python3 - "http://$serve_addr/readyz" <<'PY'
-import sys, time, urllib.request
-for _ in range(1200):
-    try:
-        if urllib.request.urlopen(sys.argv[1], timeout=5).status == 200:
-            sys.exit(0)
-    except OSError:
-        pass
-    time.sleep(0.1)
-sys.exit("http_compare: serve never became ready")
-PY
+python3 scripts/wait-ready.py "http://$serve_addr/readyz" 120 http_compare
 
 mkdir -p "$out"
 targets=(--target "serve=http://$serve_addr" --target-pid "serve=$serve_pid"

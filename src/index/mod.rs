@@ -436,15 +436,20 @@ impl Index {
     /// they are live: change the fork, save it, then
     /// [`replace_with`](Self::replace_with) it.
     pub fn fork(&self) -> Index {
+        let (state, next) = self.fork_state();
+        Self::from_state(self.inner.dim, state, next)
+    }
+
+    /// What this index holds (its chunks shared, copied when written) and
+    /// its next key.
+    fn fork_state(&self) -> (State, u64) {
         let s = self.read();
         let state = State {
             chunks: s.chunks.clone(),
             people: s.people.clone(),
             vectors: s.vectors,
         };
-        let next = self.inner.next_key.load(Ordering::Relaxed);
-        drop(s);
-        Self::from_state(self.inner.dim, state, next)
+        (state, self.inner.next_key.load(Ordering::Relaxed))
     }
 
     /// Makes this index hold what `other` holds (a fork of it, changed), in
@@ -457,14 +462,7 @@ impl Index {
                 got: other.dim(),
             });
         }
-        let o = other.read();
-        let state = State {
-            chunks: o.chunks.clone(),
-            people: o.people.clone(),
-            vectors: o.vectors,
-        };
-        let next = other.inner.next_key.load(Ordering::Relaxed);
-        drop(o);
+        let (state, next) = other.fork_state();
         *self.write() = state;
         self.inner.next_key.fetch_max(next, Ordering::Relaxed);
         Ok(())

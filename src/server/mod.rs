@@ -212,12 +212,7 @@ impl App {
             .route("/debug/pprof/profile", get(system::pprof_profile))
             .route("/debug/pprof/flamegraph", get(system::pprof_flamegraph))
             .route_layer(middleware::from_fn_with_state(self.clone(), auth::require_token));
-        let metrics = Router::new()
-            .route("/metrics", get(system::metrics_text))
-            .route_layer(middleware::from_fn_with_state(
-                self.clone(),
-                auth::require_metrics_token,
-            ));
+        let metrics = self.metrics_router();
         Router::new()
             .route("/livez", get(system::livez))
             .route("/readyz", get(system::readyz))
@@ -231,15 +226,20 @@ impl App {
             .with_state(self.clone())
     }
 
-    /// The router a connection gets when every other connection is busy:
-    /// the probes and `/metrics`; anything else 503.
-    pub fn probe_router(&self) -> Router {
-        let metrics = Router::new()
+    /// `/metrics`, behind its own token.
+    fn metrics_router(&self) -> Router<App> {
+        Router::new()
             .route("/metrics", get(system::metrics_text))
             .route_layer(middleware::from_fn_with_state(
                 self.clone(),
                 auth::require_metrics_token,
-            ));
+            ))
+    }
+
+    /// The router a connection gets when every other connection is busy:
+    /// the probes and `/metrics`; anything else 503.
+    pub fn probe_router(&self) -> Router {
+        let metrics = self.metrics_router();
         Router::new()
             .route("/livez", get(system::livez))
             .route("/readyz", get(system::readyz))

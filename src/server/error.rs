@@ -56,8 +56,10 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         let kind = e.kind();
-        let retry_after =
-            matches!(kind, ErrorKind::Overloaded | ErrorKind::Unavailable).then_some(RETRY_AFTER);
+        // The service's own estimate where it has one (the time the excess
+        // takes to drain at the measured rate), else a second.
+        let retry_after = matches!(kind, ErrorKind::Overloaded | ErrorKind::Unavailable)
+            .then(|| e.retry_after().unwrap_or(RETRY_AFTER));
         Self {
             status: status_of(kind),
             code: e.code(),

@@ -60,6 +60,32 @@ fn all_or_none_within_the_limit() {
 }
 
 #[test]
+fn would_admit_takes_nothing_and_refuses_as_try_acquire_would() {
+    let a = adm(4);
+    a.would_admit(faces(4), None).unwrap();
+    assert_eq!(a.in_use(), faces(0), "a peek takes nothing");
+    assert_eq!(a.stats().granted, 0, "a peek is not a grant");
+    let p = a.try_acquire(faces(3)).unwrap();
+    a.would_admit(faces(1), None).unwrap();
+    assert_eq!(a.would_admit(faces(2), None).unwrap_err(), FULL);
+    assert_eq!(a.stats().refused_full, 1, "a refused peek is counted");
+    // While someone waits in line, nothing would be admitted (no barging).
+    let (_flag, w) = waker();
+    let mut big = a.acquire(faces(4));
+    assert!(poll(&mut big, &w).is_pending());
+    assert_eq!(a.would_admit(faces(1), None).unwrap_err(), FULL);
+    assert_eq!(
+        (a.in_use(), a.stats().waiting),
+        (faces(3), 1),
+        "the line is as it was"
+    );
+    drop((p, big));
+    a.would_admit(faces(4), None).unwrap();
+    a.close();
+    assert_eq!(a.would_admit(faces(1), None).unwrap_err(), AdmitError::Closed);
+}
+
+#[test]
 fn bytes_count_like_faces() {
     let a = Admission::new(Cost::new(10, 100), Cost::new(10, 100));
     let _p = a.try_acquire(Cost::new(1, 80)).unwrap();

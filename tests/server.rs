@@ -160,6 +160,36 @@ fn send(method: &str, url: &str, token: Option<&str>, body: Value, headers: &[(&
     answer(req.send(body.to_string()))
 }
 
+/// POSTs `body` as it is, with the token.
+fn send_raw(url: &str, body: &[u8]) -> Answer {
+    answer(
+        agent()
+            .post(url)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
+            .send(body),
+    )
+}
+
+/// Sends the head of a POST of `len` bytes with `Expect: 100-continue` and
+/// no body; returns what the server says first (within 10 s).
+fn expect_continue(url: &str, len: usize) -> String {
+    use std::io::Read;
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut c = TcpStream::connect(host).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "POST {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: {len}\r\nexpect: 100-continue\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = c.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 fn post(url: &str, body: Value) -> Answer {
     send("POST", url, Some(TOKEN), body, &[])
 }
@@ -549,6 +579,17 @@ fn a_full_service_refuses_at_once_with_429_and_does_no_work() {
         "no work was done"
     );
     eprintln!("429 in {took:?}");
+    // Refused on the headers: a body that is not even JSON is not parsed.
+    let r = send_raw(&s.url("/v1/verify"), b"{ not json");
+    assert_eq!((r.status, r.code()), (429, "overloaded".to_owned()), "{}", r.body);
+    // A client that waits for `100 Continue` is answered 429 without being
+    // asked for its body.
+    let answer = expect_continue(&s.url("/v1/verify"), 100_000);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    // A body that could never be read is too large, full or not.
+    let max = ServerConfig::default().max_body;
+    let answer = expect_continue(&s.url("/v1/verify"), max + 1);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     drop(held);
     assert_eq!(
         post(&s.url("/v1/verify"), json!({"image1": a, "image2": a})).status,

@@ -181,7 +181,10 @@ impl<T: DeserializeOwned + FromForm + Send> FromRequest<App> for JsonOrForm<T> {
 /// connection; a larger one is not read (the connection closes).
 async fn refused(req: Request, declared: usize, limit: usize, e: ApiError) -> ApiError {
     use http_body_util::BodyExt;
-    if declared > limit.saturating_mul(2) {
+    // A client that sent `Expect: 100-continue` waits for the answer before
+    // it sends the body: it is never asked for it (the connection closes
+    // after the answer, as it may still be sending).
+    if declared > limit.saturating_mul(2) || expects_continue(&req) {
         return e;
     }
     let mut body = req.into_body();
@@ -198,6 +201,17 @@ async fn refused(req: Request, declared: usize, limit: usize, e: ApiError) -> Ap
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
     e
+}
+
+/// Whether the client waits for `100 Continue` before sending its body
+/// (HTTP/1.1 on: an HTTP/1.0 client sends it at once).
+fn expects_continue(req: &Request) -> bool {
+    req.version() >= axum::http::Version::HTTP_11
+        && req
+            .headers()
+            .get(header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
 }
 
 /// Reads a body of at most `limit` bytes, telling `more` of each chunk as
@@ -449,6 +463,20 @@ impl<T: DeserializeOwned + FromForm + Send> FromRequest<App> for WorkRequest<T> 
         let c = app.config();
         let arrived = std::time::Instant::now();
         let t = timeout(req.headers(), c.default_timeout, c.max_timeout);
+        // Refused before the body is parsed when not even one face would be
+        // admitted now: under heavy overload most requests are refused, and
+        // a refusal should cost the server next to nothing. Not a body too
+        // large to be read (413 says more), nor a retried enroll (its
+        // Idempotency-Key may answer it without work).
+        let declared = content_length(req.headers());
+        let peek = declared.is_none_or(|n| n <= c.max_body) && !req.headers().contains_key("idempotency-key");
+        if let (true, Ok(t), Some(svc)) = (peek, &t, app.service()) {
+            let call = Call::refuse_when_full().until(arrived + *t);
+            if let Err(e) = svc.would_admit(&call) {
+                let declared = declared.unwrap_or(c.max_body);
+                return Err(refused(req, declared, c.max_body, e.into()).await);
+            }
+        }
         let JsonOrForm(body, held) = JsonOrForm::<T>::from_request(req, app).await?;
         Ok(WorkRequest {
             call: Call::refuse_when_full().until(arrived + t?),

@@ -73,6 +73,18 @@ fn missing() -> ServiceError {
 }
 
 impl FaceService {
+    /// Whether `call` would be admitted now for the least any call costs
+    /// (one face), taking nothing; refused as it would be. For an edge that
+    /// refuses before it reads a request's body, so that a refusal costs no
+    /// parsing. A call that waits in line for room is never refused here.
+    pub fn would_admit(&self, call: &Call) -> Result<(), ServiceError> {
+        if !call.refuse_when_full || call.permit.is_some() {
+            return Ok(());
+        }
+        let least = super::Cost::new(1, 0);
+        Ok(self.admission.would_admit(least, call.deadline)?)
+    }
+
     /// Admits `cost` as the call says: with what it already holds, then at
     /// once or in line until its deadline for the rest.
     async fn admit(&self, cost: super::Cost, call: &mut Call) -> Result<Permit, ServiceError> {

@@ -151,6 +151,17 @@ impl State {
     }
 }
 
+/// How a request asks ([`Admission::enter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// Now or never.
+    Now,
+    /// Now, else wait in line.
+    InLine,
+    /// Would it be granted now? (Takes nothing.)
+    Peek,
+}
+
 struct Shared {
     state: Mutex<State>,
 }
@@ -314,13 +325,9 @@ impl Admission {
         }
     }
 
-    /// Checks that can refuse at once; `Ok(true)` if granted now.
-    fn enter(
-        s: &mut State,
-        cost: Cost,
-        queue_ok: bool,
-        deadline: Option<Instant>,
-    ) -> Result<bool, AdmitError> {
+    /// Checks that can refuse at once; `Ok(true)` if granted now (taken
+    /// unless `ask` only peeks).
+    fn enter(s: &mut State, cost: Cost, ask: Ask, deadline: Option<Instant>) -> Result<bool, AdmitError> {
         if s.closed {
             return Err(AdmitError::Closed);
         }
@@ -343,6 +350,9 @@ impl Admission {
             }
         }
         if s.line.is_empty() && s.fits(cost) {
+            if ask == Ask::Peek {
+                return Ok(true);
+            }
             s.in_use = s.in_use.saturating_add(cost);
             s.stats.granted += 1;
             if let Some(c) = &mut s.control {
@@ -353,7 +363,7 @@ impl Admission {
         if let Some(c) = &mut s.control {
             c.limited();
         }
-        if !queue_ok {
+        if ask != Ask::InLine {
             s.stats.refused_full += 1;
             return Err(AdmitError::Overloaded {
                 retry_after: s.retry_after(cost),
@@ -372,9 +382,18 @@ impl Admission {
     /// also refused (`Unmeetable`) when the expected wait is longer.
     pub fn try_acquire_by(&self, cost: Cost, deadline: Option<Instant>) -> Result<Permit, AdmitError> {
         let mut s = lock(&self.shared.state);
-        Self::enter(&mut s, cost, false, deadline)?;
+        Self::enter(&mut s, cost, Ask::Now, deadline)?;
         drop(s);
         Ok(self.permit(cost))
+    }
+
+    /// Whether [`try_acquire_by`](Self::try_acquire_by) would grant `cost`
+    /// now, taking nothing: refused (and counted) as it would be. For an
+    /// edge that refuses before it reads a request's body, asking for the
+    /// least any request costs.
+    pub fn would_admit(&self, cost: Cost, deadline: Option<Instant>) -> Result<(), AdmitError> {
+        let mut s = lock(&self.shared.state);
+        Self::enter(&mut s, cost, Ask::Peek, deadline).map(|_| ())
     }
 
     /// Waits in line for the permit (a future; dropping it leaves the line).
@@ -401,7 +420,7 @@ impl Admission {
     pub fn acquire_blocking(&self, cost: Cost, deadline: Option<Instant>) -> Result<Permit, AdmitError> {
         let (id, slot) = {
             let mut s = lock(&self.shared.state);
-            if Self::enter(&mut s, cost, true, deadline)? {
+            if Self::enter(&mut s, cost, Ask::InLine, deadline)? {
                 drop(s);
                 return Ok(self.permit(cost));
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use super::{Admission, AdmitError, Cost, Permit, Slot, SlotState, State};
+use super::{Admission, AdmitError, Ask, Cost, Permit, Slot, SlotState, State};
 use crate::sync::lock;
 
 /// Waiting in line for room ([`Admission::room`]); leaves the line when
@@ -126,7 +126,7 @@ impl Acquire {
         deadline: Option<Instant>,
         waker: &Waker,
     ) -> Result<Option<(u64, Arc<Slot>)>, AdmitError> {
-        if Admission::enter(s, cost, true, deadline)? {
+        if Admission::enter(s, cost, Ask::InLine, deadline)? {
             return Ok(None);
         }
         Ok(Some(Admission::queue(s, cost, Some(waker.clone()))))

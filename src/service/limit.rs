@@ -75,9 +75,12 @@ impl LimitPolicy {
         self.target.mul_f64(self.headroom.clamp(0.05, 1.0))
     }
 
-    /// Where the limit starts: four batches' worth, within the bounds.
+    /// Where the limit starts, before any rate is measured: two batches per
+    /// inference thread, within the bounds (what the first burst of an
+    /// overload is let in before the first decision; it grows from there
+    /// once the limit turns requests away).
     pub fn initial(&self) -> usize {
-        self.min.saturating_mul(4).clamp(self.min, self.max)
+        self.min.saturating_mul(2).clamp(self.min, self.max)
     }
 }
 

@@ -101,12 +101,18 @@ pub fn encode(photos: &Photos) -> Arc<Vec<String>> {
 
 impl Http {
     pub fn new(spec: &TargetSpec, token: Option<&str>, bodies: Arc<Vec<String>>, profile: &Profile) -> Self {
-        // A request may wait for the whole drain; past that it is counted
-        // as unanswered anyway.
-        let timeout = profile.drain() + Duration::from_secs(30);
+        // Timeouts per phase, none on resolving: with one, ureq resolves
+        // on a thread of its own, one per request (a host name is resolved
+        // by the system, as any client does). The answer may wait for the
+        // whole drain; past that it is counted as unanswered anyway.
+        let (phase, timeout) = (Duration::from_secs(10), profile.drain() + Duration::from_secs(30));
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(timeout))
+            .timeout_connect(Some(phase))
+            .timeout_send_request(Some(phase))
+            .timeout_send_body(Some(phase))
+            .timeout_recv_response(Some(timeout))
+            .timeout_recv_body(Some(phase))
             .max_idle_connections(IDLE_CONNECTIONS)
             .max_idle_connections_per_host(IDLE_CONNECTIONS)
             .user_agent("facepool-loadgen")

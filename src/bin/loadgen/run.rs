@@ -7,7 +7,6 @@
 //! each client sends its next request when the last one is answered.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -389,28 +388,18 @@ fn open_loop(profile: &Profile, d: &Arc<Driver>, shapes: &Shapes, sent: &AtomicU
     let cap = profile.stop.requests.unwrap_or(u64::MAX);
     let poisson = profile.arrival.model == ArrivalModel::Poisson;
     let mut rng = fastrand::Rng::with_seed(0xa11);
-    // Handlers holding admitted requests (for direct, each request gets a
-    // thread of its own instead).
-    let (tx, rx) = mpsc::channel::<(Request, Instant)>();
-    let rx = Arc::new(Mutex::new(rx));
-    let callers = if d.mode == Mode::Direct {
-        0
-    } else {
-        profile.runtime.callers
+    // The callers: facepool's own pool, one request per job, an idle caller
+    // woken per request (for direct, each request gets a thread of its own
+    // instead). Its queue is far deeper than an open loop ever gets ahead.
+    let callers = match d.mode {
+        Mode::Direct => None,
+        _ => facepool::pool::Pool::builder()
+            .capacity(profile.runtime.callers.max(1))
+            .queue_capacity(1 << 20)
+            .thread_name("loadgen-caller")
+            .build()
+            .ok(),
     };
-    let handlers: Vec<_> = (0..callers)
-        .filter_map(|i| {
-            let (rx, d) = (rx.clone(), d.clone());
-            std::thread::Builder::new()
-                .name(format!("loadgen-caller-{i}"))
-                .spawn(move || loop {
-                    let next = lock(&rx).recv();
-                    let Ok((req, due)) = next else { break };
-                    d.serve(req, due, true);
-                })
-                .ok()
-        })
-        .collect();
     let mut t = 0.0f64;
     let mut n = 0u64;
     loop {
@@ -430,15 +419,23 @@ fn open_loop(profile: &Profile, d: &Arc<Driver>, shapes: &Shapes, sent: &AtomicU
         n += 1;
         sent.store(n, Ordering::Relaxed);
         rec.begin();
-        if d.mode == Mode::Direct {
-            d.serve(req, due, false);
-        } else if let Err(mpsc::SendError((req, due))) = tx.send((req, due)) {
-            // No handler is left (none could start): the request fails.
-            rec.end(
+        match &callers {
+            _ if d.mode == Mode::Direct => {
+                d.serve(req, due, false);
+            }
+            Some(pool) => {
+                let (dd, faces) = (d.clone(), req.images.len());
+                if let Err(e) = pool.execute(move |_| {
+                    dd.serve(req, due, true);
+                }) {
+                    rec.end(due, faces, Outcome::Failed(format!("no caller: {e}")));
+                }
+            }
+            None => rec.end(
                 due,
                 req.images.len(),
-                Outcome::Failed("no request handler".into()),
-            );
+                Outcome::Failed("no caller could start".into()),
+            ),
         }
         let gap = if poisson {
             -(1.0 - rng.f64()).ln() / rate
@@ -448,8 +445,17 @@ fn open_loop(profile: &Profile, d: &Arc<Driver>, shapes: &Shapes, sent: &AtomicU
         t += gap;
     }
     let send_time = start.elapsed();
-    // The handlers finish what is queued, then see the channel closed and
-    // exit; `run_mode` waits for the answers (the drain), not for them.
-    drop((tx, handlers));
+    // The callers finish what is queued, then exit; `run_mode` waits for
+    // the answers (the drain), not for them.
+    if let Some(pool) = callers {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dropper = std::thread::Builder::new().name("loadgen-callers-drop".into());
+        if dropper.spawn(move || rx.recv().map(drop)).is_ok() {
+            let _ = tx.send(pool);
+        } else {
+            // No thread for it: wait here for the callers to finish.
+            drop(pool);
+        }
+    }
     send_time
 }

@@ -97,7 +97,9 @@ fn top_k_equals_brute_force() {
         for &people in &[n.max(1), (n / 3).max(1)] {
             let (idx, data) = build(&mut rng, n, dim, people);
             assert_eq!(idx.vectors(), n);
-            for &nq in &[1, 3, 20] {
+            // 600 queries: more than one matrix product's block of queries.
+            let nqs: &[usize] = if dim <= 64 { &[1, 3, 20, 600] } else { &[1, 3, 20] };
+            for &nq in nqs {
                 let qs: Vec<Vec<f32>> = (0..nq).map(|_| random_vec(&mut rng, dim)).collect();
                 let refs: Vec<Vec<(String, f64)>> = qs.iter().map(|q| brute(&data, q)).collect();
                 let views: Vec<&[f32]> = qs.iter().map(Vec::as_slice).collect();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::TempDir;
-use facepool::index::{Index, IndexError, Match, SearchOptions, CHUNK_ROWS};
+use facepool::index::{Index, IndexError, Match, ScanMethod, SearchOptions, CHUNK_ROWS};
 
 fn random_vec(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
     (0..dim).map(|_| rng.f32() * 2.0 - 1.0).collect()
@@ -83,6 +83,9 @@ fn build(rng: &mut fastrand::Rng, n: usize, dim: usize, people: usize) -> (Index
     (idx, data)
 }
 
+/// Every scan method gives the exact answer.
+const METHODS: [ScanMethod; 3] = [ScanMethod::Auto, ScanMethod::Exact, ScanMethod::Compact];
+
 #[test]
 fn top_k_equals_brute_force() {
     let mut rng = fastrand::Rng::with_seed(7);
@@ -103,15 +106,20 @@ fn top_k_equals_brute_force() {
                 let qs: Vec<Vec<f32>> = (0..nq).map(|_| random_vec(&mut rng, dim)).collect();
                 let refs: Vec<Vec<(String, f64)>> = qs.iter().map(|q| brute(&data, q)).collect();
                 let views: Vec<&[f32]> = qs.iter().map(Vec::as_slice).collect();
-                for &k in &[1, 5, 50] {
-                    let what = format!("n={n} dim={dim} people={people} queries={nq} k={k}");
-                    let got = idx.search_batch(&views, SearchOptions::top(k)).unwrap();
+                for (&k, method) in [1, 5, 50]
+                    .iter()
+                    .flat_map(|k| METHODS.iter().map(move |m| (k, *m)))
+                {
+                    let what = format!("n={n} dim={dim} people={people} queries={nq} k={k} {method:?}");
+                    let got = idx
+                        .search_batch(&views, SearchOptions::top(k).method(method))
+                        .unwrap();
                     assert_eq!(got.len(), nq);
                     for (g, r) in got.iter().zip(&refs) {
                         check(g, r, k, None, &what);
                     }
                     let got = idx
-                        .search_batch(&views, SearchOptions::top(k).above(0.1))
+                        .search_batch(&views, SearchOptions::top(k).above(0.1).method(method))
                         .unwrap();
                     for (g, r) in got.iter().zip(&refs) {
                         check(g, r, k, Some(0.1), &format!("{what} above 0.1"));

@@ -409,6 +409,7 @@ pub(super) fn load(path: &Path) -> Result<(usize, Vec<Chunk>), IndexError> {
         chunks.push(Chunk {
             rows,
             owners: own.to_vec(),
+            codes: super::codes::Lazy::default(),
         });
     }
     let crc = r.crc.clone().finalize();

@@ -14,6 +14,7 @@
 //!
 //! The index knows nothing of images or models.
 
+mod codes;
 mod error;
 mod file;
 mod scan;
@@ -55,6 +56,8 @@ pub(crate) struct Person {
 pub(crate) struct Chunk {
     rows: Vec<f32>,
     owners: Vec<Arc<Person>>,
+    /// The rows' 8-bit codes, made by the first compact scan.
+    codes: codes::Lazy,
 }
 
 /// One person found by a search.
@@ -75,7 +78,29 @@ pub struct SearchOptions {
     pub k: usize,
     /// Only people at or above this similarity.
     pub min_similarity: Option<f32>,
+    /// How the rows are scanned (the answer is the same).
+    pub method: ScanMethod,
 }
+
+/// How a search scans the rows. Every method gives the exact answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScanMethod {
+    /// [`Compact`](Self::Compact) where it pays: a CPU with AVX-512 VNNI
+    /// and at least [`COMPACT_MIN_ROWS`] rows; else [`Exact`](Self::Exact).
+    #[default]
+    Auto,
+    /// Every row scored in f32.
+    Exact,
+    /// Every row scored from its 8-bit codes with a bound on the error;
+    /// the rows that may be in the top k scored again in f32.
+    Compact,
+}
+
+/// Rows from which [`ScanMethod::Auto`] scans compactly. Measured with
+/// `examples/index_bench` (512 dimensions, 2 threads): one query at a time
+/// the compact scan is 2.4× the exact one at 2,048 rows and 3.2× at 8,192;
+/// a batch of 1,000 queries is 0.71× at 2,048 rows and 1.5× at 8,192.
+pub const COMPACT_MIN_ROWS: usize = 4 * CHUNK_ROWS;
 
 impl SearchOptions {
     /// The best `k` people, whatever their similarity.
@@ -83,7 +108,13 @@ impl SearchOptions {
         Self {
             k,
             min_similarity: None,
+            method: ScanMethod::Auto,
         }
+    }
+
+    /// Scanned by `method`.
+    pub fn method(self, method: ScanMethod) -> Self {
+        Self { method, ..self }
     }
 
     /// Only people at or above `min`.
@@ -394,6 +425,7 @@ impl Index {
             s.chunks.push(Arc::new(Chunk {
                 rows: Vec::with_capacity(CHUNK_ROWS * v.len()),
                 owners: Vec::with_capacity(CHUNK_ROWS),
+                codes: codes::Lazy::default(),
             }));
         }
         if let Some(last) = s.chunks.last_mut() {
@@ -401,6 +433,7 @@ impl Index {
             let c = Arc::make_mut(last);
             c.rows.extend_from_slice(v);
             c.owners.push(p);
+            c.codes = codes::Lazy::default();
             s.vectors += 1;
         }
     }
@@ -423,7 +456,11 @@ impl Index {
                     owners.push(p.clone());
                 }
             }
-            *c = Chunk { rows, owners };
+            *c = Chunk {
+                rows,
+                owners,
+                codes: codes::Lazy::default(),
+            };
         }
         s.chunks.retain(|c| !c.owners.is_empty());
         s.vectors -= gone;
@@ -497,10 +534,22 @@ impl Index {
         let chunks = self.snapshot();
         let rows: usize = chunks.iter().map(|c| c.owners.len()).sum();
         let nq = queries.len();
+        let compact = match opts.method {
+            ScanMethod::Exact => None,
+            ScanMethod::Compact => Some(codes::Queries::encode(&flat, dim)),
+            ScanMethod::Auto => {
+                (codes::vnni() && rows >= COMPACT_MIN_ROWS).then(|| codes::Queries::encode(&flat, dim))
+            }
+        };
+        let bars = codes::Bars::new(if compact.is_some() { nq } else { 0 });
+        let one = |scan: &mut scan::Scan, c: &Chunk| match &compact {
+            Some(q) => scan.chunk_compact(c, q, &bars, &flat, dim),
+            None => scan.chunk(c, &flat, dim),
+        };
         let scan = if rows.saturating_mul(nq).saturating_mul(dim) < PARALLEL_MIN_WORK {
             let mut scan = scan::Scan::new(nq, opts.k, min);
             for c in &chunks {
-                scan.chunk(c, &flat, dim);
+                one(&mut scan, c);
             }
             scan
         } else {
@@ -509,7 +558,7 @@ impl Index {
                 .fold(
                     || scan::Scan::new(nq, opts.k, min),
                     |mut scan, c| {
-                        scan.chunk(c, &flat, dim);
+                        one(&mut scan, c);
                         scan
                     },
                 )

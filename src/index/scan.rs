@@ -6,6 +6,7 @@ use std::sync::Arc;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+use super::codes::{self, Queries, TILE};
 use super::{Chunk, Match, Person};
 use crate::vector::dot;
 
@@ -40,6 +41,11 @@ impl TopK {
             items: Vec::with_capacity(k.min(1024)),
             floor: min,
         }
+    }
+
+    /// An empty collector with this one's `k` and minimum.
+    pub(crate) fn empty_like(&self) -> Self {
+        Self::new(self.k, self.min)
     }
 
     /// The bar a score must pass to matter.
@@ -117,6 +123,9 @@ impl TopK {
 pub(crate) struct Scan {
     pub(crate) tops: Vec<TopK>,
     scores: Vec<f32>,
+    /// A compact scan's best lower ends of the code scores, per query:
+    /// a row whose upper end is below their floor is not in the top k.
+    lower: Vec<TopK>,
 }
 
 impl Scan {
@@ -124,6 +133,72 @@ impl Scan {
         Self {
             tops: vec![TopK::new(k, min); queries],
             scores: Vec::new(),
+            lower: Vec::new(),
+        }
+    }
+
+    /// Scores every row of `chunk` against every query from the rows'
+    /// codes (`q`, the queries' codes), and again in f32 (`queries`) the
+    /// rows that may be in a query's top k.
+    pub(crate) fn chunk_compact(
+        &mut self,
+        chunk: &Chunk,
+        q: &Queries,
+        bars: &codes::Bars,
+        queries: &[f32],
+        dim: usize,
+    ) {
+        let rows = chunk.owners.len();
+        if rows == 0 {
+            return;
+        }
+        if self.lower.len() != self.tops.len() {
+            self.lower = self.tops.iter().map(TopK::empty_like).collect();
+        }
+        let codes = chunk.codes.get(&chunk.rows, dim);
+        let simd = codes::vnni();
+        let nq = self.tops.len();
+        let (tops, lower) = (&mut self.tops, &mut self.lower);
+        // Each query's bar: the best of this scan's and every other's.
+        let floors: Vec<f32> = lower
+            .iter()
+            .enumerate()
+            .map(|(j, l)| l.floor().max(bars.get(j)))
+            .collect();
+        let floors = std::cell::RefCell::new(floors);
+        let mut each = |j: usize, r: usize, s: codes::Bounded| {
+            let low = &mut lower[j];
+            if s.score + s.bound < low.floor() {
+                return;
+            }
+            let who = &chunk.owners[r];
+            let before = low.floor();
+            low.offer(s.score - s.bound, who);
+            if low.floor() > before {
+                bars.raise(j, low.floor());
+                let mut f = floors.borrow_mut();
+                f[j] = f[j].max(low.floor()).max(bars.get(j));
+            }
+            let exact = dot(
+                &chunk.rows[r * dim..(r + 1) * dim],
+                &queries[j * dim..(j + 1) * dim],
+            );
+            if exact >= tops[j].floor() {
+                tops[j].offer(exact, who);
+            }
+        };
+        for b in 0..codes.blocks() {
+            let mut j0 = 0;
+            while j0 + TILE <= nq {
+                let bar = |j: usize| floors.borrow()[j];
+                codes::score_block::<TILE>(codes, b, rows, q, j0, simd, bar, &mut each);
+                j0 += TILE;
+            }
+            while j0 < nq {
+                let bar = |j: usize| floors.borrow()[j];
+                codes::score_block::<1>(codes, b, rows, q, j0, simd, bar, &mut each);
+                j0 += 1;
+            }
         }
     }
 

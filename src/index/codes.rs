@@ -1,0 +1,419 @@
+//! 8-bit codes of a chunk's rows, for the compact scan: every row (and
+//! query) is stored as `scale × c` with `c` in −127..=127, and the integer
+//! dot products of the codes are computed with AVX-512 VNNI (64 products
+//! per instruction) where the CPU has it, else by a portable loop that
+//! gives the same integers.
+//!
+//! The scan stays **exact**: for unit vectors `q` and `x` with codes `q'`
+//! and `x'` and residuals `rq = |q − q'|`, `rx = |x − x'|`,
+//! `|q·x − q'·x'| ≤ |q|·rx + rq·|x'| ≤ rx + rq·(1 + rx)` (Cauchy–Schwarz),
+//! so each code score comes with an interval that holds the exact score.
+//! A row whose upper end is below the k-th best lower end seen so far
+//! cannot be in the top k; every other row is scored again exactly in f32
+//! (`scan.rs`). The answer is the exact search's.
+
+use std::sync::OnceLock;
+
+/// Rows per block: one 32-bit lane of a 512-bit register each.
+pub(crate) const LANES: usize = 16;
+/// Dimensions per lane and instruction (`vpdpbusd` sums four products).
+const GROUP: usize = 4;
+/// Queries per tile of the kernel.
+pub(crate) const TILE: usize = 8;
+/// Added to every bound: covers the f32 rounding of the code score and of
+/// the exact score (both far below it for unit vectors).
+const SLACK: f32 = 1e-4;
+
+/// A vector's codes: `scale × codes` approximates it, `resid` is the
+/// length of the difference.
+fn quantize(v: &[f32], pdim: usize) -> (Vec<i8>, f32, f32) {
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let mut codes = vec![0i8; pdim];
+    if !(max > 0.0 && max.is_finite()) {
+        let norm = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        return (codes, 0.0, norm as f32);
+    }
+    let scale = max / 127.0;
+    let mut r2 = 0f64;
+    for (c, x) in codes.iter_mut().zip(v) {
+        let q = (x / scale).round().clamp(-127.0, 127.0);
+        *c = q as i8;
+        r2 += (f64::from(*x) - f64::from(scale) * f64::from(q)).powi(2);
+    }
+    (codes, scale, r2.sqrt() as f32)
+}
+
+fn padded(dim: usize) -> usize {
+    dim.div_ceil(GROUP) * GROUP
+}
+
+/// A chunk's rows as codes, in blocks of [`LANES`] rows laid out for the
+/// kernel: block, then group of four dimensions, then row, then the four
+/// codes.
+#[derive(Debug)]
+pub(crate) struct Codes {
+    pdim: usize,
+    data: Vec<i8>,
+    scale: Vec<f32>,
+    resid: Vec<f32>,
+    /// 128 × the sum of each row's codes (the kernel multiplies unsigned
+    /// query codes, shifted by 128).
+    shift: Vec<i32>,
+}
+
+impl Codes {
+    /// The codes of `rows` (`dim` floats each).
+    pub(crate) fn encode(rows: &[f32], dim: usize) -> Self {
+        let pdim = padded(dim);
+        let n = rows.len() / dim.max(1);
+        let blocks = n.div_ceil(LANES);
+        let mut c = Codes {
+            pdim,
+            data: vec![0; blocks * LANES * pdim],
+            scale: Vec::with_capacity(n),
+            resid: Vec::with_capacity(n),
+            shift: Vec::with_capacity(n),
+        };
+        for (r, row) in rows.chunks_exact(dim.max(1)).enumerate() {
+            let (codes, scale, resid) = quantize(row, pdim);
+            let (b, lane) = (r / LANES, r % LANES);
+            for (g, four) in codes.chunks_exact(GROUP).enumerate() {
+                let at = ((b * (pdim / GROUP) + g) * LANES + lane) * GROUP;
+                c.data[at..at + GROUP].copy_from_slice(four);
+            }
+            c.scale.push(scale);
+            c.resid.push(resid);
+            c.shift
+                .push(128 * codes.iter().map(|&x| i32::from(x)).sum::<i32>());
+        }
+        c
+    }
+
+    /// Blocks of [`LANES`] rows.
+    pub(crate) fn blocks(&self) -> usize {
+        self.data.len() / (LANES * self.pdim).max(1)
+    }
+
+    fn block(&self, b: usize) -> &[i8] {
+        let len = LANES * self.pdim;
+        &self.data[b * len..(b + 1) * len]
+    }
+}
+
+/// A chunk's codes, made on first use by a compact scan (and dropped with
+/// the chunk, or when it changes).
+#[derive(Debug, Default)]
+pub(crate) struct Lazy(OnceLock<Codes>);
+
+impl Clone for Lazy {
+    /// A changed copy of a chunk makes its codes again.
+    fn clone(&self) -> Self {
+        Lazy::default()
+    }
+}
+
+impl Lazy {
+    pub(crate) fn get(&self, rows: &[f32], dim: usize) -> &Codes {
+        self.0.get_or_init(|| Codes::encode(rows, dim))
+    }
+}
+
+/// The queries' codes, unsigned (shifted by 128), `pdim` each, padded
+/// with zero queries to whole tiles.
+#[derive(Debug)]
+pub(crate) struct Queries {
+    pdim: usize,
+    /// Four unsigned codes per word, little-endian.
+    data: Vec<i32>,
+    scale: Vec<f32>,
+    resid: Vec<f32>,
+}
+
+impl Queries {
+    /// `flat` holds the queries, `dim` floats each.
+    pub(crate) fn encode(flat: &[f32], dim: usize) -> Self {
+        let pdim = padded(dim);
+        let n = flat.len() / dim.max(1);
+        let mut q = Queries {
+            pdim,
+            data: Vec::with_capacity(n.div_ceil(TILE) * TILE * pdim / GROUP),
+            scale: Vec::with_capacity(n),
+            resid: Vec::with_capacity(n),
+        };
+        for v in flat.chunks_exact(dim.max(1)) {
+            let (codes, scale, resid) = quantize(v, pdim);
+            q.data.extend(
+                codes
+                    .chunks_exact(GROUP)
+                    .map(|four| i32::from_le_bytes([0, 1, 2, 3].map(|t| (i16::from(four[t]) + 128) as u8))),
+            );
+            q.scale.push(scale);
+            q.resid.push(resid);
+        }
+        // Padding queries: their scores are never read.
+        q.data.resize(
+            n.div_ceil(TILE) * TILE * pdim / GROUP,
+            i32::from_le_bytes([128; 4]),
+        );
+        q
+    }
+}
+
+/// Whether this CPU runs the VNNI kernel.
+pub(crate) fn vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The integer dot products of queries `j0..j0 + T` with the rows of block
+/// `b`: `out[j][lane]`, before the shift.
+fn dots<const T: usize>(
+    codes: &Codes,
+    b: usize,
+    q: &Queries,
+    j0: usize,
+    simd: bool,
+    out: &mut [[i32; LANES]; T],
+) {
+    let block = codes.block(b);
+    let words = q.pdim / GROUP;
+    let qs = &q.data[j0 * words..(j0 + T) * words];
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is true only where `vnni()` found the features
+        // the kernel is compiled for.
+        unsafe { vnni_dots::<T>(block, qs, q.pdim, out) };
+        return;
+    }
+    let _ = simd;
+    portable_dots::<T>(block, qs, q.pdim, out);
+}
+
+fn portable_dots<const T: usize>(block: &[i8], qs: &[i32], pdim: usize, out: &mut [[i32; LANES]; T]) {
+    let words = pdim / GROUP;
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = [0; LANES];
+        for (g, w) in qs[j * words..(j + 1) * words].iter().enumerate() {
+            let four = w.to_le_bytes();
+            let rows = &block[g * LANES * GROUP..(g + 1) * LANES * GROUP];
+            for (lane, x) in rows.chunks_exact(GROUP).enumerate() {
+                o[lane] += four
+                    .iter()
+                    .zip(x)
+                    .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                    .sum::<i32>();
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn vnni_dots<const T: usize>(block: &[i8], qs: &[i32], pdim: usize, out: &mut [[i32; LANES]; T]) {
+    use std::arch::x86_64::*;
+    let groups = pdim / GROUP;
+    assert!(block.len() >= groups * LANES * GROUP && qs.len() >= T * groups);
+    let rows: [&[i32]; T] = std::array::from_fn(|j| &qs[j * groups..(j + 1) * groups]);
+    let mut acc = [_mm512_setzero_si512(); T];
+    for g in 0..groups {
+        // SAFETY: the block holds `groups` runs of 64 bytes (asserted).
+        let x = unsafe { _mm512_loadu_si512(block.as_ptr().add(g * LANES * GROUP).cast()) };
+        for (a, q) in acc.iter_mut().zip(&rows) {
+            *a = _mm512_dpbusd_epi32(*a, _mm512_set1_epi32(q[g]), x);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 16 i32s, 64 bytes.
+        unsafe { _mm512_storeu_si512(o.as_mut_ptr().cast(), a) };
+    }
+}
+
+/// Per query, the highest bar any thread's scan has found so far (the
+/// k-th best lower end it has seen), shared so that every thread prunes
+/// with the best: each is at most the k-th best exact score.
+#[derive(Debug)]
+pub(crate) struct Bars(Vec<std::sync::atomic::AtomicU32>);
+
+/// `f32` to `u32`, keeping the order (for an atomic maximum).
+fn ordered(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 1 << 31
+    }
+}
+
+fn unordered(u: u32) -> f32 {
+    f32::from_bits(if u >> 31 == 1 { u & !(1 << 31) } else { !u })
+}
+
+impl Bars {
+    pub(crate) fn new(queries: usize) -> Self {
+        let low = ordered(f32::NEG_INFINITY);
+        Bars(
+            (0..queries)
+                .map(|_| std::sync::atomic::AtomicU32::new(low))
+                .collect(),
+        )
+    }
+
+    pub(crate) fn get(&self, j: usize) -> f32 {
+        self.0.get(j).map_or(f32::NEG_INFINITY, |a| {
+            unordered(a.load(std::sync::atomic::Ordering::Relaxed))
+        })
+    }
+
+    /// Raises query `j`'s bar to `x` if that is higher (NaN is ignored).
+    pub(crate) fn raise(&self, j: usize, x: f32) {
+        if let (Some(a), false) = (self.0.get(j), x.is_nan()) {
+            a.fetch_max(ordered(x), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// One row's code score and the half-width of the interval around it that
+/// holds its exact score.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounded {
+    pub(crate) score: f32,
+    pub(crate) bound: f32,
+}
+
+/// Scores queries `j0..j0 + T` against block `b` (of a chunk of `rows`
+/// rows), calling `each(j, row, bounded)` for the rows whose upper end
+/// reaches `floor(j)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn score_block<const T: usize>(
+    codes: &Codes,
+    b: usize,
+    rows: usize,
+    q: &Queries,
+    j0: usize,
+    simd: bool,
+    floor: impl Fn(usize) -> f32,
+    mut each: impl FnMut(usize, usize, Bounded),
+) {
+    let mut out = [[0i32; LANES]; T];
+    dots::<T>(codes, b, q, j0, simd, &mut out);
+    let real = rows.saturating_sub(b * LANES).min(LANES);
+    let at = b * LANES..b * LANES + real;
+    let (shift, scale, resid) = (
+        &codes.shift[at.clone()],
+        &codes.scale[at.clone()],
+        &codes.resid[at],
+    );
+    for (t, o) in out.iter().enumerate() {
+        let j = j0 + t;
+        let (Some(&qs), Some(&qr)) = (q.scale.get(j), q.resid.get(j)) else {
+            continue;
+        };
+        let bar = floor(j);
+        for lane in 0..real {
+            let score = qs * scale[lane] * (o[lane] - shift[lane]) as f32;
+            let bound = resid[lane] + qr * (1.0 + resid[lane]) + SLACK;
+            if score + bound >= bar {
+                each(j, b * LANES + lane, Bounded { score, bound });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
+        let v: Vec<f32> = (0..dim).map(|_| rng.f32() * 2.0 - 1.0).collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn the_kernel_gives_the_portable_integers_and_the_bounds_hold() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for &(n, dim) in &[(1, 3), (17, 5), (40, 64), (33, 512)] {
+            let rows: Vec<f32> = (0..n).flat_map(|_| unit(&mut rng, dim)).collect();
+            let queries: Vec<f32> = (0..TILE + 1).flat_map(|_| unit(&mut rng, dim)).collect();
+            let (codes, q) = (Codes::encode(&rows, dim), Queries::encode(&queries, dim));
+            for b in 0..codes.blocks() {
+                let (mut a, mut p) = ([[0; LANES]; TILE], [[0; LANES]; TILE]);
+                portable_dots::<TILE>(codes.block(b), &q.data[..TILE * q.pdim / GROUP], q.pdim, &mut p);
+                if vnni() {
+                    dots::<TILE>(&codes, b, &q, 0, true, &mut a);
+                    assert_eq!(a, p, "n={n} dim={dim} block {b}");
+                }
+                for j0 in [0, TILE] {
+                    score_block::<1>(
+                        &codes,
+                        b,
+                        n,
+                        &q,
+                        j0,
+                        vnni(),
+                        |_| f32::NEG_INFINITY,
+                        |j, r, s| {
+                            let exact: f32 = rows[r * dim..(r + 1) * dim]
+                                .iter()
+                                .zip(&queries[j * dim..(j + 1) * dim])
+                                .map(|(a, b)| a * b)
+                                .sum();
+                            assert!(
+                                (exact - s.score).abs() <= s.bound,
+                                "n={n} dim={dim} row {r} query {j}: {exact} vs {} ± {}",
+                                s.score,
+                                s.bound
+                            );
+                            assert!(s.bound < 0.1, "a useful bound: {}", s.bound);
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bars_keep_the_order_of_floats() {
+        let xs = [
+            f32::NEG_INFINITY,
+            -2.0,
+            -0.5,
+            -0.0,
+            0.0,
+            1e-30,
+            0.5,
+            3.0,
+            f32::INFINITY,
+        ];
+        for w in xs.windows(2) {
+            assert!(ordered(w[0]) <= ordered(w[1]), "{w:?}");
+            assert_eq!(unordered(ordered(w[1])).to_bits(), w[1].to_bits());
+        }
+        let bars = Bars::new(2);
+        assert_eq!(bars.get(0), f32::NEG_INFINITY);
+        bars.raise(0, -0.25);
+        bars.raise(0, -0.75);
+        bars.raise(0, f32::NAN);
+        assert_eq!(
+            (bars.get(0), bars.get(1), bars.get(9)),
+            (-0.25, f32::NEG_INFINITY, f32::NEG_INFINITY)
+        );
+    }
+
+    #[test]
+    fn a_zero_vector_has_an_honest_bound() {
+        let (codes, scale, resid) = quantize(&[0.0, 0.0, 0.0], 4);
+        assert_eq!((codes, scale, resid), (vec![0; 4], 0.0, 0.0));
+    }
+}

@@ -8,6 +8,8 @@
 #
 #   bash benches/identify_faiss.sh [N] [QUERIES]     (default 100000 1000)
 #   THREADS=2 K=10 DIM=512 bash benches/identify_faiss.sh
+#   SCAN=--exact bash benches/identify_faiss.sh   (or --compact; default: chosen
+#                                                  by size and CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-100000}"
@@ -23,13 +25,13 @@ cargo build --release -q --example index_bench
 dump="$(mktemp -d)"
 trap 'rm -rf "$dump"' EXIT
 target/release/examples/index_bench --n "$n" --dim "$dim" --queries "$queries" --k "$k" \
-    --threads "$threads" --dump "$dump" --json > "$dump/ours.json"
+    --threads "$threads" --dump "$dump" --json ${SCAN:-} > "$dump/ours.json"
 target/faiss/bin/python scripts/faiss_compare.py --dump "$dump" --dim "$dim" --k "$k" \
     --threads "$threads" > "$dump/faiss.json"
 python3 - "$dump/ours.json" "$dump/faiss.json" <<'PY'
 import json, sys
 ours, theirs = (json.load(open(p)) for p in sys.argv[1:3])
-print(f"{ours['n']:,} x {ours['dim']}, k = {ours['k']}, {ours['threads']} threads; FAISS: {theirs['system']}")
+print(f"{ours['n']:,} x {ours['dim']}, k = {ours['k']}, {ours['threads']} threads, facepool's {ours['method']} scan; FAISS: {theirs['system']}")
 print(f"{'':<26} {'facepool':>10} {'FAISS':>10} {'ratio':>7}")
 for key, label in [("queries_per_sec", "batch, queries/s"), ("single_queries_per_sec", "one at a time, queries/s")]:
     print(f"{label:<26} {ours[key]:>10.1f} {theirs[key]:>10.1f} {ours[key] / theirs[key]:>6.2f}x")

@@ -549,3 +549,55 @@ fn searches_run_while_people_are_enrolled_and_removed() {
         "after the writes",
     );
 }
+
+/// The compact scan (the default from `COMPACT_MIN_ROWS` rows on a CPU with
+/// VNNI, forced here) against the f32 scan, one query at a time (both then
+/// score with the same `dot`, so the answers are equal to the bit): on
+/// near-duplicates, on a query equal to a stored row, and after the index
+/// changed under codes made by an earlier search.
+#[test]
+fn the_compact_scan_answers_as_the_exact_one_through_changes() {
+    let mut rng = fastrand::Rng::with_seed(11);
+    let dim = 64;
+    let idx = Index::new(dim).unwrap();
+    let base = random_vec(&mut rng, dim);
+    let n = facepool::index::COMPACT_MIN_ROWS + 100;
+    for i in 0..n {
+        // Every tenth row a near-duplicate of `base` (within 1e-3).
+        let v: Vec<f32> = if i % 10 == 0 {
+            base.iter().map(|x| x + (rng.f32() - 0.5) * 1e-3).collect()
+        } else {
+            random_vec(&mut rng, dim)
+        };
+        idx.insert(&format!("p{}", i % 3000), &v).unwrap();
+    }
+    let same = |q: &[f32], what: &str| {
+        for k in [1, 10, 60] {
+            let exact = idx
+                .search_batch(&[q], SearchOptions::top(k).method(ScanMethod::Exact))
+                .unwrap();
+            for m in [ScanMethod::Compact, ScanMethod::Auto] {
+                let got = idx.search_batch(&[q], SearchOptions::top(k).method(m)).unwrap();
+                assert_eq!(got, exact, "{what} k={k} {m:?}");
+            }
+        }
+    };
+    same(&base, "near-duplicates");
+    let q = random_vec(&mut rng, dim);
+    same(&q, "a random query");
+    // A person equal to the query comes first once added, and is gone once
+    // removed: the codes of the changed chunks are made again.
+    idx.insert("twin", &q).unwrap();
+    same(&q, "after an insert");
+    let top = idx
+        .search_batch(&[q.as_slice()], SearchOptions::top(1).method(ScanMethod::Compact))
+        .unwrap();
+    assert_eq!(top[0][0].id.as_ref(), "twin");
+    // p0 holds rows 0, 3000, 6000…, in several chunks.
+    let held = idx.count("p0");
+    assert!(held >= 2);
+    assert_eq!(idx.remove("p0"), held);
+    idx.remove("twin");
+    same(&q, "after removals");
+    same(&base, "near-duplicates after removals");
+}

@@ -4,10 +4,13 @@
 //! per instruction) where the CPU has it, else by a portable loop that
 //! gives the same integers.
 //!
-//! The scan stays **exact**: for unit vectors `q` and `x` with codes `q'`
-//! and `x'` and residuals `rq = |q − q'|`, `rx = |x − x'|`,
-//! `|q·x − q'·x'| ≤ |q|·rx + rq·|x'| ≤ rx + rq·(1 + rx)` (Cauchy–Schwarz),
-//! so each code score comes with an interval that holds the exact score.
+//! The scan stays **exact**: for vectors `q` and `x` with codes `q'` and
+//! `x'` and residuals `rq = |q − q'|`, `rx = |x − x'|`,
+//! `|q·x − q'·x'| ≤ |q|·rx + rq·|x'| ≤ |q|·rx + rq·(|x| + rx)`
+//! (Cauchy–Schwarz; the lengths are measured, not assumed to be 1, so a
+//! row loaded from a file is bounded as honestly as one inserted), so each
+//! code score comes with an interval that holds the exact score, widened
+//! by the f32 rounding of both scores.
 //! A row whose upper end is below the k-th best lower end seen so far
 //! cannot be in the top k; every other row is scored again exactly in f32
 //! (`scan.rs`). The answer is the exact search's.
@@ -21,17 +24,25 @@ const GROUP: usize = 4;
 /// Queries per tile of the kernel.
 pub(crate) const TILE: usize = 8;
 /// Added to every bound: covers the f32 rounding of the code score and of
-/// the exact score (both far below it for unit vectors).
-const SLACK: f32 = 1e-4;
+/// the exact score (`dot` sums 16 partial sums of `dim / 16` products:
+/// each within about `(dim / 16 + 16) × 2⁻²⁴` of the exact value for unit
+/// vectors), with room to spare.
+fn slack(dim: usize) -> f32 {
+    1e-5 + dim as f32 * 2e-7
+}
+
+// The integer dot products cannot overflow: at most `MAX_DIM` products of
+// an unsigned query code (≤ 255) and a row code (|c| ≤ 127).
+const _: () = assert!(super::MAX_DIM * 255 * 127 <= i32::MAX as usize);
 
 /// A vector's codes: `scale × codes` approximates it, `resid` is the
-/// length of the difference.
-fn quantize(v: &[f32], pdim: usize) -> (Vec<i8>, f32, f32) {
+/// length of the difference, `norm` the vector's (both rounded up).
+fn quantize(v: &[f32], pdim: usize) -> (Vec<i8>, f32, f32, f32) {
     let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
     let mut codes = vec![0i8; pdim];
+    let norm = up(v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt());
     if !(max > 0.0 && max.is_finite()) {
-        let norm = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-        return (codes, 0.0, norm as f32);
+        return (codes, 0.0, norm, norm);
     }
     let scale = max / 127.0;
     let mut r2 = 0f64;
@@ -40,7 +51,17 @@ fn quantize(v: &[f32], pdim: usize) -> (Vec<i8>, f32, f32) {
         *c = q as i8;
         r2 += (f64::from(*x) - f64::from(scale) * f64::from(q)).powi(2);
     }
-    (codes, scale, r2.sqrt() as f32)
+    (codes, scale, up(r2.sqrt()), norm)
+}
+
+/// `x` as f32, rounded up.
+fn up(x: f64) -> f32 {
+    let f = x as f32;
+    if f64::from(f) < x {
+        f.next_up()
+    } else {
+        f
+    }
 }
 
 fn padded(dim: usize) -> usize {
@@ -56,6 +77,10 @@ pub(crate) struct Codes {
     data: Vec<i8>,
     scale: Vec<f32>,
     resid: Vec<f32>,
+    /// Each row's length plus its residual (what multiplies the query's
+    /// residual in the bound).
+    reach: Vec<f32>,
+    slack: f32,
     /// 128 × the sum of each row's codes (the kernel multiplies unsigned
     /// query codes, shifted by 128).
     shift: Vec<i32>,
@@ -72,10 +97,12 @@ impl Codes {
             data: vec![0; blocks * LANES * pdim],
             scale: Vec::with_capacity(n),
             resid: Vec::with_capacity(n),
+            reach: Vec::with_capacity(n),
+            slack: slack(dim),
             shift: Vec::with_capacity(n),
         };
         for (r, row) in rows.chunks_exact(dim.max(1)).enumerate() {
-            let (codes, scale, resid) = quantize(row, pdim);
+            let (codes, scale, resid, norm) = quantize(row, pdim);
             let (b, lane) = (r / LANES, r % LANES);
             for (g, four) in codes.chunks_exact(GROUP).enumerate() {
                 let at = ((b * (pdim / GROUP) + g) * LANES + lane) * GROUP;
@@ -83,6 +110,7 @@ impl Codes {
             }
             c.scale.push(scale);
             c.resid.push(resid);
+            c.reach.push((norm + resid).next_up());
             c.shift
                 .push(128 * codes.iter().map(|&x| i32::from(x)).sum::<i32>());
         }
@@ -127,6 +155,7 @@ pub(crate) struct Queries {
     data: Vec<i32>,
     scale: Vec<f32>,
     resid: Vec<f32>,
+    norm: Vec<f32>,
 }
 
 impl Queries {
@@ -139,9 +168,10 @@ impl Queries {
             data: Vec::with_capacity(n.div_ceil(TILE) * TILE * pdim / GROUP),
             scale: Vec::with_capacity(n),
             resid: Vec::with_capacity(n),
+            norm: Vec::with_capacity(n),
         };
         for v in flat.chunks_exact(dim.max(1)) {
-            let (codes, scale, resid) = quantize(v, pdim);
+            let (codes, scale, resid, norm) = quantize(v, pdim);
             q.data.extend(
                 codes
                     .chunks_exact(GROUP)
@@ -149,6 +179,7 @@ impl Queries {
             );
             q.scale.push(scale);
             q.resid.push(resid);
+            q.norm.push(norm);
         }
         // Padding queries: their scores are never read.
         q.data.resize(
@@ -156,6 +187,26 @@ impl Queries {
             i32::from_le_bytes([128; 4]),
         );
         q
+    }
+}
+
+/// Which kernel scores the codes: VNNI only where the CPU has it (the
+/// only way to make one that uses it is [`Kernel::detect`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Kernel {
+    vnni: bool,
+}
+
+impl Kernel {
+    /// The fastest this CPU runs.
+    pub(crate) fn detect() -> Self {
+        Kernel { vnni: vnni() }
+    }
+
+    /// The portable loop.
+    #[cfg(test)]
+    fn portable() -> Self {
+        Kernel { vnni: false }
     }
 }
 
@@ -183,20 +234,20 @@ fn dots<const T: usize>(
     b: usize,
     q: &Queries,
     j0: usize,
-    simd: bool,
+    kernel: Kernel,
     out: &mut [[i32; LANES]; T],
 ) {
     let block = codes.block(b);
     let words = q.pdim / GROUP;
     let qs = &q.data[j0 * words..(j0 + T) * words];
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is true only where `vnni()` found the features
-        // the kernel is compiled for.
+    if kernel.vnni {
+        // SAFETY: a `Kernel` says VNNI only where `vnni()` found the
+        // features the kernel is compiled for.
         unsafe { vnni_dots::<T>(block, qs, q.pdim, out) };
         return;
     }
-    let _ = simd;
+    let _ = kernel;
     portable_dots::<T>(block, qs, q.pdim, out);
 }
 
@@ -301,28 +352,29 @@ pub(crate) fn score_block<const T: usize>(
     rows: usize,
     q: &Queries,
     j0: usize,
-    simd: bool,
+    kernel: Kernel,
     floor: impl Fn(usize) -> f32,
     mut each: impl FnMut(usize, usize, Bounded),
 ) {
     let mut out = [[0i32; LANES]; T];
-    dots::<T>(codes, b, q, j0, simd, &mut out);
+    dots::<T>(codes, b, q, j0, kernel, &mut out);
     let real = rows.saturating_sub(b * LANES).min(LANES);
     let at = b * LANES..b * LANES + real;
-    let (shift, scale, resid) = (
+    let (shift, scale, resid, reach) = (
         &codes.shift[at.clone()],
         &codes.scale[at.clone()],
-        &codes.resid[at],
+        &codes.resid[at.clone()],
+        &codes.reach[at],
     );
     for (t, o) in out.iter().enumerate() {
         let j = j0 + t;
-        let (Some(&qs), Some(&qr)) = (q.scale.get(j), q.resid.get(j)) else {
+        let (Some(&qs), Some(&qr), Some(&qn)) = (q.scale.get(j), q.resid.get(j), q.norm.get(j)) else {
             continue;
         };
         let bar = floor(j);
         for lane in 0..real {
             let score = qs * scale[lane] * (o[lane] - shift[lane]) as f32;
-            let bound = resid[lane] + qr * (1.0 + resid[lane]) + SLACK;
+            let bound = qn * resid[lane] + qr * reach[lane] + codes.slack;
             if score + bound >= bar {
                 each(j, b * LANES + lane, Bounded { score, bound });
             }
@@ -344,24 +396,34 @@ mod tests {
     fn the_kernel_gives_the_portable_integers_and_the_bounds_hold() {
         let mut rng = fastrand::Rng::with_seed(3);
         for &(n, dim) in &[(1, 3), (17, 5), (40, 64), (33, 512)] {
-            let rows: Vec<f32> = (0..n).flat_map(|_| unit(&mut rng, dim)).collect();
+            // Rows of other lengths too (a file's rows are not renormalised):
+            // the bound measures them.
+            let rows: Vec<f32> = (0..n)
+                .flat_map(|r| {
+                    let len: f32 = [1.0, 1000.0, 1e-3][r % 3];
+                    unit(&mut rng, dim).into_iter().map(move |x| x * len)
+                })
+                .collect();
             let queries: Vec<f32> = (0..TILE + 1).flat_map(|_| unit(&mut rng, dim)).collect();
             let (codes, q) = (Codes::encode(&rows, dim), Queries::encode(&queries, dim));
             for b in 0..codes.blocks() {
                 let (mut a, mut p) = ([[0; LANES]; TILE], [[0; LANES]; TILE]);
                 portable_dots::<TILE>(codes.block(b), &q.data[..TILE * q.pdim / GROUP], q.pdim, &mut p);
                 if vnni() {
-                    dots::<TILE>(&codes, b, &q, 0, true, &mut a);
+                    dots::<TILE>(&codes, b, &q, 0, Kernel::detect(), &mut a);
                     assert_eq!(a, p, "n={n} dim={dim} block {b}");
                 }
-                for j0 in [0, TILE] {
+                for (j0, kernel) in [0, TILE]
+                    .into_iter()
+                    .flat_map(|j| [(j, Kernel::detect()), (j, Kernel::portable())])
+                {
                     score_block::<1>(
                         &codes,
                         b,
                         n,
                         &q,
                         j0,
-                        vnni(),
+                        kernel,
                         |_| f32::NEG_INFINITY,
                         |j, r, s| {
                             let exact: f32 = rows[r * dim..(r + 1) * dim]
@@ -375,7 +437,8 @@ mod tests {
                                 s.score,
                                 s.bound
                             );
-                            assert!(s.bound < 0.1, "a useful bound: {}", s.bound);
+                            let len: f32 = [1.0, 1000.0, 1e-3][r % 3];
+                            assert!(s.bound < 0.1 * len.max(1.0), "a useful bound: {}", s.bound);
                         },
                     );
                 }
@@ -413,7 +476,7 @@ mod tests {
 
     #[test]
     fn a_zero_vector_has_an_honest_bound() {
-        let (codes, scale, resid) = quantize(&[0.0, 0.0, 0.0], 4);
-        assert_eq!((codes, scale, resid), (vec![0; 4], 0.0, 0.0));
+        let (codes, scale, resid, norm) = quantize(&[0.0, 0.0, 0.0], 4);
+        assert_eq!((codes, scale, resid, norm), (vec![0; 4], 0.0, 0.0, 0.0));
     }
 }

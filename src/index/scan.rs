@@ -156,7 +156,7 @@ impl Scan {
             self.lower = self.tops.iter().map(TopK::empty_like).collect();
         }
         let codes = chunk.codes.get(&chunk.rows, dim);
-        let simd = codes::vnni();
+        let kernel = codes::Kernel::detect();
         let nq = self.tops.len();
         let (tops, lower) = (&mut self.tops, &mut self.lower);
         // Each query's bar: the best of this scan's and every other's.
@@ -191,12 +191,12 @@ impl Scan {
             let mut j0 = 0;
             while j0 + TILE <= nq {
                 let bar = |j: usize| floors.borrow()[j];
-                codes::score_block::<TILE>(codes, b, rows, q, j0, simd, bar, &mut each);
+                codes::score_block::<TILE>(codes, b, rows, q, j0, kernel, bar, &mut each);
                 j0 += TILE;
             }
             while j0 < nq {
                 let bar = |j: usize| floors.borrow()[j];
-                codes::score_block::<1>(codes, b, rows, q, j0, simd, bar, &mut each);
+                codes::score_block::<1>(codes, b, rows, q, j0, kernel, bar, &mut each);
                 j0 += 1;
             }
         }

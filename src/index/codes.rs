@@ -344,7 +344,7 @@ pub(crate) struct Bounded {
 
 /// Scores queries `j0..j0 + T` against block `b` (of a chunk of `rows`
 /// rows), calling `each(j, row, bounded)` for the rows whose upper end
-/// reaches `floor(j)`.
+/// reaches query `j`'s bar (`bars[j]`), which `each` returns raised.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn score_block<const T: usize>(
     codes: &Codes,
@@ -353,8 +353,8 @@ pub(crate) fn score_block<const T: usize>(
     q: &Queries,
     j0: usize,
     kernel: Kernel,
-    floor: impl Fn(usize) -> f32,
-    mut each: impl FnMut(usize, usize, Bounded),
+    bars: &mut [f32],
+    mut each: impl FnMut(usize, usize, Bounded) -> f32,
 ) {
     let mut out = [[0i32; LANES]; T];
     dots::<T>(codes, b, q, j0, kernel, &mut out);
@@ -371,12 +371,14 @@ pub(crate) fn score_block<const T: usize>(
         let (Some(&qs), Some(&qr), Some(&qn)) = (q.scale.get(j), q.resid.get(j), q.norm.get(j)) else {
             continue;
         };
-        let bar = floor(j);
+        let Some(bar) = bars.get_mut(j) else {
+            continue;
+        };
         for lane in 0..real {
             let score = qs * scale[lane] * (o[lane] - shift[lane]) as f32;
             let bound = qn * resid[lane] + qr * reach[lane] + codes.slack;
-            if score + bound >= bar {
-                each(j, b * LANES + lane, Bounded { score, bound });
+            if score + bound >= *bar {
+                *bar = bar.max(each(j, b * LANES + lane, Bounded { score, bound }));
             }
         }
     }
@@ -424,7 +426,7 @@ mod tests {
                         &q,
                         j0,
                         kernel,
-                        |_| f32::NEG_INFINITY,
+                        &mut [f32::NEG_INFINITY; TILE + 1],
                         |j, r, s| {
                             let exact: f32 = rows[r * dim..(r + 1) * dim]
                                 .iter()
@@ -439,6 +441,7 @@ mod tests {
                             );
                             let len: f32 = [1.0, 1000.0, 1e-3][r % 3];
                             assert!(s.bound < 0.1 * len.max(1.0), "a useful bound: {}", s.bound);
+                            f32::NEG_INFINITY
                         },
                     );
                 }

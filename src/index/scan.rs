@@ -160,43 +160,39 @@ impl Scan {
         let nq = self.tops.len();
         let (tops, lower) = (&mut self.tops, &mut self.lower);
         // Each query's bar: the best of this scan's and every other's.
-        let floors: Vec<f32> = lower
+        let mut floors: Vec<f32> = lower
             .iter()
             .enumerate()
             .map(|(j, l)| l.floor().max(bars.get(j)))
             .collect();
-        let floors = std::cell::RefCell::new(floors);
+        // Offers a row that may be in query `j`'s top k; returns the bar.
         let mut each = |j: usize, r: usize, s: codes::Bounded| {
             let low = &mut lower[j];
-            if s.score + s.bound < low.floor() {
-                return;
+            if s.score + s.bound >= low.floor() {
+                let who = &chunk.owners[r];
+                let before = low.floor();
+                low.offer(s.score - s.bound, who);
+                if low.floor() > before {
+                    bars.raise(j, low.floor());
+                }
+                let exact = dot(
+                    &chunk.rows[r * dim..(r + 1) * dim],
+                    &queries[j * dim..(j + 1) * dim],
+                );
+                if exact >= tops[j].floor() {
+                    tops[j].offer(exact, who);
+                }
             }
-            let who = &chunk.owners[r];
-            let before = low.floor();
-            low.offer(s.score - s.bound, who);
-            if low.floor() > before {
-                bars.raise(j, low.floor());
-                let mut f = floors.borrow_mut();
-                f[j] = f[j].max(low.floor()).max(bars.get(j));
-            }
-            let exact = dot(
-                &chunk.rows[r * dim..(r + 1) * dim],
-                &queries[j * dim..(j + 1) * dim],
-            );
-            if exact >= tops[j].floor() {
-                tops[j].offer(exact, who);
-            }
+            low.floor().max(bars.get(j))
         };
         for b in 0..codes.blocks() {
             let mut j0 = 0;
             while j0 + TILE <= nq {
-                let bar = |j: usize| floors.borrow()[j];
-                codes::score_block::<TILE>(codes, b, rows, q, j0, kernel, bar, &mut each);
+                codes::score_block::<TILE>(codes, b, rows, q, j0, kernel, &mut floors, &mut each);
                 j0 += TILE;
             }
             while j0 < nq {
-                let bar = |j: usize| floors.borrow()[j];
-                codes::score_block::<1>(codes, b, rows, q, j0, kernel, bar, &mut each);
+                codes::score_block::<1>(codes, b, rows, q, j0, kernel, &mut floors, &mut each);
                 j0 += 1;
             }
         }

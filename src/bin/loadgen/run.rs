@@ -447,15 +447,11 @@ fn open_loop(profile: &Profile, d: &Arc<Driver>, shapes: &Shapes, sent: &AtomicU
     let send_time = start.elapsed();
     // The callers finish what is queued, then exit; `run_mode` waits for
     // the answers (the drain), not for them.
+    // (Without a thread for that, the pool is dropped with the refused
+    // closure: here, waiting for the callers.)
     if let Some(pool) = callers {
-        let (tx, rx) = std::sync::mpsc::channel();
         let dropper = std::thread::Builder::new().name("loadgen-callers-drop".into());
-        if dropper.spawn(move || rx.recv().map(drop)).is_ok() {
-            let _ = tx.send(pool);
-        } else {
-            // No thread for it: wait here for the callers to finish.
-            drop(pool);
-        }
+        let _ = dropper.spawn(move || drop(pool));
     }
     send_time
 }

@@ -13,7 +13,7 @@ mod common;
 use std::path::PathBuf;
 
 use facepool::face::{self, DecodeLimits, FaceError};
-use facepool::index::{Index, IndexError};
+use facepool::index::{Index, IndexError, FORMAT_VERSION};
 use image::{ImageEncoder, RgbImage};
 
 fn root() -> PathBuf {
@@ -130,10 +130,17 @@ fn index_seeds() -> Vec<(&'static str, Vec<u8>)> {
         v.extend(std::fs::read(d.join(f)).unwrap());
         v
     };
+    let mut v1 = vec![0u8];
+    v1.extend(common::as_format_1(
+        &std::fs::read(d.join("two.idx")).unwrap(),
+        4,
+        3,
+    ));
     let out = vec![
         ("seed-empty", with(0, "empty.idx")),
         ("seed-two-people", with(0, "two.idx")),
         ("seed-two-people-fixups", with(3, "two.idx")),
+        ("seed-two-people-format-1", v1),
     ];
     let _ = std::fs::remove_dir_all(&d);
     out
@@ -290,7 +297,17 @@ fn loads_or_rejects(file: &[u8]) {
     match Index::load(&i) {
         Ok(index) => {
             index.save(&o).unwrap();
-            assert!(std::fs::read(&o).unwrap() == file, "saved back to other bytes");
+            let saved = std::fs::read(&o).unwrap();
+            if file[8..12] == FORMAT_VERSION.to_le_bytes() {
+                assert!(saved == file, "saved back to other bytes");
+            } else {
+                // An older format saves as the current one, which saves
+                // back to itself.
+                let again = Index::load(&o).unwrap();
+                assert_eq!((again.len(), again.vectors()), (index.len(), index.vectors()));
+                again.save(&o).unwrap();
+                assert!(std::fs::read(&o).unwrap() == saved, "saved back to other bytes");
+            }
         }
         Err(IndexError::NotAnIndex { .. } | IndexError::Version { .. } | IndexError::Corrupt { .. }) => {}
         Err(e) => panic!("{e:?}"),

@@ -8,8 +8,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::TempDir;
-use facepool::index::{Index, IndexError, Match, ScanMethod, SearchOptions, CHUNK_ROWS};
+use common::{as_format_1, reseal, reseal_header, TempDir};
+use facepool::index::{
+    stored_codes_len, Index, IndexError, Match, ScanMethod, SearchOptions, Vectors, CHUNK_ROWS,
+};
 
 fn random_vec(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
     (0..dim).map(|_| rng.f32() * 2.0 - 1.0).collect()
@@ -162,8 +164,8 @@ fn remove_and_update() {
     idx.insert("ann", &[1.0, 0.0, 0.0]).unwrap();
     idx.insert("ann", &[0.0, 1.0, 0.0]).unwrap();
     idx.insert("bob", &[0.0, 0.0, 1.0]).unwrap();
-    assert_eq!(idx.remove("ann"), 2);
-    assert_eq!(idx.remove("ann"), 0);
+    assert_eq!(idx.remove("ann").unwrap(), 2);
+    assert_eq!(idx.remove("ann").unwrap(), 0);
     assert!(!idx.contains("ann"));
     assert_eq!((idx.len(), idx.vectors()), (1, 1));
     let m = idx.search(&[1.0, 0.0, 0.0], 5).unwrap();
@@ -192,7 +194,7 @@ fn remove_and_update() {
     // Removing from the middle of many chunks keeps the rest intact.
     let mut rng = fastrand::Rng::with_seed(3);
     let (big, data) = build(&mut rng, 3 * CHUNK_ROWS, 16, 300);
-    let gone = big.remove("p7");
+    let gone = big.remove("p7").unwrap();
     assert_eq!(gone, data.iter().filter(|(i, _)| i == "p7").count());
     assert_eq!(big.vectors(), data.len() - gone);
     let rest: Vec<(String, Vec<f32>)> = data.into_iter().filter(|(i, _)| i != "p7").collect();
@@ -301,7 +303,10 @@ fn save_and_load_round_trip() {
         .unwrap();
     idx.save(&path).unwrap();
     let back = Index::load(&path).unwrap();
-    assert_eq!(back.info(), idx.info());
+    assert_eq!(
+        (back.dim(), back.len(), back.vectors()),
+        (idx.dim(), idx.len(), idx.vectors())
+    );
     assert_eq!(back.ids(), idx.ids());
     assert_eq!(back.meta("zoë").as_deref(), Some("métadonnées"));
     for id in idx.ids() {
@@ -341,18 +346,6 @@ fn load_bytes(dir: &TempDir, name: &str, bytes: &[u8]) -> Result<Index, IndexErr
     let p = dir.path().join(name);
     std::fs::write(&p, bytes).unwrap();
     Index::load(&p)
-}
-
-/// Rewrites the whole-file checksum so that a change gets past it.
-fn reseal(b: &mut [u8]) {
-    let n = b.len() - 8;
-    let crc = crc32fast::hash(&b[..n]);
-    b[n..n + 4].copy_from_slice(&crc.to_le_bytes());
-}
-
-fn reseal_header(b: &mut [u8]) {
-    let crc = crc32fast::hash(&b[..44]);
-    b[44..48].copy_from_slice(&crc.to_le_bytes());
 }
 
 #[test]
@@ -417,11 +410,11 @@ fn damaged_files_give_errors() {
 
     // A newer version.
     let mut b = good.clone();
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    b[8..12].copy_from_slice(&3u32.to_le_bytes());
     reseal_header(&mut b);
     assert!(matches!(
-        load_bytes(&dir, "v2", &b),
-        Err(IndexError::Version { found: 2, .. })
+        load_bytes(&dir, "v3", &b),
+        Err(IndexError::Version { found: 3, .. })
     ));
 
     // Headers that lie, with valid header checksums: huge counts must not
@@ -455,7 +448,9 @@ fn damaged_files_give_errors() {
 
     // Bodies that are wrong but carry a valid checksum: the reader still
     // validates every field.
-    let owners_at = good.len() - 8 - 3 * 4 * 4 - 3 * 4;
+    let codes = stored_codes_len(4, 3).unwrap() as usize;
+    let rows_end = good.len() - 8 - codes;
+    let owners_at = rows_end - 3 * 4 * 4 - 3 * 4;
     let mut b = good.clone();
     b[owners_at..owners_at + 4].copy_from_slice(&9u32.to_le_bytes());
     reseal(&mut b);
@@ -469,7 +464,7 @@ fn damaged_files_give_errors() {
     let e = load_bytes(&dir, "unused", &b).unwrap_err();
     assert!(e.to_string().contains("has no vectors"), "{e}");
     let mut b = good.clone();
-    let v = good.len() - 8 - 4;
+    let v = rows_end - 4;
     b[v..v + 4].copy_from_slice(&f32::NAN.to_le_bytes());
     reseal(&mut b);
     let e = load_bytes(&dir, "nan", &b).unwrap_err();
@@ -479,6 +474,143 @@ fn damaged_files_give_errors() {
     reseal(&mut b);
     let e = load_bytes(&dir, "utf8", &b).unwrap_err();
     assert!(e.to_string().contains("UTF-8"), "{e}");
+}
+
+/// Every method's answers to `queries`, one at a time and as a batch.
+fn answers(idx: &Index, queries: &[Vec<f32>]) -> Vec<Vec<Vec<Match>>> {
+    let views: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
+    let mut out = Vec::new();
+    for m in METHODS {
+        let opts = SearchOptions::top(7).method(m);
+        out.push(idx.search_batch(&views, opts).unwrap());
+        out.push(
+            views
+                .iter()
+                .map(|q| idx.search_batch(&[q], opts).unwrap().remove(0))
+                .collect(),
+        );
+    }
+    out
+}
+
+#[test]
+fn codes_in_the_file_are_checked() {
+    let dir = TempDir::new("index-codes");
+    let path = dir.path().join("c.fpi");
+    let mut rng = fastrand::Rng::with_seed(21);
+    let (idx, _) = build(&mut rng, 40, 6, 10);
+    idx.save(&path).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let codes_at = good.len() - 8 - stored_codes_len(6, 40).unwrap() as usize;
+    // A code changed: its row's shift no longer matches.
+    let mut b = good.clone();
+    b[codes_at + 5] ^= 0x11;
+    reseal(&mut b);
+    let e = load_bytes(&dir, "code", &b).unwrap_err();
+    assert!(
+        matches!(&e, IndexError::Corrupt { reason, .. } if reason.contains("shift")),
+        "{e}"
+    );
+    // A scale that is not a number. (Codes of 40 rows of 6, padded to 8:
+    // three blocks of 16 rows, 8 codes each, then the scales.)
+    let mut b = good.clone();
+    let scale_at = codes_at + 3 * 16 * 8;
+    b[scale_at..scale_at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    reseal(&mut b);
+    let e = load_bytes(&dir, "scale", &b).unwrap_err();
+    assert!(
+        matches!(&e, IndexError::Corrupt { reason, .. } if reason.contains("scale NaN")),
+        "{e}"
+    );
+}
+
+#[test]
+fn format_1_files_still_load() {
+    let dir = TempDir::new("index-v1");
+    let (v2, v1) = (dir.path().join("v2.fpi"), dir.path().join("v1.fpi"));
+    let mut rng = fastrand::Rng::with_seed(22);
+    let (idx, data) = build(&mut rng, 5 * CHUNK_ROWS + 11, 32, 3000);
+    idx.save(&v2).unwrap();
+    let bytes = std::fs::read(&v2).unwrap();
+    std::fs::write(&v1, as_format_1(&bytes, 32, data.len() as u64)).unwrap();
+    let queries: Vec<Vec<f32>> = (0..12).map(|_| random_vec(&mut rng, 32)).collect();
+    let want = answers(&idx, &queries);
+    for keep in [Vectors::InMemory, Vectors::InFile] {
+        let old = Index::load_with(&v1, keep).unwrap();
+        assert_eq!((old.len(), old.vectors()), (idx.len(), idx.vectors()));
+        assert_eq!(answers(&old, &queries), want, "{keep:?}");
+        // Saved again, it is the format-2 file.
+        let again = dir.path().join("again.fpi");
+        old.save(&again).unwrap();
+        assert!(std::fs::read(&again).unwrap() == bytes, "{keep:?}");
+    }
+}
+
+#[test]
+fn vectors_kept_in_the_file_answer_as_in_memory() {
+    let dir = TempDir::new("index-infile");
+    let path = dir.path().join("g.fpi");
+    let mut rng = fastrand::Rng::with_seed(23);
+    let dim = 48;
+    let (idx, _) = build(&mut rng, 5 * CHUNK_ROWS + 37, dim, 2000);
+    idx.save(&path).unwrap();
+    let cold = Index::load_with(&path, Vectors::InFile).unwrap();
+    let warm = Index::load(&path).unwrap();
+    // Memory holds the codes (about a quarter of the floats) and owners.
+    assert!(
+        cold.info().bytes * 2 < warm.info().bytes,
+        "{:?} against {:?}",
+        cold.info(),
+        warm.info()
+    );
+    let mut queries: Vec<Vec<f32>> = (0..10).map(|_| random_vec(&mut rng, dim)).collect();
+    let want = answers(&idx, &queries);
+    assert_eq!(answers(&cold, &queries), want);
+
+    // Changes: the chunks they touch move into memory; the rest stay.
+    let fresh = random_vec(&mut rng, dim);
+    for i in [&idx, &cold] {
+        i.upsert("p3", &[&fresh], Some("m")).unwrap();
+        assert!(i.remove("p5").unwrap() > 0);
+        i.insert("new", &random_vec(&mut fastrand::Rng::with_seed(9), dim))
+            .unwrap();
+    }
+    queries.push(fresh);
+    let want = answers(&idx, &queries);
+    assert_eq!(answers(&cold, &queries), want);
+    assert_eq!(cold.meta("p3").as_deref(), Some("m"));
+    assert!(cold.info().bytes < warm.info().bytes);
+
+    // Saved over its own file (a new file renamed over it: the open one
+    // still reads), and loaded again.
+    cold.save(&path).unwrap();
+    assert_eq!(answers(&cold, &queries), want);
+    let back = Index::load_with(&path, Vectors::InFile).unwrap();
+    assert_eq!(answers(&back, &queries), want);
+
+    // A file cut short under a loaded index (against the rules): searches
+    // and removals that need its rows fail with an I/O error, nothing
+    // changes, nothing panics.
+    let other = dir.path().join("cut.fpi");
+    idx.save(&other).unwrap();
+    let victim = Index::load_with(&other, Vectors::InFile).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&other)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let q = queries[0].as_slice();
+    for m in METHODS {
+        let e = victim
+            .search_batch(&[q], SearchOptions::top(3).method(m))
+            .unwrap_err();
+        assert!(matches!(e, IndexError::Io { .. }), "{m:?}: {e}");
+    }
+    let before = victim.vectors();
+    assert!(matches!(victim.remove("p7"), Err(IndexError::Io { .. })));
+    assert!(victim.contains("p7"));
+    assert_eq!(victim.vectors(), before);
 }
 
 #[test]
@@ -531,7 +663,7 @@ fn searches_run_while_people_are_enrolled_and_removed() {
         data.push((id, v));
         if i % 97 == 96 {
             let gone = format!("p{}", rng.usize(..700));
-            idx.remove(&gone);
+            idx.remove(&gone).unwrap();
             data.retain(|(id, _)| *id != gone);
         }
     }
@@ -596,8 +728,8 @@ fn the_compact_scan_answers_as_the_exact_one_through_changes() {
     // p0 holds rows 0, 3000, 6000…, in several chunks.
     let held = idx.count("p0");
     assert!(held >= 2);
-    assert_eq!(idx.remove("p0"), held);
-    idx.remove("twin");
+    assert_eq!(idx.remove("p0").unwrap(), held);
+    idx.remove("twin").unwrap();
     same(&q, "after removals");
     same(&base, "near-duplicates after removals");
 }

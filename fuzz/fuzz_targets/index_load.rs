@@ -10,13 +10,15 @@
 //!   `Corrupt` (never an I/O error: the file is there and readable, so a
 //!   read past its end means a size was trusted that should not have been);
 //! - a file that loads has a dimension in 1..=MAX_DIM, as many vectors and
-//!   people as its header says, and saves back to exactly the same bytes.
+//!   people as its header says, and saves back to exactly the same bytes
+//!   (a format-1 file: to a format-2 file that itself loads and saves back
+//!   to the same bytes).
 #![no_main]
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use facepool::index::{Index, IndexError, MAGIC, MAX_DIM};
+use facepool::index::{stored_codes_len, Index, IndexError, FORMAT_VERSION, MAGIC, MAX_DIM};
 use facepool_fuzz::scratch;
 use libfuzzer_sys::fuzz_target;
 
@@ -48,7 +50,13 @@ fn file_of(data: &[u8]) -> Vec<u8> {
     if mode & 1 != 0 {
         let dim = u64::from(u32_at(&f, 12));
         let vectors = u64_at(&f, 24);
-        let rows = vectors.checked_mul(4 * (dim + 1));
+        let codes = match u32_at(&f, 8) {
+            1 => Some(0),
+            _ => stored_codes_len(dim as usize, vectors),
+        };
+        let rows = vectors
+            .checked_mul(4 * (dim + 1))
+            .and_then(|r| r.checked_add(codes?));
         let left = (f.len() - HEADER - TRAILER) as u64;
         if let Some(people_bytes) = rows.and_then(|r| left.checked_sub(r)) {
             f[32..40].copy_from_slice(&people_bytes.to_le_bytes());
@@ -77,7 +85,16 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(index.vectors() as u64, u64_at(&file, 24), "vectors");
             let out = dir().join("out.idx");
             index.save(&out).expect("a loaded index saves");
-            let saved = std::fs::read(&out).expect("the saved file reads");
+            let mut saved = std::fs::read(&out).expect("the saved file reads");
+            let mut file = file;
+            if u32_at(&file, 8) != FORMAT_VERSION {
+                // An older format: the saved file is the reference.
+                let again = Index::load(&out).expect("a saved file loads");
+                assert_eq!((again.len(), again.vectors()), (index.len(), index.vectors()));
+                file = std::mem::take(&mut saved);
+                again.save(&out).expect("a loaded index saves");
+                saved = std::fs::read(&out).expect("the saved file reads");
+            }
             assert!(
                 saved == file,
                 "a loaded file saves to other bytes ({} bytes in, {} out, first difference at {:?})",

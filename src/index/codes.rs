@@ -71,7 +71,7 @@ fn padded(dim: usize) -> usize {
 /// A chunk's rows as codes, in blocks of [`LANES`] rows laid out for the
 /// kernel: block, then group of four dimensions, then row, then the four
 /// codes.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub(crate) struct Codes {
     pdim: usize,
     data: Vec<i8>,
@@ -126,6 +126,87 @@ impl Codes {
         let len = LANES * self.pdim;
         &self.data[b * len..(b + 1) * len]
     }
+
+    /// Bytes it holds.
+    pub(crate) fn bytes(&self) -> usize {
+        self.data.len() + 4 * (self.scale.len() + self.resid.len() + self.reach.len() + self.shift.len())
+    }
+
+    /// Bytes that [`write`](Self::write) appends for `rows` rows of `dim`:
+    /// the codes in whole blocks, then four numbers per row.
+    pub(crate) fn stored_len(rows: usize, dim: usize) -> Option<usize> {
+        rows.div_ceil(LANES)
+            .checked_mul(LANES)?
+            .checked_mul(padded(dim))?
+            .checked_add(rows.checked_mul(16)?)
+    }
+
+    /// Appends the codes to `out` (the index file's layout: the codes as
+    /// laid out in memory, then each row's scale, residual, reach, all f32,
+    /// and shift, i32, little-endian).
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        out.extend(self.data.iter().map(|&c| c as u8));
+        for v in [&self.scale, &self.resid, &self.reach] {
+            out.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        }
+        out.extend(self.shift.iter().flat_map(|x| x.to_le_bytes()));
+    }
+
+    /// Codes as [`write`](Self::write) wrote them for `rows` rows of `dim`
+    /// (`bytes` is [`stored_len`](Self::stored_len) long), or why not: each
+    /// number finite and not negative, each shift the sum of its row's codes.
+    pub(crate) fn read(bytes: &[u8], rows: usize, dim: usize) -> Result<Self, String> {
+        let pdim = padded(dim);
+        if Self::stored_len(rows, dim) != Some(bytes.len()) {
+            return Err(format!("codes of {rows} rows take {} bytes", bytes.len()));
+        }
+        let (data, mut rest) = bytes.split_at(rows.div_ceil(LANES) * LANES * pdim);
+        let mut floats = || {
+            let (now, later) = rest.split_at(4 * rows);
+            rest = later;
+            now.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect::<Vec<f32>>()
+        };
+        let (scale, resid, reach) = (floats(), floats(), floats());
+        let shift: Vec<i32> = rest
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let c = Codes {
+            pdim,
+            data: data.iter().map(|&b| b as i8).collect(),
+            scale,
+            resid,
+            reach,
+            slack: slack(dim),
+            shift,
+        };
+        for (what, v) in [("scale", &c.scale), ("residual", &c.resid), ("reach", &c.reach)] {
+            if let Some(r) = v.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
+                return Err(format!("row {r} of a chunk has {what} {}", v[r]));
+            }
+        }
+        for (r, &s) in c.shift.iter().enumerate() {
+            let (b, lane) = (r / LANES, r % LANES);
+            let sum: i32 = c
+                .block(b)
+                .chunks_exact(GROUP * LANES)
+                .map(|g| {
+                    g[lane * GROUP..(lane + 1) * GROUP]
+                        .iter()
+                        .map(|&x| i32::from(x))
+                        .sum::<i32>()
+                })
+                .sum();
+            if s != 128 * sum {
+                return Err(format!(
+                    "row {r} of a chunk has shift {s}, its codes sum to {sum}"
+                ));
+            }
+        }
+        Ok(c)
+    }
 }
 
 /// A chunk's codes, made on first use by a compact scan (and dropped with
@@ -141,7 +222,28 @@ impl Clone for Lazy {
 }
 
 impl Lazy {
-    pub(crate) fn get(&self, rows: &[f32], dim: usize) -> &Codes {
+    /// Codes already made (read from a file).
+    pub(crate) fn made(codes: Codes) -> Self {
+        Lazy(OnceLock::from(codes))
+    }
+
+    /// The codes, if made.
+    pub(crate) fn peek(&self) -> Option<&Codes> {
+        self.0.get()
+    }
+
+    /// The codes, made from `rows()` if not yet (the first caller makes
+    /// them; a failure to read the rows is returned and nothing is kept).
+    pub(crate) fn get<E>(&self, rows: impl FnOnce() -> Result<Vec<f32>, E>, dim: usize) -> Result<&Codes, E> {
+        if let Some(c) = self.0.get() {
+            return Ok(c);
+        }
+        let made = Codes::encode(&rows()?, dim);
+        Ok(self.0.get_or_init(|| made))
+    }
+
+    /// The codes of rows in memory, made from them if not yet.
+    pub(crate) fn of(&self, rows: &[f32], dim: usize) -> &Codes {
         self.0.get_or_init(|| Codes::encode(rows, dim))
     }
 }

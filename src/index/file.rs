@@ -5,7 +5,7 @@
 //! | bytes | content |
 //! |---|---|
 //! | 8 | magic `FACEPIDX` |
-//! | 4 | format version (1) |
+//! | 4 | format version (2; 1 has no codes section) |
 //! | 4 | dimension |
 //! | 8 | people |
 //! | 8 | vectors |
@@ -15,25 +15,32 @@
 //! | … | people: id length u32, id (UTF-8), has-metadata u8, [metadata length u32, metadata] |
 //! | 4 × vectors | owner of each vector (index into people, who are numbered in the order of their first vector) |
 //! | 4 × dim × vectors | the vectors, f32, unit length |
+//! | [`stored_codes_len`] | the codes: for each chunk of [`CHUNK_ROWS`] vectors (the last one shorter), its 8-bit codes in blocks of 16 vectors (dimensions padded to a multiple of 4), then each vector's scale, residual and reach (f32) and shift (i32) |
 //! | 4 | CRC-32 of everything before it |
 //! | 4 | end marker `XDIP` |
 //!
 //! A reader checks the magic, the version and the header's checksum, then
 //! that the file is exactly as long as the header says, before it allocates
 //! anything sized by the header; then it reads the rest, validating every
-//! field, and checks the whole-file checksum before the index is used.
+//! field, and checks the whole-file checksum before the index is used. The
+//! codes are checked for finite numbers and shifts that match them, and
+//! otherwise trusted (they are a function of the vectors; the checksum
+//! guards them against corruption). Format 1 files load (their codes are
+//! made when first needed); saves write format 2.
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Chunk, IndexError, Person, CHUNK_ROWS, MAX_DIM, MAX_TEXT};
+use super::codes::{Codes, Lazy};
+use super::{Chunk, IndexError, Person, Rows, Vectors, CHUNK_ROWS, MAX_DIM, MAX_TEXT};
 
 /// The first eight bytes of an index file.
 pub const MAGIC: [u8; 8] = *b"FACEPIDX";
-/// The format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes (it reads 1 and 2).
+pub const FORMAT_VERSION: u32 = 2;
 const END: [u8; 4] = *b"XDIP";
 const HEADER: usize = 48;
 const TRAILER: usize = 8;
@@ -81,6 +88,66 @@ impl<R: Read> CrcRead<R> {
         self.crc.update(buf);
         Ok(())
     }
+}
+
+/// Bytes of the codes section of a format-2 file of `vectors` vectors of
+/// `dim` (`None` if that overflows).
+#[doc(hidden)]
+pub fn stored_codes_len(dim: usize, vectors: u64) -> Option<u64> {
+    let rows = CHUNK_ROWS as u64;
+    let full = Codes::stored_len(CHUNK_ROWS, dim)? as u64;
+    let last = Codes::stored_len(usize::try_from(vectors % rows).ok()?, dim)? as u64;
+    (vectors / rows).checked_mul(full)?.checked_add(last)
+}
+
+/// An index file kept open for its vectors: read by position, never
+/// written (a save renames a new file over the path, and this handle goes
+/// on reading the file it opened).
+#[derive(Debug)]
+pub(crate) struct Stored {
+    file: File,
+    path: PathBuf,
+}
+
+thread_local! {
+    static BYTES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Stored {
+    /// Reads `floats` f32 from byte `at` into `out` (replacing what it held).
+    pub(crate) fn read(&self, at: u64, floats: usize, out: &mut Vec<f32>) -> Result<(), IndexError> {
+        BYTES.with_borrow_mut(|bytes| {
+            bytes.resize(4 * floats, 0);
+            read_at(&self.file, bytes, at).map_err(|e| io(&self.path, e))?;
+            out.clear();
+            out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+            Ok(())
+        })
+    }
+}
+
+#[cfg(unix)]
+fn read_at(f: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, at)
+}
+
+#[cfg(windows)]
+fn read_at(f: &File, mut buf: &mut [u8], mut at: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match f.seek_read(buf, at)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                at += n as u64;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn header(dim: usize, people: u64, vectors: u64, people_bytes: u64) -> [u8; HEADER] {
@@ -132,8 +199,13 @@ pub(super) fn save(path: &Path, dim: usize, chunks: &[Arc<Chunk>]) -> Result<(),
     };
     let prefix = temp_prefix(path)?;
     let tmp = dir.join(format!("{prefix}{}.{}", std::process::id(), fastrand::u64(..)));
-    let write = || -> std::io::Result<()> {
-        let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let e = |e: std::io::Error| io(path, e);
+    let write = || -> Result<(), IndexError> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(e)?;
         // Held until the temp file is renamed or its writer dies, so that a
         // later save can tell an abandoned temp file from one being written.
         match f.try_lock() {
@@ -141,9 +213,9 @@ pub(super) fn save(path: &Path, dim: usize, chunks: &[Arc<Chunk>]) -> Result<(),
             Err(TryLockError::WouldBlock) => {
                 // A concurrent save is removing it as abandoned (possible only
                 // in the instant between its creation and this lock).
-                return Err(std::io::Error::other(
+                return Err(e(std::io::Error::other(
                     "the temp file was taken by a concurrent save",
-                ));
+                )));
             }
             // No locks on this filesystem: write anyway; abandoned temp
             // files are then left for the operator.
@@ -158,34 +230,65 @@ pub(super) fn save(path: &Path, dim: usize, chunks: &[Arc<Chunk>]) -> Result<(),
             people.len() as u64,
             owners.len() as u64,
             table.len() as u64,
-        ))?;
-        w.write_all(&table)?;
+        ))
+        .map_err(e)?;
+        w.write_all(&table).map_err(e)?;
         let mut buf = Vec::with_capacity(CHUNK_ROWS * 4 * dim.max(1));
         for o in &owners {
             buf.extend_from_slice(&o.to_le_bytes());
         }
-        w.write_all(&buf)?;
+        w.write_all(&buf).map_err(e)?;
+        let mut rows = Vec::new();
         for c in chunks {
             buf.clear();
-            for x in &c.rows {
+            for x in c.rows(dim, &mut rows)? {
                 buf.extend_from_slice(&x.to_le_bytes());
             }
-            w.write_all(&buf)?;
+            w.write_all(&buf).map_err(e)?;
+        }
+        // The codes of each CHUNK_ROWS rows: a chunk that is one of those
+        // groups gives its own (made for the file only if it has none: an
+        // index that never scans compactly keeps none in memory); the rows
+        // of chunks that changes left shorter are grouped again.
+        let mut pending: Vec<f32> = Vec::new();
+        let mut at = 0usize;
+        for (i, c) in chunks.iter().enumerate() {
+            let n = c.owners.len();
+            buf.clear();
+            if pending.is_empty() && at % CHUNK_ROWS == 0 && (n == CHUNK_ROWS || i + 1 == chunks.len()) {
+                match c.codes.peek() {
+                    Some(codes) => codes.write(&mut buf),
+                    None => Codes::encode(c.rows(dim, &mut rows)?, dim).write(&mut buf),
+                }
+            } else {
+                pending.extend_from_slice(c.rows(dim, &mut rows)?);
+                while pending.len() >= CHUNK_ROWS * dim {
+                    Codes::encode(&pending[..CHUNK_ROWS * dim], dim).write(&mut buf);
+                    pending.drain(..CHUNK_ROWS * dim);
+                }
+            }
+            w.write_all(&buf).map_err(e)?;
+            at += n;
+        }
+        if !pending.is_empty() {
+            buf.clear();
+            Codes::encode(&pending, dim).write(&mut buf);
+            w.write_all(&buf).map_err(e)?;
         }
         let crc = w.crc.clone().finalize();
         let mut inner = w.inner;
-        inner.write_all(&crc.to_le_bytes())?;
-        inner.write_all(&END)?;
-        let f = inner.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        inner.write_all(&crc.to_le_bytes()).map_err(e)?;
+        inner.write_all(&END).map_err(e)?;
+        let f = inner.into_inner().map_err(|x| e(x.into_error()))?;
+        f.sync_all().map_err(e)?;
+        std::fs::rename(&tmp, path).map_err(e)?;
         // Make the rename itself durable.
-        File::open(&dir)?.sync_all()
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(e)
     };
-    write().map_err(|e| {
+    if let Err(err) = write() {
         let _ = std::fs::remove_file(&tmp);
-        io(path, e)
-    })?;
+        return Err(err);
+    }
     remove_abandoned(&dir, &prefix);
     Ok(())
 }
@@ -287,9 +390,16 @@ fn people(path: &Path, table: &[u8], count: usize) -> Result<Vec<Arc<Person>>, I
     Ok(out)
 }
 
-pub(super) fn load(path: &Path) -> Result<(usize, Vec<Chunk>), IndexError> {
+pub(super) fn load(path: &Path, keep: Vectors) -> Result<(usize, Vec<Chunk>), IndexError> {
     let f = File::open(path).map_err(|e| io(path, e))?;
     let len = f.metadata().map_err(|e| io(path, e))?.len();
+    let stored = match keep {
+        Vectors::InMemory => None,
+        Vectors::InFile => Some(Arc::new(Stored {
+            file: f.try_clone().map_err(|e| io(path, e))?,
+            path: path.to_path_buf(),
+        })),
+    };
     let mut r = CrcRead {
         inner: BufReader::with_capacity(1 << 20, f),
         crc: crc32fast::Hasher::new(),
@@ -320,7 +430,7 @@ pub(super) fn load(path: &Path) -> Result<(usize, Vec<Chunk>), IndexError> {
         });
     }
     let version = u32_at(&h, 8);
-    if version != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(IndexError::Version {
             path: path.display().to_string(),
             found: version,
@@ -344,9 +454,14 @@ pub(super) fn load(path: &Path) -> Result<(usize, Vec<Chunk>), IndexError> {
             format!("{people_n} people but only {vectors} vectors"),
         ));
     }
+    let codes_bytes = match version {
+        1 => Some(0),
+        _ => stored_codes_len(dim, vectors),
+    };
     let expected = vectors
         .checked_mul(4 * (dim as u64 + 1))
         .and_then(|v| v.checked_add(people_bytes))
+        .and_then(|v| v.checked_add(codes_bytes?))
         .and_then(|v| v.checked_add((HEADER + TRAILER) as u64));
     if expected != Some(len) {
         let said = expected.map_or_else(|| "an impossible size".to_owned(), |e| format!("{e} bytes"));
@@ -395,22 +510,43 @@ pub(super) fn load(path: &Path) -> Result<(usize, Vec<Chunk>), IndexError> {
     }
 
     let mut chunks = Vec::with_capacity(vectors.div_ceil(CHUNK_ROWS));
+    let mut at = (HEADER + people_bytes + 4 * vectors) as u64;
     for (c, own) in owners.chunks(CHUNK_ROWS).enumerate() {
         let bytes = &mut buf[..4 * dim * own.len()];
         r.exact(bytes).map_err(rd)?;
-        let rows: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        if let Some(i) = rows.iter().position(|x| !x.is_finite()) {
+        let float = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        if let Some(i) = bytes.chunks_exact(4).position(|b| !float(b).is_finite()) {
             let v = c * CHUNK_ROWS + i / dim;
-            return Err(corrupt(path, format!("vector {v} holds {}", rows[i])));
+            return Err(corrupt(
+                path,
+                format!("vector {v} holds {}", float(&bytes[4 * i..])),
+            ));
         }
+        let rows = match &stored {
+            None => Rows::Memory(bytes.chunks_exact(4).map(float).collect()),
+            Some(file) => Rows::File {
+                file: file.clone(),
+                at,
+            },
+        };
+        at += bytes.len() as u64;
         chunks.push(Chunk {
             rows,
             owners: own.to_vec(),
-            codes: super::codes::Lazy::default(),
+            codes: Lazy::default(),
         });
+    }
+    if version >= 2 {
+        for (c, chunk) in chunks.iter_mut().enumerate() {
+            let n = chunk.owners.len();
+            let size =
+                Codes::stored_len(n, dim).ok_or_else(|| corrupt(path, "codes of an impossible size"))?;
+            buf.resize(size.max(buf.len()), 0);
+            r.exact(&mut buf[..size]).map_err(rd)?;
+            let codes = Codes::read(&buf[..size], n, dim)
+                .map_err(|why| corrupt(path, format!("chunk {c}: {why}")))?;
+            chunk.codes = Lazy::made(codes);
+        }
     }
     let crc = r.crc.clone().finalize();
     let mut t = [0u8; TRAILER];

@@ -12,6 +12,11 @@
 //! `ThreadPool::install` to choose the pool); a batch of queries is scored
 //! with one matrix product per chunk.
 //!
+//! An index loaded with [`Vectors::InFile`] keeps only the rows' 8-bit
+//! codes in memory (a quarter of the floats) and reads the f32 rows from
+//! its file when a search re-scores a candidate, an exact scan passes, or
+//! a change needs them; a chunk that changes moves into memory.
+//!
 //! The index knows nothing of images or models.
 
 mod codes;
@@ -28,7 +33,7 @@ use rayon::prelude::*;
 
 pub use crate::vector::dot;
 pub use error::IndexError;
-pub use file::{FORMAT_VERSION, MAGIC};
+pub use file::{stored_codes_len, FORMAT_VERSION, MAGIC};
 
 /// Vectors per chunk: the unit of copy-on-write and of parallel work.
 pub const CHUNK_ROWS: usize = 1024;
@@ -52,12 +57,93 @@ pub(crate) struct Person {
 }
 
 /// Up to [`CHUNK_ROWS`] vectors, contiguous, with their owners.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Chunk {
-    rows: Vec<f32>,
+    rows: Rows,
     owners: Vec<Arc<Person>>,
-    /// The rows' 8-bit codes, made by the first compact scan.
+    /// The rows' 8-bit codes, read from the file or made by the first
+    /// compact scan.
     codes: codes::Lazy,
+}
+
+/// Where a chunk's f32 rows are.
+#[derive(Clone, Debug)]
+enum Rows {
+    Memory(Vec<f32>),
+    /// In an index file, from byte `at` on, read when needed.
+    File {
+        file: Arc<file::Stored>,
+        at: u64,
+    },
+}
+
+impl Chunk {
+    fn in_memory(rows: Vec<f32>, owners: Vec<Arc<Person>>) -> Self {
+        Self {
+            rows: Rows::Memory(rows),
+            owners,
+            codes: codes::Lazy::default(),
+        }
+    }
+
+    /// All rows: borrowed when in memory, else read into `buf`.
+    fn rows<'a>(&'a self, dim: usize, buf: &'a mut Vec<f32>) -> Result<&'a [f32], IndexError> {
+        match &self.rows {
+            Rows::Memory(v) => Ok(v),
+            Rows::File { file, at } => {
+                file.read(*at, self.owners.len() * dim, buf)?;
+                Ok(buf)
+            }
+        }
+    }
+
+    /// Row `r`: borrowed when in memory, else read into `buf`.
+    fn row<'a>(&'a self, r: usize, dim: usize, buf: &'a mut Vec<f32>) -> Result<&'a [f32], IndexError> {
+        match &self.rows {
+            Rows::Memory(v) => Ok(&v[r * dim..(r + 1) * dim]),
+            Rows::File { file, at } => {
+                file.read(at + (4 * r * dim) as u64, dim, buf)?;
+                Ok(buf)
+            }
+        }
+    }
+
+    /// The rows' codes, made now if not yet.
+    fn codes(&self, dim: usize) -> Result<&codes::Codes, IndexError> {
+        match &self.rows {
+            Rows::Memory(v) => Ok(self.codes.of(v, dim)),
+            Rows::File { .. } => self.codes.get(
+                || {
+                    let mut buf = Vec::new();
+                    self.rows(dim, &mut buf)?;
+                    Ok(buf)
+                },
+                dim,
+            ),
+        }
+    }
+
+    /// Bytes it holds in memory: rows there, owners, codes once made.
+    fn bytes(&self) -> usize {
+        let rows = match &self.rows {
+            Rows::Memory(v) => std::mem::size_of_val(&v[..]),
+            Rows::File { .. } => 0,
+        };
+        rows + std::mem::size_of_val(&self.owners[..]) + self.codes.peek().map_or(0, codes::Codes::bytes)
+    }
+}
+
+/// Where a loaded index keeps its f32 vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Vectors {
+    /// In memory (4 bytes a dimension a vector).
+    #[default]
+    InMemory,
+    /// In the file, read when a search or a change needs them; memory
+    /// holds their 8-bit codes (a quarter of the size). The file must not
+    /// be changed in place while the index is in use (saves replace it by
+    /// renaming a new file over it, which leaves the open one readable).
+    InFile,
 }
 
 /// One person found by a search.
@@ -247,13 +333,20 @@ impl Index {
             dim: self.inner.dim,
             people: s.people.len(),
             vectors: s.vectors,
-            bytes: s.vectors * Self::bytes_per_vector(self.inner.dim),
+            bytes: s.chunks.iter().map(|c| c.bytes()).sum(),
         }
     }
 
-    /// Bytes each vector takes in memory: its floats and its owner pointer.
+    /// Bytes each vector takes in memory when its floats are there: the
+    /// floats and its owner pointer (its 8-bit codes, once a compact scan
+    /// made them, add [`codes_bytes_per_vector`](Self::codes_bytes_per_vector)).
     pub fn bytes_per_vector(dim: usize) -> usize {
         dim * std::mem::size_of::<f32>() + std::mem::size_of::<Arc<Person>>()
+    }
+
+    /// Bytes of a vector's 8-bit codes and their numbers.
+    pub fn codes_bytes_per_vector(dim: usize) -> usize {
+        codes::Codes::stored_len(codes::LANES, dim).map_or(usize::MAX, |b| b / codes::LANES)
     }
 
     /// Every person with its number of vectors and its metadata, sorted by
@@ -400,8 +493,10 @@ impl Index {
             .collect::<Result<Vec<_>, _>>()?;
         let p = self.person(id, meta)?;
         let mut s = self.write();
-        if let Some(old) = s.people.remove(id) {
-            Self::drop_rows(&mut s, old.key);
+        if let Some(old) = s.people.get(id).map(|p| p.key) {
+            let plan = Self::without(&s, old, self.inner.dim)?;
+            s.people.remove(id);
+            Self::apply(&mut s, plan);
         }
         s.people.insert(p.id.clone(), p.clone());
         for v in rows {
@@ -411,56 +506,75 @@ impl Index {
     }
 
     /// Removes `id` and all its vectors; returns how many vectors went.
-    pub fn remove(&self, id: &str) -> usize {
+    /// An error only if the vectors live in the file and it cannot be
+    /// read (then nothing is removed).
+    pub fn remove(&self, id: &str) -> Result<usize, IndexError> {
         let mut s = self.write();
-        match s.people.remove(id) {
-            Some(p) => Self::drop_rows(&mut s, p.key),
-            None => 0,
-        }
+        let Some(key) = s.people.get(id).map(|p| p.key) else {
+            return Ok(0);
+        };
+        let plan = Self::without(&s, key, self.inner.dim)?;
+        s.people.remove(id);
+        Ok(Self::apply(&mut s, plan))
     }
 
     fn append(s: &mut State, v: &[f32], p: Arc<Person>) {
-        let full = s.chunks.last().is_none_or(|c| c.owners.len() >= CHUNK_ROWS);
+        // A chunk whose rows are in the file is not grown (that would read
+        // it): a new one starts.
+        let full = s
+            .chunks
+            .last()
+            .is_none_or(|c| c.owners.len() >= CHUNK_ROWS || matches!(c.rows, Rows::File { .. }));
         if full {
-            s.chunks.push(Arc::new(Chunk {
-                rows: Vec::with_capacity(CHUNK_ROWS * v.len()),
-                owners: Vec::with_capacity(CHUNK_ROWS),
-                codes: codes::Lazy::default(),
-            }));
+            s.chunks.push(Arc::new(Chunk::in_memory(
+                Vec::with_capacity(CHUNK_ROWS * v.len()),
+                Vec::with_capacity(CHUNK_ROWS),
+            )));
         }
         if let Some(last) = s.chunks.last_mut() {
             // Copies the chunk only if a search is scanning it right now.
             let c = Arc::make_mut(last);
-            c.rows.extend_from_slice(v);
-            c.owners.push(p);
-            c.codes = codes::Lazy::default();
-            s.vectors += 1;
+            if let Rows::Memory(rows) = &mut c.rows {
+                rows.extend_from_slice(v);
+                c.owners.push(p);
+                c.codes = codes::Lazy::default();
+                s.vectors += 1;
+            }
         }
     }
 
-    fn drop_rows(s: &mut State, key: u64) -> usize {
-        let mut gone = 0;
-        for chunk in &mut s.chunks {
-            if !chunk.owners.iter().any(|p| p.key == key) {
+    /// The chunks that hold rows of `key`, each rebuilt in memory without
+    /// them (read from the file where they are there), by position.
+    fn without(s: &State, key: u64, dim: usize) -> Result<Vec<(usize, Chunk)>, IndexError> {
+        let mut plan = Vec::new();
+        let mut buf = Vec::new();
+        for (i, c) in s.chunks.iter().enumerate() {
+            if !c.owners.iter().any(|p| p.key == key) {
                 continue;
             }
-            let c = Arc::make_mut(chunk);
-            let dim = c.rows.len() / c.owners.len().max(1);
-            let mut rows = Vec::with_capacity(c.rows.len());
+            let all = c.rows(dim, &mut buf)?;
+            let mut rows = Vec::with_capacity(all.len());
             let mut owners = Vec::with_capacity(c.owners.len());
-            for (row, p) in c.rows.chunks_exact(dim).zip(&c.owners) {
-                if p.key == key {
-                    gone += 1;
-                } else {
+            for (row, p) in all.chunks_exact(dim).zip(&c.owners) {
+                if p.key != key {
                     rows.extend_from_slice(row);
                     owners.push(p.clone());
                 }
             }
-            *c = Chunk {
-                rows,
-                owners,
-                codes: codes::Lazy::default(),
-            };
+            plan.push((i, Chunk::in_memory(rows, owners)));
+        }
+        Ok(plan)
+    }
+
+    /// Puts in the chunks [`without`](Self::without) rebuilt; returns the
+    /// rows that went.
+    fn apply(s: &mut State, plan: Vec<(usize, Chunk)>) -> usize {
+        let mut gone = 0;
+        for (i, c) in plan {
+            if let Some(slot) = s.chunks.get_mut(i) {
+                gone += slot.owners.len() - c.owners.len();
+                *slot = Arc::new(c);
+            }
         }
         s.chunks.retain(|c| !c.owners.is_empty());
         s.vectors -= gone;
@@ -546,7 +660,7 @@ impl Index {
             Some(q) => scan.chunk_compact(c, q, &bars, &flat, dim),
             None => scan.chunk(c, &flat, dim),
         };
-        let scan = if rows.saturating_mul(nq).saturating_mul(dim) < PARALLEL_MIN_WORK {
+        let scan: scan::Scan = if rows.saturating_mul(nq).saturating_mul(dim) < PARALLEL_MIN_WORK {
             let mut scan = scan::Scan::new(nq, opts.k, min);
             for c in &chunks {
                 one(&mut scan, c);
@@ -564,7 +678,7 @@ impl Index {
                 )
                 .reduce(|| scan::Scan::new(nq, opts.k, min), scan::Scan::merge)
         };
-        Ok(scan.tops.into_iter().map(scan::TopK::into_matches).collect())
+        scan.into_matches()
     }
 
     /// Writes the index to `path` atomically: a temporary file in the same
@@ -582,9 +696,18 @@ impl Index {
     }
 
     /// Reads an index written by [`save`](Self::save), checking its format,
-    /// sizes and checksum before trusting any of it.
+    /// sizes and checksum before trusting any of it; its vectors in memory.
     pub fn load(path: &Path) -> Result<Self, IndexError> {
-        let (dim, rows) = file::load(path)?;
+        Self::load_with(path, Vectors::InMemory)
+    }
+
+    /// [`load`](Self::load), keeping the vectors where `vectors` says. The
+    /// whole file is read and checked either way; with
+    /// [`Vectors::InFile`] it stays open and only the codes stay in memory
+    /// (files of format 1, which have none, get theirs made by the first
+    /// compact scan of each chunk).
+    pub fn load_with(path: &Path, vectors: Vectors) -> Result<Self, IndexError> {
+        let (dim, rows) = file::load(path, vectors)?;
         let mut state = State::default();
         let mut next_key = 0u64;
         for chunk in &rows {

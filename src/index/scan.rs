@@ -7,7 +7,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 use super::codes::{self, Queries, TILE};
-use super::{Chunk, Match, Person};
+use super::{Chunk, IndexError, Match, Person};
 use crate::vector::dot;
 
 /// Below this many queries a scan computes dot products row by row (the
@@ -121,11 +121,15 @@ impl TopK {
 
 /// Per-thread scratch space and results of a scan.
 pub(crate) struct Scan {
-    pub(crate) tops: Vec<TopK>,
+    tops: Vec<TopK>,
     scores: Vec<f32>,
     /// A compact scan's best lower ends of the code scores, per query:
     /// a row whose upper end is below their floor is not in the top k.
     lower: Vec<TopK>,
+    /// Rows read from an index file.
+    rows: Vec<f32>,
+    /// The first failure to read rows from an index file: the scan stops.
+    error: Option<IndexError>,
 }
 
 impl Scan {
@@ -134,6 +138,16 @@ impl Scan {
             tops: vec![TopK::new(k, min); queries],
             scores: Vec::new(),
             lower: Vec::new(),
+            rows: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Each query's matches, best first, or the scan's failure.
+    pub(crate) fn into_matches(self) -> Result<Vec<Vec<Match>>, IndexError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.tops.into_iter().map(TopK::into_matches).collect()),
         }
     }
 
@@ -149,16 +163,23 @@ impl Scan {
         dim: usize,
     ) {
         let rows = chunk.owners.len();
-        if rows == 0 {
+        if rows == 0 || self.error.is_some() {
             return;
         }
         if self.lower.len() != self.tops.len() {
             self.lower = self.tops.iter().map(TopK::empty_like).collect();
         }
-        let codes = chunk.codes.get(&chunk.rows, dim);
+        let codes = match chunk.codes(dim) {
+            Ok(c) => c,
+            Err(e) => {
+                self.error = Some(e);
+                return;
+            }
+        };
         let kernel = codes::Kernel::detect();
         let nq = self.tops.len();
-        let (tops, lower) = (&mut self.tops, &mut self.lower);
+        let (tops, lower, buf) = (&mut self.tops, &mut self.lower, &mut self.rows);
+        let mut failed = None;
         // Each query's bar: the best of this scan's and every other's.
         let mut floors: Vec<f32> = lower
             .iter()
@@ -169,16 +190,21 @@ impl Scan {
         let mut each = |j: usize, r: usize, s: codes::Bounded| {
             let low = &mut lower[j];
             if s.score + s.bound >= low.floor() {
+                let row = match chunk.row(r, dim, buf) {
+                    Ok(row) => row,
+                    Err(e) => {
+                        // No row passes an infinite bar: the chunk is done.
+                        failed.get_or_insert(e);
+                        return f32::INFINITY;
+                    }
+                };
                 let who = &chunk.owners[r];
                 let before = low.floor();
                 low.offer(s.score - s.bound, who);
                 if low.floor() > before {
                     bars.raise(j, low.floor());
                 }
-                let exact = dot(
-                    &chunk.rows[r * dim..(r + 1) * dim],
-                    &queries[j * dim..(j + 1) * dim],
-                );
+                let exact = dot(row, &queries[j * dim..(j + 1) * dim]);
                 if exact >= tops[j].floor() {
                     tops[j].offer(exact, who);
                 }
@@ -196,18 +222,31 @@ impl Scan {
                 j0 += 1;
             }
         }
+        if let Some(e) = failed {
+            self.error = Some(e);
+        }
     }
 
     /// Scores every row of `chunk` against every query (`queries` is
     /// `n × dim`, row-major, normalised).
     pub(crate) fn chunk(&mut self, chunk: &Chunk, queries: &[f32], dim: usize) {
-        let rows = chunk.owners.len();
-        if rows == 0 {
+        if chunk.owners.is_empty() || self.error.is_some() {
             return;
         }
+        let mut buf = std::mem::take(&mut self.rows);
+        match chunk.rows(dim, &mut buf) {
+            Ok(rows) => self.rows_of(chunk, rows, queries, dim),
+            Err(e) => self.error = Some(e),
+        }
+        self.rows = buf;
+    }
+
+    /// [`chunk`](Self::chunk) with its rows (`all`) at hand.
+    fn rows_of(&mut self, chunk: &Chunk, all: &[f32], queries: &[f32], dim: usize) {
+        let rows = chunk.owners.len();
         let nq = self.tops.len();
         if nq < GEMM_MIN_QUERIES {
-            for (r, row) in chunk.rows.chunks_exact(dim).enumerate() {
+            for (r, row) in all.chunks_exact(dim).enumerate() {
                 for (top, q) in self.tops.iter_mut().zip(queries.chunks_exact(dim)) {
                     let s = dot(row, q);
                     if s >= top.floor() {
@@ -218,7 +257,7 @@ impl Scan {
             return;
         }
         let (Ok(rows_view), true) = (
-            ArrayView2::from_shape((rows, dim), &chunk.rows[..]),
+            ArrayView2::from_shape((rows, dim), all),
             queries.len() == nq * dim,
         ) else {
             return;
@@ -249,6 +288,7 @@ impl Scan {
         for (a, b) in self.tops.iter_mut().zip(other.tops) {
             a.merge(b);
         }
+        self.error = self.error.or(other.error);
         self
     }
 }

@@ -230,7 +230,7 @@ impl FaceService {
     /// enroll.
     pub async fn remove_async(&self, id: &str) -> Result<usize, ServiceError> {
         let id = check_id(id)?.to_owned();
-        self.change(move |index| match index.remove(&id) {
+        self.change(move |index| match index.remove(&id)? {
             0 => Err(unknown(&id)),
             n => Ok(n),
         })

@@ -191,3 +191,30 @@ pub fn pool_balanced(s: &facepool::pool::PoolStats) {
 
 #[cfg(feature = "serve")]
 pub mod serve;
+
+/// Rewrites an index file's whole-file checksum so that a change gets
+/// past it.
+pub fn reseal(b: &mut [u8]) {
+    let n = b.len() - 8;
+    let crc = crc32fast::hash(&b[..n]);
+    b[n..n + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Rewrites an index file's header checksum.
+pub fn reseal_header(b: &mut [u8]) {
+    let crc = crc32fast::hash(&b[..44]);
+    b[44..48].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A format-2 index file's bytes as format 1 wrote them: without the
+/// codes section.
+#[cfg(feature = "index")]
+pub fn as_format_1(v2: &[u8], dim: usize, vectors: u64) -> Vec<u8> {
+    let codes = facepool::index::stored_codes_len(dim, vectors).unwrap() as usize;
+    let end = v2.len() - 8;
+    let mut b = [&v2[..end - codes], &v2[end..]].concat();
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    reseal_header(&mut b);
+    reseal(&mut b);
+    b
+}

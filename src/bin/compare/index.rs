@@ -326,7 +326,10 @@ fn remove(path: &Path, id: &str, as_json: bool) -> ExitCode {
         Ok(i) => i,
         Err(e) => return fail(e),
     };
-    let faces = index.remove(id);
+    let faces = match index.remove(id) {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
     if faces == 0 {
         eprintln!("compare: {id:?} is not in {}", path.display());
         return ExitCode::from(1);

@@ -28,17 +28,25 @@
 //! process's peak resident memory.
 //!
 //! `--dump DIR` writes the data (`base.f32`, `queries.f32`, raw
-//! little-endian), each query's top-1 row (`top1.u32`) and its top-k rows
-//! (`topk.u32`, queries × k, best first, `u32::MAX` where fewer were found)
-//! for `scripts/faiss_compare.py` (`benches/identify_faiss.sh` runs both),
-//! which runs FAISS `IndexFlatIP` on the same data and threads and reports
-//! how often the top-1 and the top-k agree.
+//! little-endian), the index file (`index.fpi`), each query's top-1 row
+//! (`top1.u32`) and its top-k rows (`topk.u32`, queries × k, best first,
+//! `u32::MAX` where fewer were found) for `scripts/faiss_compare.py`
+//! (`benches/identify_faiss.sh` runs both), which runs FAISS `IndexFlatIP`
+//! on the same data and threads and reports how often the top-1 and the
+//! top-k agree.
+//!
+//! `--from DIR` searches what a `--dump` run wrote instead of generating:
+//! the index file loaded with its vectors left in the file (`--in-memory`
+//! to load them), the queries from `queries.f32`; it writes `top1.u32` and
+//! `topk.u32` again. So the search process's peak memory is the index's
+//! alone, not the generated data's: `--dump DIR --no-search`, then
+//! `--from DIR`.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use facepool::index::{Index, ScanMethod, SearchOptions};
+use facepool::index::{Index, ScanMethod, SearchOptions, Vectors};
 use rayon::prelude::*;
 
 #[derive(Parser)]
@@ -65,9 +73,20 @@ struct Args {
     /// Seed of the random data.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Write the data and the top-1 rows here.
+    /// Write the data, the index file and the answers here.
     #[arg(long)]
     dump: Option<PathBuf>,
+    /// Search the index and queries a `--dump` run wrote here (the other
+    /// sizes come from the files).
+    #[arg(long, conflicts_with_all = ["dump", "f16"])]
+    from: Option<PathBuf>,
+    /// With `--from`: load the vectors into memory (by default they stay
+    /// in the file and memory holds their codes).
+    #[arg(long, requires = "from")]
+    in_memory: bool,
+    /// Build (and dump) only: no searches.
+    #[arg(long)]
+    no_search: bool,
     /// Also measure f16 storage against f32 (top-1 scans).
     #[arg(long)]
     f16: bool,
@@ -163,6 +182,76 @@ fn write_f32(path: &std::path::Path, v: &[f32]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
 
+fn read_f32(path: &std::path::Path) -> std::io::Result<Vec<f32>> {
+    Ok(std::fs::read(path)?
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+/// Each query's top `k` ids as numbers, `u32::MAX` where fewer were found.
+fn top_rows(results: &[Vec<facepool::index::Match>], k: usize) -> Vec<u8> {
+    results
+        .iter()
+        .flat_map(|r| {
+            (0..k).map(move |i| {
+                r.get(i)
+                    .and_then(|m| m.id.parse::<u32>().ok())
+                    .unwrap_or(u32::MAX)
+            })
+        })
+        .flat_map(u32::to_le_bytes)
+        .collect()
+}
+
+/// What the searches measured.
+#[derive(Default)]
+struct Searched {
+    results: Vec<Vec<facepool::index::Match>>,
+    batch_sec: f64,
+    single: usize,
+    single_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The batch (best of three after a warm-up), then `single` queries one at
+/// a time, each checked against the batch's top-1.
+fn search(index: &Index, views: &[&[f32]], opts: SearchOptions, single: usize) -> Result<Searched, Error> {
+    index.search_batch(&views[..views.len().min(16)], opts)?;
+    let mut out = Searched {
+        batch_sec: f64::INFINITY,
+        ..Searched::default()
+    };
+    for _ in 0..3 {
+        let t = Instant::now();
+        out.results = index.search_batch(views, opts)?;
+        out.batch_sec = out.batch_sec.min(t.elapsed().as_secs_f64());
+    }
+    out.single = single.min(views.len());
+    let mut lat = Vec::with_capacity(out.single);
+    let t = Instant::now();
+    for (q, want) in views[..out.single].iter().zip(&out.results) {
+        let t1 = Instant::now();
+        let got = index.search_batch(&[q], opts)?.pop().unwrap_or_default();
+        lat.push(t1.elapsed().as_secs_f64() * 1e3);
+        if got.first().map(|m| &m.id) != want.first().map(|m| &m.id) {
+            return Err("a single search disagrees with the batch".into());
+        }
+    }
+    out.single_sec = t.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    (out.p50_ms, out.p99_ms) = (pct(0.50), pct(0.99));
+    Ok(out)
+}
+
 /// Best of five parallel read passes over `buf`, in GB/s.
 fn bandwidth(buf: &[f32]) -> f64 {
     let part = buf.len().div_ceil(rayon::current_num_threads() * 8).max(1);
@@ -202,161 +291,136 @@ fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+fn main() -> Result<(), Error> {
     let a = Args::parse();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(a.threads).build()?;
-    let mut rng = fastrand::Rng::with_seed(a.seed);
-    let base = random(&mut rng, a.n, a.dim);
-    let queries = random(&mut rng, a.queries, a.dim);
-    let ids: Vec<String> = (0..a.n).map(|i| i.to_string()).collect();
-
-    let (index, build_sec) = pool.install(|| -> Result<_, facepool::index::IndexError> {
-        let t = Instant::now();
-        let index = Index::new(a.dim)?;
-        index.insert_many(ids.iter().map(String::as_str).zip(base.chunks_exact(a.dim)))?;
-        Ok((index, t.elapsed().as_secs_f64()))
-    })?;
-
-    let views: Vec<&[f32]> = queries.chunks_exact(a.dim).collect();
     let method = match (a.exact, a.compact) {
         (true, _) => ScanMethod::Exact,
         (_, true) => ScanMethod::Compact,
         _ => ScanMethod::Auto,
     };
     let opts = SearchOptions::top(a.k).method(method);
-    let (results, batch_sec) = pool.install(|| -> Result<_, facepool::index::IndexError> {
-        // One untimed pass warms the caches and the threads; then the best
-        // of three.
-        index.search_batch(&views[..views.len().min(16)], opts)?;
-        let mut best = f64::INFINITY;
-        let mut r = Vec::new();
-        for _ in 0..3 {
+    let mut o = serde_json::json!({"k": a.k, "threads": a.threads, "method": format!("{method:?}")});
+
+    let (index, queries, base) = match &a.from {
+        Some(dir) => {
+            let keep = if a.in_memory { Vectors::InMemory } else { Vectors::InFile };
             let t = Instant::now();
-            r = index.search_batch(&views, opts)?;
-            best = best.min(t.elapsed().as_secs_f64());
+            let index = Index::load_with(&dir.join("index.fpi"), keep)?;
+            o["load_sec"] = t.elapsed().as_secs_f64().into();
+            o["vectors"] = format!("{keep:?}").into();
+            o["index_memory_mb"] = (index.info().bytes as f64 / 1e6).into();
+            (index, read_f32(&dir.join("queries.f32"))?, None)
         }
-        Ok((r, best))
-    })?;
-    let single = a.single.min(views.len());
-    let (single_sec, mut lat) = pool.install(|| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-        let mut lat = Vec::with_capacity(single);
+        None => {
+            let mut rng = fastrand::Rng::with_seed(a.seed);
+            let base = random(&mut rng, a.n, a.dim);
+            let queries = random(&mut rng, a.queries, a.dim);
+            let ids: Vec<String> = (0..a.n).map(|i| i.to_string()).collect();
+            let (index, build_sec) = pool.install(|| -> Result<_, facepool::index::IndexError> {
+                let t = Instant::now();
+                let index = Index::new(a.dim)?;
+                index.insert_many(ids.iter().map(String::as_str).zip(base.chunks_exact(a.dim)))?;
+                Ok((index, t.elapsed().as_secs_f64()))
+            })?;
+            o["build_sec"] = build_sec.into();
+            (index, queries, Some(base))
+        }
+    };
+    let dim = index.dim();
+    o["n"] = index.vectors().into();
+    o["dim"] = dim.into();
+    o["bytes_per_vector"] = Index::bytes_per_vector(dim).into();
+    o["codes_bytes_per_vector"] = Index::codes_bytes_per_vector(dim).into();
+    let views: Vec<&[f32]> = queries.chunks_exact(dim).collect();
+
+    let searched = (!a.no_search)
+        .then(|| pool.install(|| search(&index, &views, opts, a.single)))
+        .transpose()?;
+    if let Some(s) = &searched {
+        o["queries_per_sec"] = (views.len() as f64 / s.batch_sec).into();
+        o["single_queries_per_sec"] = (s.single as f64 / s.single_sec).into();
+        o["single_p50_ms"] = s.p50_ms.into();
+        o["single_p99_ms"] = s.p99_ms.into();
+    }
+    if let (Some(base), Some(_)) = (&base, &searched) {
+        let bw = pool.install(|| bandwidth(base));
+        o["bandwidth_gbs"] = bw.into();
+        o["bound_single_queries_per_sec"] = (bw * 1e9 / (base.len() * 4) as f64).into();
+    }
+
+    if let Some(base) = &base {
+        let (file, keep) = match &a.dump {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                write_f32(&dir.join("base.f32"), base)?;
+                write_f32(&dir.join("queries.f32"), &queries)?;
+                (dir.join("index.fpi"), true)
+            }
+            None => (
+                std::env::temp_dir().join(format!("facepool-index-bench-{}.fpi", std::process::id())),
+                false,
+            ),
+        };
         let t = Instant::now();
-        for (q, want) in views[..single].iter().zip(&results) {
-            let t1 = Instant::now();
-            let got = index.search_batch(&[q], opts)?.pop().unwrap_or_default();
-            lat.push(t1.elapsed().as_secs_f64() * 1e3);
-            if got.first().map(|m| &m.id) != want.first().map(|m| &m.id) {
-                return Err("a single search disagrees with the batch".into());
+        index.save(&file)?;
+        o["save_sec"] = t.elapsed().as_secs_f64().into();
+        o["file_bytes"] = std::fs::metadata(&file)?.len().into();
+        if a.dump.is_none() {
+            let t = Instant::now();
+            let back = Index::load(&file)?;
+            o["load_sec"] = t.elapsed().as_secs_f64().into();
+            if (back.len(), back.vectors()) != (index.len(), index.vectors()) {
+                return Err("the loaded index differs".into());
             }
         }
-        Ok((t.elapsed().as_secs_f64(), lat))
-    })?;
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    let (single_p50_ms, single_p99_ms) = (pct(0.50), pct(0.99));
-    let bw = pool.install(|| bandwidth(&base));
-    let scan_bytes = (a.n * a.dim * 4) as f64;
-
-    let tmp = std::env::temp_dir().join(format!("facepool-index-bench-{}.fpi", std::process::id()));
-    let t = Instant::now();
-    index.save(&tmp)?;
-    let save_sec = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let back = Index::load(&tmp)?;
-    let load_sec = t.elapsed().as_secs_f64();
-    let file_bytes = std::fs::metadata(&tmp)?.len();
-    std::fs::remove_file(&tmp)?;
-    if back.info() != index.info() {
-        return Err("the loaded index differs".into());
-    }
-
-    if let Some(dir) = &a.dump {
-        std::fs::create_dir_all(dir)?;
-        write_f32(&dir.join("base.f32"), &base)?;
-        write_f32(&dir.join("queries.f32"), &queries)?;
-        let top1: Vec<u8> = results
-            .iter()
-            .flat_map(|r| {
-                r.first()
-                    .and_then(|m| m.id.parse::<u32>().ok())
-                    .unwrap_or(u32::MAX)
-                    .to_le_bytes()
-            })
-            .collect();
-        std::fs::write(dir.join("top1.u32"), top1)?;
-        let topk: Vec<u8> = results
-            .iter()
-            .flat_map(|r| {
-                (0..a.k).map(move |i| {
-                    r.get(i)
-                        .and_then(|m| m.id.parse::<u32>().ok())
-                        .unwrap_or(u32::MAX)
-                })
-            })
-            .flat_map(u32::to_le_bytes)
-            .collect();
-        std::fs::write(dir.join("topk.u32"), topk)?;
-    }
-    let peak_rss_mb = peak_rss_mb();
-
-    let f16 = a
-        .f16
-        .then(|| pool.install(|| f16_experiment(&base, &queries, a.dim, a.queries.min(200))));
-
-    let qps = a.queries as f64 / batch_sec;
-    let single_qps = single as f64 / single_sec;
-    let bound = bw * 1e9 / scan_bytes;
-    let bytes_per_vector = Index::bytes_per_vector(a.dim);
-    if a.json {
-        let mut o = serde_json::json!({
-                "n": a.n, "dim": a.dim, "k": a.k, "threads": a.threads,
-                "method": format!("{method:?}"),
-                "queries_per_sec": qps,
-                "build_sec": build_sec,
-                "bytes_per_vector": bytes_per_vector,
-                "single_queries_per_sec": single_qps,
-                "single_p50_ms": single_p50_ms,
-                "single_p99_ms": single_p99_ms,
-                "peak_rss_mb": peak_rss_mb,
-                "bandwidth_gbs": bw,
-                "bound_single_queries_per_sec": bound,
-                "save_sec": save_sec,
-                "load_sec": load_sec,
-                "file_bytes": file_bytes,
-        });
-        if let Some((f32_qps, f16_qps, agree)) = f16 {
-            o["f16_experiment"] = serde_json::json!({
-                "f32_top1_queries_per_sec": f32_qps,
-                "f16_top1_queries_per_sec": f16_qps,
-                "top1_agreement": agree,
-            });
+        if !keep {
+            std::fs::remove_file(&file)?;
         }
+    }
+    if let (Some(dir), Some(s)) = (a.dump.as_ref().or(a.from.as_ref()), &searched) {
+        std::fs::write(dir.join("top1.u32"), top_rows(&s.results, 1))?;
+        std::fs::write(dir.join("topk.u32"), top_rows(&s.results, a.k))?;
+    }
+    o["peak_rss_mb"] = peak_rss_mb().into();
+
+    if let (true, Some(base)) = (a.f16, &base) {
+        let (f32_qps, f16_qps, agree) = pool.install(|| f16_experiment(base, &queries, dim, a.queries.min(200)));
+        o["f16_experiment"] = serde_json::json!({
+            "f32_top1_queries_per_sec": f32_qps,
+            "f16_top1_queries_per_sec": f16_qps,
+            "top1_agreement": agree,
+        });
+    }
+    if a.json {
         println!("{o}");
     } else {
+        let f = |key: &str, digits: usize| {
+            o.get(key)
+                .and_then(serde_json::Value::as_f64)
+                .map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
+        };
         println!(
-            "index: {} vectors × {} dims, k = {}, {} threads, {method:?} scan",
-            a.n, a.dim, a.k, a.threads
+            "index: {} vectors × {dim} dims, k = {}, {} threads, {method:?} scan",
+            o["n"], a.k, a.threads
         );
-        println!("build            {build_sec:8.3} s");
-        println!("batch of {:5}   {qps:8.0} queries/s", a.queries);
-        println!("one at a time    {single_qps:8.1} queries/s (bandwidth bound {bound:.1}, {bw:.1} GB/s)");
-        println!("single latency   p50 {single_p50_ms:.2} ms, p99 {single_p99_ms:.2} ms");
-        println!("peak RSS         {peak_rss_mb:.0} MB");
-        println!("memory           {bytes_per_vector} bytes/vector");
+        println!("build / load     {} s / {} s", f("build_sec", 3), f("load_sec", 3));
+        println!("batch of {:5}   {} queries/s", views.len(), f("queries_per_sec", 0));
         println!(
-            "save / load      {save_sec:.3} s / {load_sec:.3} s ({:.0} MB)",
-            file_bytes as f64 / 1e6
+            "one at a time    {} queries/s (bandwidth bound {}, {} GB/s)",
+            f("single_queries_per_sec", 1),
+            f("bound_single_queries_per_sec", 1),
+            f("bandwidth_gbs", 1)
         );
-        if let Some((f32_qps, f16_qps, agree)) = f16 {
-            println!(
-                "f16 experiment   top-1 scans: f32 {f32_qps:.1} q/s, f16 {f16_qps:.1} q/s ({:.2}×), top-1 agreement {:.3}",
-                f16_qps / f32_qps,
-                agree
-            );
+        println!("single latency   p50 {} ms, p99 {} ms", f("single_p50_ms", 2), f("single_p99_ms", 2));
+        println!("peak RSS         {} MB", f("peak_rss_mb", 0));
+        println!(
+            "memory           {} bytes/vector in f32, {} bytes/vector as codes",
+            o["bytes_per_vector"], o["codes_bytes_per_vector"]
+        );
+        println!("save             {} s ({} bytes)", f("save_sec", 3), f("file_bytes", 0));
+        if let Some(x) = o.get("f16_experiment") {
+            println!("f16 experiment   {x}");
         }
     }
     Ok(())

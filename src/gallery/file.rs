@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use crate::index::{Index, IndexError};
+use crate::index::{Index, IndexError, Vectors};
 
 /// The gallery's file.
 #[derive(Debug)]
@@ -31,12 +31,13 @@ impl GalleryFile {
         &self.path
     }
 
-    /// Reads the index in the file, or `None` if there is no file.
-    pub fn load(&self) -> Result<Option<Index>, IndexError> {
+    /// Reads the index in the file, its vectors kept where `vectors` says,
+    /// or `None` if there is no file.
+    pub fn load(&self, vectors: Vectors) -> Result<Option<Index>, IndexError> {
         if !self.path.exists() {
             return Ok(None);
         }
-        Index::load(&self.path).map(Some)
+        Index::load_with(&self.path, vectors).map(Some)
     }
 
     /// Writes `index` to the file, atomically; done when it is on disk.

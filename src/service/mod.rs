@@ -40,7 +40,7 @@ use std::time::Duration;
 use crate::batch::{BatchPolicy, Batcher};
 use crate::face::{BackendChoice, DetectModels, EmbedModel, FaceError};
 use crate::gallery::GalleryFile;
-use crate::index::{Index, IndexError};
+use crate::index::{Index, IndexError, Vectors};
 use crate::metrics::Metrics;
 use crate::pool::{self, Pool, ScalePolicy};
 
@@ -245,8 +245,18 @@ impl FaceService {
     /// and remove is saved to it before it is live and answered. Returns
     /// the people loaded.
     pub fn open_gallery(&mut self, path: &Path) -> Result<usize, ServiceError> {
+        self.open_gallery_with(path, Vectors::InMemory)
+    }
+
+    /// [`open_gallery`](Self::open_gallery), the loaded vectors kept where
+    /// `vectors` says ([`Vectors::InFile`]: in the file, read when a search
+    /// needs them; memory holds their 8-bit codes). A save renames a new
+    /// file over the path; the file that was loaded stays open (its disk
+    /// space is freed when the process ends) for the rows no change moved
+    /// into memory.
+    pub fn open_gallery_with(&mut self, path: &Path, vectors: Vectors) -> Result<usize, ServiceError> {
         let file = GalleryFile::new(path.to_path_buf());
-        let index = match file.load()? {
+        let index = match file.load(vectors)? {
             Some(i) => i,
             None => Index::new(self.dim)?,
         };

@@ -27,6 +27,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use facepool::index::Vectors;
 use facepool::nats::{Consumer, NatsConfig};
 use facepool::server::{App, ServerConfig};
 use facepool::service::FaceService;
@@ -43,6 +44,11 @@ struct Args {
     /// after each change.
     #[arg(long, env = "FACEPOOL_INDEX")]
     index: Option<PathBuf>,
+    /// Where the loaded gallery's vectors stay: `memory`, or `file` (read
+    /// from the index file when a search needs them; memory holds their
+    /// 8-bit codes, a quarter of the size: for large galleries).
+    #[arg(long, env = "FACEPOOL_INDEX_VECTORS", value_enum, default_value_t = IndexVectors::Memory)]
+    index_vectors: IndexVectors,
     /// Bearer tokens accepted on /v1 and /debug, one per line.
     #[arg(long, env = "FACEPOOL_TOKEN_FILE")]
     token_file: Option<PathBuf>,
@@ -87,6 +93,22 @@ struct Args {
     nats: NatsArgs,
     #[command(flatten)]
     service: ServiceArgs,
+}
+
+/// Where a loaded gallery's vectors stay.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IndexVectors {
+    Memory,
+    File,
+}
+
+impl From<IndexVectors> for Vectors {
+    fn from(v: IndexVectors) -> Self {
+        match v {
+            IndexVectors::Memory => Vectors::InMemory,
+            IndexVectors::File => Vectors::InFile,
+        }
+    }
 }
 
 /// The bounds on connections, headers and bodies (docs/hostile-input.md).
@@ -269,6 +291,7 @@ fn load(
     queue: usize,
     target: Option<Duration>,
     index: Option<&Path>,
+    vectors: Vectors,
 ) -> Result<FaceService, String> {
     let mut c = config(service);
     c.queue = queue;
@@ -277,7 +300,7 @@ fn load(
     tracing::info!(backend = %svc.backend(), "models loaded");
     if let Some(path) = index {
         let people = svc
-            .open_gallery(path)
+            .open_gallery_with(path, vectors)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         tracing::info!(people, path = %path.display(), "gallery opened");
     }
@@ -373,11 +396,11 @@ async fn serve(args: Args, app: App, nats: Option<NatsConfig>, drain: Duration) 
             .queue
             .unwrap_or_else(|| QUEUE_PER_CORE * facepool::service::budget::cores())
             .max(1);
-        let (service, index) = (args.service.clone(), args.index.clone());
+        let (service, index, vectors) = (args.service.clone(), args.index.clone(), args.index_vectors.into());
         let target = (args.latency_target_ms > 0).then(|| Duration::from_millis(args.latency_target_ms));
         std::thread::spawn(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                load(&service, queue, target, index.as_deref())
+                load(&service, queue, target, index.as_deref(), vectors)
             }));
             match r {
                 Ok(Ok(svc)) => {

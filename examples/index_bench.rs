@@ -304,7 +304,11 @@ fn main() -> Result<(), Error> {
 
     let (index, queries, base) = match &a.from {
         Some(dir) => {
-            let keep = if a.in_memory { Vectors::InMemory } else { Vectors::InFile };
+            let keep = if a.in_memory {
+                Vectors::InMemory
+            } else {
+                Vectors::InFile
+            };
             let t = Instant::now();
             let index = Index::load_with(&dir.join("index.fpi"), keep)?;
             o["load_sec"] = t.elapsed().as_secs_f64().into();
@@ -385,7 +389,8 @@ fn main() -> Result<(), Error> {
     o["peak_rss_mb"] = peak_rss_mb().into();
 
     if let (true, Some(base)) = (a.f16, &base) {
-        let (f32_qps, f16_qps, agree) = pool.install(|| f16_experiment(base, &queries, dim, a.queries.min(200)));
+        let (f32_qps, f16_qps, agree) =
+            pool.install(|| f16_experiment(base, &queries, dim, a.queries.min(200)));
         o["f16_experiment"] = serde_json::json!({
             "f32_top1_queries_per_sec": f32_qps,
             "f16_top1_queries_per_sec": f16_qps,
@@ -404,21 +409,37 @@ fn main() -> Result<(), Error> {
             "index: {} vectors × {dim} dims, k = {}, {} threads, {method:?} scan",
             o["n"], a.k, a.threads
         );
-        println!("build / load     {} s / {} s", f("build_sec", 3), f("load_sec", 3));
-        println!("batch of {:5}   {} queries/s", views.len(), f("queries_per_sec", 0));
+        println!(
+            "build / load     {} s / {} s",
+            f("build_sec", 3),
+            f("load_sec", 3)
+        );
+        println!(
+            "batch of {:5}   {} queries/s",
+            views.len(),
+            f("queries_per_sec", 0)
+        );
         println!(
             "one at a time    {} queries/s (bandwidth bound {}, {} GB/s)",
             f("single_queries_per_sec", 1),
             f("bound_single_queries_per_sec", 1),
             f("bandwidth_gbs", 1)
         );
-        println!("single latency   p50 {} ms, p99 {} ms", f("single_p50_ms", 2), f("single_p99_ms", 2));
+        println!(
+            "single latency   p50 {} ms, p99 {} ms",
+            f("single_p50_ms", 2),
+            f("single_p99_ms", 2)
+        );
         println!("peak RSS         {} MB", f("peak_rss_mb", 0));
         println!(
             "memory           {} bytes/vector in f32, {} bytes/vector as codes",
             o["bytes_per_vector"], o["codes_bytes_per_vector"]
         );
-        println!("save             {} s ({} bytes)", f("save_sec", 3), f("file_bytes", 0));
+        println!(
+            "save             {} s ({} bytes)",
+            f("save_sec", 3),
+            f("file_bytes", 0)
+        );
         if let Some(x) = o.get("f16_experiment") {
             println!("f16 experiment   {x}");
         }

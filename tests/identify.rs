@@ -145,12 +145,21 @@ fn the_compact_scan_finds_the_same_person_on_real_embeddings() {
     let index = Index::new(dim).unwrap();
     let mut rng = fastrand::Rng::with_seed(55);
     let noise: Vec<(String, Vec<f32>)> = (0..8 * 1024)
-        .map(|i| (format!("noise-{i}"), (0..dim).map(|_| rng.f32() * 2.0 - 1.0).collect()))
+        .map(|i| {
+            (
+                format!("noise-{i}"),
+                (0..dim).map(|_| rng.f32() * 2.0 - 1.0).collect(),
+            )
+        })
         .collect();
     index
         .insert_many(noise.iter().map(|(i, v)| (i.as_str(), v.as_slice())))
         .unwrap();
-    let ids: Vec<String> = photos.iter().enumerate().map(|(i, (n, _))| format!("{n}/{i}")).collect();
+    let ids: Vec<String> = photos
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| format!("{n}/{i}"))
+        .collect();
     index
         .insert_many(ids.iter().map(String::as_str).zip(emb.iter().map(Vec::as_slice)))
         .unwrap();
@@ -169,7 +178,12 @@ fn the_compact_scan_finds_the_same_person_on_real_embeddings() {
         assert!(top.iter().any(|m| *m.id == *ids[i]), "{top:?}");
         let other = top.iter().find(|m| *m.id != *ids[i]).map(|m| &*m.id);
         let name = other.and_then(|o| o.split_once('/')).map(|(n, _)| n);
-        assert_eq!(name, Some(photos[i].0.as_str()), "{}: {top:?}", photos[i].1.display());
+        assert_eq!(
+            name,
+            Some(photos[i].0.as_str()),
+            "{}: {top:?}",
+            photos[i].1.display()
+        );
     }
     // The same people, and the same similarities up to the rounding of
     // a matrix product against a dot product.

@@ -255,7 +255,10 @@ pub(super) fn save(path: &Path, dim: usize, chunks: &[Arc<Chunk>]) -> Result<(),
         for (i, c) in chunks.iter().enumerate() {
             let n = c.owners.len();
             buf.clear();
-            if pending.is_empty() && at % CHUNK_ROWS == 0 && (n == CHUNK_ROWS || i + 1 == chunks.len()) {
+            if pending.is_empty()
+                && at.is_multiple_of(CHUNK_ROWS)
+                && (n == CHUNK_ROWS || i + 1 == chunks.len())
+            {
                 match c.codes.peek() {
                     Some(codes) => codes.write(&mut buf),
                     None => Codes::encode(c.rows(dim, &mut rows)?, dim).write(&mut buf),

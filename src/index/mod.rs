@@ -86,6 +86,11 @@ impl Chunk {
         }
     }
 
+    /// Whether its rows are in a file.
+    fn in_file(&self) -> bool {
+        matches!(self.rows, Rows::File { .. })
+    }
+
     /// All rows: borrowed when in memory, else read into `buf`.
     fn rows<'a>(&'a self, dim: usize, buf: &'a mut Vec<f32>) -> Result<&'a [f32], IndexError> {
         match &self.rows {
@@ -524,7 +529,7 @@ impl Index {
         let full = s
             .chunks
             .last()
-            .is_none_or(|c| c.owners.len() >= CHUNK_ROWS || matches!(c.rows, Rows::File { .. }));
+            .is_none_or(|c| c.owners.len() >= CHUNK_ROWS || c.in_file());
         if full {
             s.chunks.push(Arc::new(Chunk::in_memory(
                 Vec::with_capacity(CHUNK_ROWS * v.len()),

@@ -396,7 +396,11 @@ async fn serve(args: Args, app: App, nats: Option<NatsConfig>, drain: Duration) 
             .queue
             .unwrap_or_else(|| QUEUE_PER_CORE * facepool::service::budget::cores())
             .max(1);
-        let (service, index, vectors) = (args.service.clone(), args.index.clone(), args.index_vectors.into());
+        let (service, index, vectors) = (
+            args.service.clone(),
+            args.index.clone(),
+            args.index_vectors.into(),
+        );
         let target = (args.latency_target_ms > 0).then(|| Duration::from_millis(args.latency_target_ms));
         std::thread::spawn(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -117,6 +117,45 @@ impl Codes {
         c
     }
 
+    /// No rows yet, of `dim` dimensions: rows are added with
+    /// [`push_row`](Self::push_row).
+    pub(crate) fn empty(dim: usize) -> Self {
+        Codes {
+            pdim: padded(dim),
+            data: Vec::new(),
+            scale: Vec::new(),
+            resid: Vec::new(),
+            reach: Vec::new(),
+            slack: slack(dim),
+            shift: Vec::new(),
+        }
+    }
+
+    /// Rows coded.
+    pub(crate) fn rows(&self) -> usize {
+        self.scale.len()
+    }
+
+    /// Appends a copy of row `r` of `from` (codes of the same dimension):
+    /// the same as encoding that row here.
+    pub(crate) fn push_row(&mut self, from: &Codes, r: usize) {
+        let n = self.rows();
+        if n.is_multiple_of(LANES) {
+            self.data.resize(self.data.len() + LANES * self.pdim, 0);
+        }
+        let groups = self.pdim / GROUP;
+        let (fb, fl, tb, tl) = (r / LANES, r % LANES, n / LANES, n % LANES);
+        for g in 0..groups {
+            let src = ((fb * groups + g) * LANES + fl) * GROUP;
+            let dst = ((tb * groups + g) * LANES + tl) * GROUP;
+            self.data[dst..dst + GROUP].copy_from_slice(&from.data[src..src + GROUP]);
+        }
+        self.scale.push(from.scale[r]);
+        self.resid.push(from.resid[r]);
+        self.reach.push(from.reach[r]);
+        self.shift.push(from.shift[r]);
+    }
+
     /// Blocks of [`LANES`] rows.
     pub(crate) fn blocks(&self) -> usize {
         self.data.len() / (LANES * self.pdim).max(1)
@@ -548,6 +587,32 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn rows_copied_one_by_one_are_the_rows_encoded_together() {
+        let mut rng = fastrand::Rng::with_seed(8);
+        for dim in [5, 64, 130] {
+            let rows: Vec<f32> = (0..37 * dim).map(|_| rng.f32() * 2.0 - 1.0).collect();
+            let whole = Codes::encode(&rows, dim);
+            // Rows 3..37 from the whole set, then rows 0..3 from a set of
+            // their own: the codes of the rows in that order.
+            let head = Codes::encode(&rows[..3 * dim], dim);
+            let mut copied = Codes::empty(dim);
+            for r in 3..37 {
+                copied.push_row(&whole, r);
+            }
+            for r in 0..3 {
+                copied.push_row(&head, r);
+            }
+            let reordered: Vec<f32> = rows[3 * dim..].iter().chain(&rows[..3 * dim]).copied().collect();
+            assert_eq!(copied, Codes::encode(&reordered, dim), "dim {dim}");
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            copied.write(&mut a);
+            Codes::encode(&reordered, dim).write(&mut b);
+            assert_eq!(a, b);
+            assert_eq!(Codes::read(&a, 37, dim).as_ref(), Ok(&copied));
         }
     }
 

@@ -247,35 +247,39 @@ pub(super) fn save(path: &Path, dim: usize, chunks: &[Arc<Chunk>]) -> Result<(),
             w.write_all(&buf).map_err(e)?;
         }
         // The codes of each CHUNK_ROWS rows: a chunk that is one of those
-        // groups gives its own (made for the file only if it has none: an
-        // index that never scans compactly keeps none in memory); the rows
-        // of chunks that changes left shorter are grouped again.
-        let mut pending: Vec<f32> = Vec::new();
-        let mut at = 0usize;
+        // groups gives its own; the rows of chunks that changes left
+        // shorter are grouped again, each row's codes copied (a row's
+        // codes do not depend on its neighbours). A chunk without codes
+        // (an index that never scanned compactly keeps none in memory)
+        // has them made for the file only.
+        let mut group = Codes::empty(dim);
         for (i, c) in chunks.iter().enumerate() {
             let n = c.owners.len();
-            buf.clear();
-            if pending.is_empty()
-                && at.is_multiple_of(CHUNK_ROWS)
-                && (n == CHUNK_ROWS || i + 1 == chunks.len())
-            {
-                match c.codes.peek() {
-                    Some(codes) => codes.write(&mut buf),
-                    None => Codes::encode(c.rows(dim, &mut rows)?, dim).write(&mut buf),
+            let made;
+            let codes = match c.codes.peek() {
+                Some(codes) => codes,
+                None => {
+                    made = Codes::encode(c.rows(dim, &mut rows)?, dim);
+                    &made
                 }
+            };
+            buf.clear();
+            if group.rows() == 0 && (n == CHUNK_ROWS || i + 1 == chunks.len()) {
+                codes.write(&mut buf);
             } else {
-                pending.extend_from_slice(c.rows(dim, &mut rows)?);
-                while pending.len() >= CHUNK_ROWS * dim {
-                    Codes::encode(&pending[..CHUNK_ROWS * dim], dim).write(&mut buf);
-                    pending.drain(..CHUNK_ROWS * dim);
+                for r in 0..n {
+                    group.push_row(codes, r);
+                    if group.rows() == CHUNK_ROWS {
+                        group.write(&mut buf);
+                        group = Codes::empty(dim);
+                    }
                 }
             }
             w.write_all(&buf).map_err(e)?;
-            at += n;
         }
-        if !pending.is_empty() {
+        if group.rows() > 0 {
             buf.clear();
-            Codes::encode(&pending, dim).write(&mut buf);
+            group.write(&mut buf);
             w.write_all(&buf).map_err(e)?;
         }
         let crc = w.crc.clone().finalize();

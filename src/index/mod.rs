@@ -177,7 +177,9 @@ pub struct SearchOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ScanMethod {
     /// [`Compact`](Self::Compact) where it pays: a CPU with AVX-512 VNNI
-    /// and at least [`COMPACT_MIN_ROWS`] rows; else [`Exact`](Self::Exact).
+    /// and at least [`COMPACT_MIN_ROWS`] rows, or rows left in the index
+    /// file ([`Vectors::InFile`]: an exact scan would read all of them);
+    /// else [`Exact`](Self::Exact).
     #[default]
     Auto,
     /// Every row scored in f32.
@@ -301,6 +303,11 @@ impl Index {
                 next_key: AtomicU64::new(next_key),
             }),
         }
+    }
+
+    /// Whether `other` is this index or a clone of it (not a fork).
+    pub fn same(&self, other: &Index) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -487,7 +494,8 @@ impl Index {
 
     /// Enrolls `id` with exactly these vectors and metadata, replacing any
     /// it had (an update). Searches see the old or the new person, never
-    /// both and never neither.
+    /// both and never neither. An I/O error (nothing changed) if the old
+    /// vectors are in the file and cannot be read.
     pub fn upsert(&self, id: &str, vectors: &[&[f32]], meta: Option<&str>) -> Result<(), IndexError> {
         if vectors.is_empty() {
             return Err(IndexError::NoVectors(id.to_owned()));
@@ -656,9 +664,11 @@ impl Index {
         let compact = match opts.method {
             ScanMethod::Exact => None,
             ScanMethod::Compact => Some(codes::Queries::encode(&flat, dim)),
-            ScanMethod::Auto => {
-                (codes::vnni() && rows >= COMPACT_MIN_ROWS).then(|| codes::Queries::encode(&flat, dim))
-            }
+            // Rows left in a file are scanned compactly even without VNNI:
+            // an exact scan would read the whole file.
+            ScanMethod::Auto => ((codes::vnni() && rows >= COMPACT_MIN_ROWS)
+                || chunks.iter().any(|c| c.in_file()))
+            .then(|| codes::Queries::encode(&flat, dim)),
         };
         let bars = codes::Bars::new(if compact.is_some() { nq } else { 0 });
         let one = |scan: &mut scan::Scan, c: &Chunk| match &compact {

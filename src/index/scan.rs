@@ -200,6 +200,10 @@ impl Scan {
             .collect();
         // Offers a row that may be in query `j`'s top k; returns the bar.
         let mut each = |j: usize, r: usize, s: codes::Bounded| {
+            if failed.is_some() {
+                // The chunk's rows cannot be read: no row passes.
+                return f32::INFINITY;
+            }
             let low = &mut lower[j];
             if s.score + s.bound >= low.floor() {
                 reads += 1;
@@ -220,7 +224,7 @@ impl Scan {
                 let row = match row {
                     Ok(row) => row,
                     Err(e) => {
-                        // No row passes an infinite bar: the chunk is done.
+                        // No row passes an infinite bar.
                         failed.get_or_insert(e);
                         return f32::INFINITY;
                     }

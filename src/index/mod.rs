@@ -34,6 +34,7 @@ use rayon::prelude::*;
 pub use crate::vector::dot;
 pub use error::IndexError;
 pub use file::{stored_codes_len, FORMAT_VERSION, MAGIC};
+pub use scan::GEMM_MIN_QUERIES;
 
 /// Vectors per chunk: the unit of copy-on-write and of parallel work.
 pub const CHUNK_ROWS: usize = 1024;
@@ -273,6 +274,14 @@ pub fn normalised(v: &[f32]) -> Result<Vec<f32>, IndexError> {
     crate::vector::normalised(v).map_err(|e| IndexError::BadVector(format!("norm is {}", e.norm)))
 }
 
+/// [`ScanMethod::Auto`]'s choice: compact on a VNNI CPU from
+/// [`COMPACT_MIN_ROWS`] rows, and wherever rows are left in a file (even
+/// without VNNI: an exact scan would read the whole file).
+fn auto_compact(chunks: &[Arc<Chunk>]) -> bool {
+    let rows: usize = chunks.iter().map(|c| c.owners.len()).sum();
+    (codes::vnni() && rows >= COMPACT_MIN_ROWS) || chunks.iter().any(|c| c.in_file())
+}
+
 fn check_text(what: &str, s: &str, allow_empty: bool) -> Result<(), IndexError> {
     if s.is_empty() && !allow_empty {
         return Err(IndexError::BadText(format!("{what} is empty")));
@@ -303,6 +312,11 @@ impl Index {
                 next_key: AtomicU64::new(next_key),
             }),
         }
+    }
+
+    /// Whether a search with [`ScanMethod::Auto`] scans compactly now.
+    pub fn scans_compactly(&self) -> bool {
+        auto_compact(&self.snapshot())
     }
 
     /// Whether `other` is this index or a clone of it (not a fork).
@@ -664,11 +678,7 @@ impl Index {
         let compact = match opts.method {
             ScanMethod::Exact => None,
             ScanMethod::Compact => Some(codes::Queries::encode(&flat, dim)),
-            // Rows left in a file are scanned compactly even without VNNI:
-            // an exact scan would read the whole file.
-            ScanMethod::Auto => ((codes::vnni() && rows >= COMPACT_MIN_ROWS)
-                || chunks.iter().any(|c| c.in_file()))
-            .then(|| codes::Queries::encode(&flat, dim)),
+            ScanMethod::Auto => auto_compact(&chunks).then(|| codes::Queries::encode(&flat, dim)),
         };
         let bars = codes::Bars::new(if compact.is_some() { nq } else { 0 });
         let one = |scan: &mut scan::Scan, c: &Chunk| match &compact {

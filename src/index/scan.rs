@@ -13,7 +13,7 @@ use crate::vector::dot;
 /// Below this many queries a scan computes dot products row by row (the
 /// scan is memory-bound); from it on, a matrix product (compute-bound,
 /// using the CPU's vector units through `matrixmultiply`).
-pub(crate) const GEMM_MIN_QUERIES: usize = 8;
+pub const GEMM_MIN_QUERIES: usize = 8;
 
 /// Queries per matrix product: each product packs its chunk of rows
 /// again, so the more queries per product the fewer packings; the score

@@ -30,6 +30,7 @@ mod ops;
 mod people;
 mod pipeline;
 mod results;
+mod search;
 #[cfg(feature = "serde")]
 pub mod wire;
 
@@ -70,8 +71,10 @@ pub struct FaceService {
     dim: usize,
     index: Index,
     gallery: Option<Arc<GalleryFile>>,
-    /// Index reads (searches, lookups, listings), off the callers' threads.
+    /// Index reads (lookups, listings), off the callers' threads.
     reads: Pool<()>,
+    /// Identify's searches, gathered into scans on their own thread.
+    searches: Batcher<search::Search, search::Found>,
     /// Gallery changes, one at a time.
     changes: Pool<()>,
     /// Keyed enrolls answered (idempotency).
@@ -163,6 +166,7 @@ impl FaceService {
             .nonblocking(true)
             .thread_name("face-gallery")
             .build()?;
+        let searches = search::batcher(room)?;
         let bytes = config.max_bytes.max(1);
         // The faces limit adapts to the latency target (at least a batch
         // per inference thread, at most the queue), or is the queue.
@@ -182,6 +186,7 @@ impl FaceService {
             index: Index::new(dim).map_err(|e| FaceError::Model(e.to_string()))?,
             gallery: None,
             reads,
+            searches,
             changes,
             keys: Arc::new(std::sync::Mutex::new(Recent::new(people::KEYS_KEPT))),
             metrics,
@@ -252,7 +257,7 @@ impl FaceService {
     /// `vectors` says ([`Vectors::InFile`]: in the file, read when a search
     /// needs them; memory holds their 8-bit codes). A save renames a new
     /// file over the path; the file that was loaded stays open (its disk
-    /// space is freed when the process ends) for the rows no change moved
+    /// space is freed when the index lets go of it) for the rows no change moved
     /// into memory.
     pub fn open_gallery_with(&mut self, path: &Path, vectors: Vectors) -> Result<usize, ServiceError> {
         let file = GalleryFile::new(path.to_path_buf());
@@ -304,6 +309,7 @@ impl FaceService {
         self.pool.shutdown(timeout);
         self.batcher.shutdown(timeout);
         self.reads.shutdown(timeout);
+        self.searches.shutdown(timeout);
         self.changes.shutdown(timeout);
     }
 }

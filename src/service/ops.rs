@@ -19,6 +19,7 @@ use super::results::{
     BatchVerdict, Call, FrameVerdict, Identification, Review, ReviewMode, ReviewRequest, TargetVerdict,
     Verdict,
 };
+use super::search;
 use super::{ErrorKind, FaceService, ServiceError};
 use crate::face::FaceError;
 use crate::metrics::Stage;
@@ -55,8 +56,20 @@ fn identify_in(
 ) -> Result<Identification, ServiceError> {
     let started = Instant::now();
     let matches = index.search(&face.embedding.0, k)?;
+    Ok(identified(threshold, face, matches, timings, started))
+}
+
+/// The identification of `face` from its matches; the search started at
+/// `started`.
+fn identified(
+    threshold: f32,
+    face: &FaceResult,
+    matches: Vec<crate::index::Match>,
+    timings: Timings,
+    started: Instant,
+) -> Identification {
     let best = matches.first().filter(|m| m.similarity >= threshold).cloned();
-    Ok(Identification {
+    Identification {
         best,
         matches,
         threshold,
@@ -65,7 +78,7 @@ fn identify_in(
             search: started.elapsed(),
             ..timings
         },
-    })
+    }
 }
 
 fn missing() -> ServiceError {
@@ -299,17 +312,35 @@ impl FaceService {
         identify_in(&self.index, self.config.threshold, face, check_k(k)?, timings)
     }
 
-    /// [`identify_face`](Self::identify_face), searched on the index
-    /// workers (a large gallery's scan never holds an async thread).
+    /// [`identify_face`](Self::identify_face), searched on the search
+    /// thread with the searches that wait beside it (one scan for them
+    /// all; a large gallery's scan never holds an async thread).
     async fn identify_face_async(
         &self,
         face: FaceResult,
         k: usize,
         timings: Timings,
     ) -> Result<Identification, ServiceError> {
-        let (k, threshold) = (check_k(k)?, self.config.threshold);
-        self.read_index(move |index| identify_in(index, threshold, &face, k, timings))
-            .await?
+        let k = check_k(k)?;
+        let started = Instant::now();
+        let search = search::Search {
+            index: self.index.clone(),
+            query: face.embedding.0.clone(),
+            k,
+        };
+        let matches = self
+            .searches
+            .try_submit(search)?
+            .await
+            .map_err(|e| ServiceError::request(ErrorKind::Internal, "search_failed", format!("search: {e}")))?
+            .map_err(ServiceError::Index)?;
+        Ok(identified(
+            self.config.threshold,
+            &face,
+            matches,
+            timings,
+            started,
+        ))
     }
 
     /// Who is the largest face of the image? The `k` (1 to [`MAX_K`])

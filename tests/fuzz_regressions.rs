@@ -315,6 +315,22 @@ fn loads_or_rejects(file: &[u8]) {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// index_load: a format-1 file whose second row is subnormal (4e-44 at
+/// most: rows of a file are not renormalised) loaded, but its codes had
+/// a NaN residual (its scale underflowed to 0), so the format-2 file it
+/// saved to did not load. Such a row now codes as all residual.
+#[test]
+fn index_with_a_subnormal_row_saves_to_a_file_that_loads() {
+    let file = input("index-format-1-subnormal-row.idx");
+    loads_or_rejects(&file);
+    let d = scratch("subnormal");
+    let (i, o) = (d.join("in.idx"), d.join("out.idx"));
+    std::fs::write(&i, &file).unwrap();
+    Index::load(&i).unwrap().save(&o).unwrap();
+    assert_eq!(Index::load(&o).unwrap().vectors(), 3);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// index_load: a file whose people are not numbered in the order of their
 /// first vector (owners 1, 0, 1 here, checksums right) loaded, then saved
 /// to other bytes (`save` numbers people by first appearance). The loader

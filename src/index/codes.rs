@@ -41,10 +41,12 @@ fn quantize(v: &[f32], pdim: usize) -> (Vec<i8>, f32, f32, f32) {
     let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
     let mut codes = vec![0i8; pdim];
     let norm = up(v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt());
-    if !(max > 0.0 && max.is_finite()) {
+    let scale = max / 127.0;
+    // A zero vector, or one so small that its scale is not a normal
+    // float (a file's rows are as saved): all residual.
+    if !(max.is_finite() && scale.is_normal()) {
         return (codes, 0.0, norm, norm);
     }
-    let scale = max / 127.0;
     let mut r2 = 0f64;
     for (c, x) in codes.iter_mut().zip(v) {
         let q = (x / scale).round().clamp(-127.0, 127.0);
@@ -221,8 +223,14 @@ impl Codes {
             slack: slack(dim),
             shift,
         };
-        for (what, v) in [("scale", &c.scale), ("residual", &c.resid), ("reach", &c.reach)] {
-            if let Some(r) = v.iter().position(|x| !(x.is_finite() && *x >= 0.0)) {
+        // The lengths of rows near f32::MAX round up to infinity: a bound
+        // that keeps every such row, still honest.
+        for (what, v, inf) in [
+            ("scale", &c.scale, false),
+            ("residual", &c.resid, true),
+            ("reach", &c.reach, true),
+        ] {
+            if let Some(r) = v.iter().position(|x| !(*x >= 0.0 && (x.is_finite() || inf))) {
                 return Err(format!("row {r} of a chunk has {what} {}", v[r]));
             }
         }
@@ -629,6 +637,46 @@ mod tests {
             assert_eq!(a, b);
             assert_eq!(Codes::read(&a, 37, dim).as_ref(), Ok(&copied));
         }
+    }
+
+    #[test]
+    fn rows_at_the_ends_of_the_floats_have_honest_bounds_and_codes_that_read_back() {
+        // A file's rows are not renormalised: tiny (subnormal) and huge
+        // rows load, and their codes must bound them and survive a save.
+        let dim = 4;
+        let rows = [
+            [0.0, 4.2e-45, 0.0, 4.06e-44],
+            [3e38, -3e38, 1.0, 0.0],
+            [1.0, 0.0, 0.0, 0.0],
+        ]
+        .concat();
+        let codes = Codes::encode(&rows, dim);
+        let mut bytes = Vec::new();
+        codes.write(&mut bytes);
+        assert_eq!(Codes::read(&bytes, 3, dim).as_ref(), Ok(&codes));
+        let query = [0.5f32, 0.5, 0.5, 0.5];
+        let q = Queries::encode(&query, dim);
+        score_block::<1>(
+            &codes,
+            0,
+            3,
+            &q,
+            0,
+            Kernel::detect(),
+            &mut [f32::NEG_INFINITY],
+            |_, r, s| {
+                let exact: f32 = rows[r * dim..(r + 1) * dim]
+                    .iter()
+                    .zip(&query)
+                    .map(|(a, b)| a * b)
+                    .sum();
+                assert!(
+                    !s.bound.is_nan() && (exact - s.score).abs() <= s.bound,
+                    "row {r}: {exact} vs {s:?}"
+                );
+                f32::NEG_INFINITY
+            },
+        );
     }
 
     #[test]

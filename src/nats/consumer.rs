@@ -73,8 +73,9 @@ impl Consumer {
                 why: e.to_string(),
             }
         };
-        let jobs = js
-            .get_or_create_stream(stream::Config {
+        let jobs = ensure_stream(
+            &js,
+            stream::Config {
                 name: config.jobs_stream.clone(),
                 subjects: vec![config.jobs_subject.clone()],
                 retention: stream::RetentionPolicy::WorkQueue,
@@ -86,11 +87,12 @@ impl Consumer {
                 max_bytes: config.max_bytes,
                 num_replicas: config.replicas,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| setup(&format!("stream {}", config.jobs_stream))(&e))?;
-        let results = js
-            .get_or_create_stream(stream::Config {
+            },
+        )
+        .await?;
+        let results = ensure_stream(
+            &js,
+            stream::Config {
                 name: config.results_stream.clone(),
                 subjects: vec![format!("{}.*", config.results_prefix)],
                 storage: stream::StorageType::File,
@@ -99,13 +101,14 @@ impl Consumer {
                 max_bytes: config.max_bytes,
                 num_replicas: config.replicas,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| setup(&format!("stream {}", config.results_stream))(&e))?;
+            },
+        )
+        .await?;
         // Bounded: a flood of junk cannot fill the broker's disk; the
         // oldest dead letters go first.
-        let dead_letters = js
-            .get_or_create_stream(stream::Config {
+        let dead_letters = ensure_stream(
+            &js,
+            stream::Config {
                 name: config.dead_stream.clone(),
                 subjects: vec![format!("{}.*", config.dead_prefix)],
                 storage: stream::StorageType::File,
@@ -115,12 +118,13 @@ impl Consumer {
                 max_bytes: config.dead_max_bytes,
                 discard: stream::DiscardPolicy::Old,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| setup(&format!("stream {}", config.dead_stream))(&e))?;
+            },
+        )
+        .await?;
         // The clock probe: one message, in memory.
-        let clock_stream = js
-            .get_or_create_stream(stream::Config {
+        let clock_stream = ensure_stream(
+            &js,
+            stream::Config {
                 name: config.clock_stream.clone(),
                 subjects: vec![config.clock_subject.clone()],
                 storage: stream::StorageType::Memory,
@@ -128,9 +132,9 @@ impl Consumer {
                 discard: stream::DiscardPolicy::Old,
                 num_replicas: config.replicas,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| setup(&format!("stream {}", config.clock_stream))(&e))?;
+            },
+        )
+        .await?;
         let clock = Arc::new(super::clock::Clock::default());
         clock
             .measure(&js, &clock_stream, &config.clock_subject)
@@ -339,4 +343,15 @@ impl Consumer {
         }
         remeasure.abort();
     }
+}
+
+/// The stream `config` names, created if absent.
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, NatsError> {
+    let what = format!("stream {}", config.name);
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| NatsError::Setup {
+            what,
+            why: e.to_string(),
+        })
 }

@@ -1,11 +1,12 @@
 //! The gallery's file: the index saved atomically (the index file's own
 //! temp-file-and-rename, flushed, the directory flushed) by the caller's
-//! thread, one save at a time. The service calls it from its one
-//! gallery-change worker, never from an async task.
+//! thread, one save at a time. A change is made on a fork of the index,
+//! the fork is saved, and only then does the live index become the fork.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
+use super::{apply_to, Applied, Change, GalleryError, GalleryStore, StoreStatus};
 use crate::index::{Index, IndexError, Vectors};
 
 /// The gallery's file.
@@ -44,5 +45,35 @@ impl GalleryFile {
     pub fn save(&self, index: &Index) -> Result<(), IndexError> {
         let _one = self.one.lock().unwrap_or_else(PoisonError::into_inner);
         index.save(&self.path)
+    }
+
+    fn failed(&self, e: IndexError) -> GalleryError {
+        GalleryError::Store(format!("{}: {e}", self.path.display()))
+    }
+}
+
+impl GalleryStore for GalleryFile {
+    fn apply(&self, index: &Index, change: &Change) -> Result<Applied, GalleryError> {
+        let fork = index.fork();
+        let applied = apply_to(&fork, change)?;
+        if applied == Applied::Removed(0) {
+            return Ok(applied);
+        }
+        self.save(&fork).map_err(|e| self.failed(e))?;
+        index.replace_with(&fork)?;
+        Ok(applied)
+    }
+
+    fn flush(&self, index: &Index) -> Result<(), GalleryError> {
+        self.save(index).map_err(|e| self.failed(e))
+    }
+
+    fn status(&self) -> StoreStatus {
+        StoreStatus {
+            kind: "file",
+            place: self.path.display().to_string(),
+            connected: true,
+            ..StoreStatus::default()
+        }
     }
 }

@@ -427,6 +427,34 @@ impl Index {
             .sum()
     }
 
+    /// The vectors of `id` as stored (normalised), in the order they were
+    /// added (none if absent). An I/O error if they are in the file and it
+    /// cannot be read.
+    pub fn vectors_of(&self, id: &str) -> Result<Vec<Vec<f32>>, IndexError> {
+        let chunks = {
+            let s = self.read();
+            let Some(key) = s.people.get(id).map(|p| p.key) else {
+                return Ok(Vec::new());
+            };
+            s.chunks
+                .iter()
+                .filter(|c| c.owners.iter().any(|p| p.key == key))
+                .map(|c| (c.clone(), key))
+                .collect::<Vec<_>>()
+        };
+        let dim = self.inner.dim;
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for (c, key) in chunks {
+            for (r, p) in c.owners.iter().enumerate() {
+                if p.key == key {
+                    out.push(c.row(r, dim, &mut buf)?.to_vec());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn check(&self, v: &[f32]) -> Result<Vec<f32>, IndexError> {
         if v.len() != self.inner.dim {
             return Err(IndexError::WrongDim {

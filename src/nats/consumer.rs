@@ -59,7 +59,7 @@ impl Consumer {
             .name(config.name.clone())
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None)
-            .connect(config.url.as_str())
+            .connect(crate::gallery::servers(&config.url))
             .await
             .map_err(|e| NatsError::Connect {
                 url: config.url.clone(),

@@ -95,13 +95,19 @@ impl FromForm for EmbedRequest {
     }
 }
 
-/// `PUT /v1/people/{id}`: enroll a person's face images (all or none).
+/// `PUT /v1/people/{id}`: enroll a person's face images, or embeddings
+/// made before (all or none).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// Face images of the person, base64 (the largest face of each).
+    #[serde(default)]
     #[schema(value_type = Vec<String>)]
     pub images: Images,
+    /// Instead of images: the faces' embeddings (this model's length each;
+    /// for migrations and imports).
+    #[serde(default)]
+    pub embeddings: Option<Vec<Vec<f32>>>,
     /// Text stored with the person (for example JSON), when new or replaced.
     #[serde(default)]
     pub meta: Option<String>,
@@ -112,7 +118,11 @@ impl FromForm for EnrollRequest {
         let images = images(&mut f, "images");
         let meta = text(&mut f, "meta")?;
         no_more(&f)?;
-        Ok(Self { images, meta })
+        Ok(Self {
+            images,
+            embeddings: None,
+            meta,
+        })
     }
 }
 
@@ -247,6 +257,10 @@ pub struct InfoBody {
     pub threshold: f32,
     /// People enrolled.
     pub people: usize,
+    /// Where the gallery is kept and how this process's copy stands
+    /// (absent: in this process only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gallery: Option<GalleryBody>,
     /// The limits.
     pub limits: LimitsBody,
     /// The admission.
@@ -255,9 +269,32 @@ pub struct InfoBody {
     pub version: String,
 }
 
+/// The gallery's store, as this process sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GalleryBody {
+    /// `file` or `nats`.
+    pub store: String,
+    /// The file, or the bucket and its broker.
+    pub place: String,
+    /// The fleet gallery's last revision this replica applied.
+    pub revision: u64,
+    /// Changes stored that this replica has not applied yet (as the broker
+    /// last said).
+    pub pending: u64,
+    /// Whether the replica follows the store now; `false`: cut off, it
+    /// answers from what it has (`/readyz` says `degraded`).
+    pub connected: bool,
+    /// Since the replica applied its last change (or caught up), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_change_age_ms: Option<f64>,
+    /// Entries of the store that could not be applied.
+    pub rejected: u64,
+}
+
 /// `{"status": "ok"}` (or `"loading"`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StatusBody {
-    /// `ok`, `loading` or `stopping`.
+    /// `ok`, `degraded` (ready, but the gallery's replica is cut off from
+    /// its store and answers from what it has), `loading` or `stopping`.
     pub status: String,
 }

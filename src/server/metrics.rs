@@ -321,6 +321,44 @@ impl Collector for Runtime {
             "Requests refused because they were over the per-request cap",
             a.refused_too_large,
         )?;
+        if let Some(g) = svc.gallery_status() {
+            gauge(
+                &mut e,
+                "gallery_people",
+                "People in the gallery this process searches",
+                int(svc.index().len()),
+            )?;
+            gauge(
+                &mut e,
+                "gallery_revision",
+                "The last revision of the fleet gallery this replica applied",
+                i64::try_from(g.revision).unwrap_or(i64::MAX),
+            )?;
+            gauge(
+                &mut e,
+                "gallery_pending_changes",
+                "Changes stored that this replica has not applied yet (as the broker last said)",
+                i64::try_from(g.pending).unwrap_or(i64::MAX),
+            )?;
+            gauge(
+                &mut e,
+                "gallery_connected",
+                "1 while the replica follows its store; 0 while cut off (it answers from what it has)",
+                i64::from(g.connected),
+            )?;
+            fgauge(
+                &mut e,
+                "gallery_last_change_age_seconds",
+                "Since the replica applied its last change (or caught up)",
+                secs(g.since_last_change),
+            )?;
+            counter(
+                &mut e,
+                "gallery_rejected_entries",
+                "Entries of the store that could not be applied (skipped, logged)",
+                g.rejected,
+            )?;
+        }
         counter(&mut e, "batches", "Model runs", b.batches)?;
         counter(&mut e, "batch_faces_delivered", "Faces embedded", b.delivered)?;
         counter(

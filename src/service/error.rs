@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::admission::AdmitError;
 use crate::batch::{self, BatchError};
 use crate::face::FaceError;
+use crate::gallery::GalleryError;
 use crate::index::IndexError;
 use crate::pool::{self, JobError};
 
@@ -115,6 +116,23 @@ pub enum ServiceError {
 impl From<IndexError> for ServiceError {
     fn from(e: IndexError) -> Self {
         Self::Index(Arc::new(e))
+    }
+}
+
+impl From<GalleryError> for ServiceError {
+    fn from(e: GalleryError) -> Self {
+        let (kind, code) = match &e {
+            GalleryError::Index(_) | GalleryError::Store(_) => (ErrorKind::Internal, ""),
+            GalleryError::Unreachable(_) => (ErrorKind::Unavailable, "gallery_unreachable"),
+            GalleryError::Conflict { .. } => (ErrorKind::Conflict, "gallery_conflict"),
+            GalleryError::TooLarge { .. } => (ErrorKind::TooLarge, "person_too_large"),
+            GalleryError::NotApplied { .. } => (ErrorKind::Unavailable, "gallery_lagging"),
+        };
+        match e {
+            GalleryError::Index(i) => i.into(),
+            GalleryError::Store(s) => Self::Gallery(s),
+            e => Self::request(kind, code, e.to_string()),
+        }
     }
 }
 
@@ -243,6 +261,7 @@ impl ServiceError {
     pub fn message(&self) -> String {
         match self {
             ServiceError::Image { index, error } => format!("image {index}: {}", error.message()),
+            ServiceError::Request { message, .. } => message.clone(),
             _ => match self.kind() {
                 ErrorKind::Overloaded => {
                     "the service is at capacity; nothing was done, try again later".to_owned()

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use crate::batch::{BatchPolicy, Batcher};
 use crate::face::{BackendChoice, DetectModels, EmbedModel, FaceError};
-use crate::gallery::GalleryFile;
+use crate::gallery::{GalleryError, GalleryFile, GalleryStore, StoreStatus};
 use crate::index::{Index, IndexError, Vectors};
 use crate::metrics::Metrics;
 use crate::pool::{self, Pool, ScalePolicy};
@@ -70,7 +70,8 @@ pub struct FaceService {
     backend: BackendChoice,
     dim: usize,
     index: Index,
-    gallery: Option<Arc<GalleryFile>>,
+    /// Where the gallery is kept (none: in this process only).
+    store: Option<Arc<dyn GalleryStore>>,
     /// Index reads (lookups, listings), off the callers' threads.
     reads: Pool<()>,
     /// Identify's searches, gathered into scans on their own thread.
@@ -184,7 +185,7 @@ impl FaceService {
             backend,
             dim,
             index: Index::new(dim).map_err(|e| FaceError::Model(e.to_string()))?,
-            gallery: None,
+            store: None,
             reads,
             searches,
             changes,
@@ -227,7 +228,7 @@ impl FaceService {
 
     /// Uses `index` from now on (for example one loaded from a file); an
     /// error if its vectors are not this model's length, or if a gallery
-    /// file is open (its writer saves the index it was opened with).
+    /// store is open (it keeps the index it was opened with).
     pub fn set_index(&mut self, index: Index) -> Result<(), ServiceError> {
         if index.dim() != self.dim {
             return Err(IndexError::WrongDim {
@@ -236,9 +237,9 @@ impl FaceService {
             }
             .into());
         }
-        if self.gallery.is_some() {
+        if self.store.is_some() {
             return Err(ServiceError::Gallery(
-                "a gallery file is open; its index stays".into(),
+                "a gallery store is open; its index stays".into(),
             ));
         }
         self.index = index;
@@ -266,13 +267,26 @@ impl FaceService {
             None => Index::new(self.dim)?,
         };
         self.set_index(index)?;
-        self.gallery = Some(Arc::new(file));
+        self.store = Some(Arc::new(file));
         Ok(self.index.len())
     }
 
-    /// The gallery file, if one is open.
-    pub fn gallery(&self) -> Option<&GalleryFile> {
-        self.gallery.as_deref()
+    /// Keeps the gallery in `store` from now on: every enroll and remove
+    /// goes through it. `store` must keep [`index`](Self::index) (a replica
+    /// made on it, such as [`KvGallery`](crate::gallery::KvGallery)'s); an
+    /// error if a store is open already.
+    pub fn use_store(&mut self, store: Arc<dyn GalleryStore>) -> Result<(), ServiceError> {
+        if self.store.is_some() {
+            return Err(ServiceError::Gallery("a gallery store is open already".into()));
+        }
+        self.store = Some(store);
+        Ok(())
+    }
+
+    /// Where the gallery is kept and how it stands (`None`: in this process
+    /// only).
+    pub fn gallery_status(&self) -> Option<StoreStatus> {
+        self.store.as_ref().map(|s| s.status())
     }
 
     /// The pool's counters (decode / detect / align jobs).
@@ -292,12 +306,13 @@ impl FaceService {
         self.admission.close();
     }
 
-    /// Saves the gallery file now (at shutdown), if one is open.
+    /// Writes what the gallery store keeps beyond the process (the file,
+    /// at shutdown), if one is open.
     pub fn save_gallery(&self) -> Result<(), ServiceError> {
-        match &self.gallery {
+        match &self.store {
             Some(g) => g
-                .save(&self.index)
-                .map_err(|e| ServiceError::Gallery(e.to_string())),
+                .flush(&self.index)
+                .map_err(|e: GalleryError| ServiceError::Gallery(e.to_string())),
             None => Ok(()),
         }
     }

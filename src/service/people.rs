@@ -25,6 +25,7 @@ use super::ops::block_on;
 use super::pipeline::ImageSource;
 use super::results::{person_of, Call, PeoplePage, Person};
 use super::{ErrorKind, FaceService, ServiceError};
+use crate::gallery::{apply_to, Applied, Change, MAX_FACES};
 use crate::index::{Index, IndexError};
 
 /// Longest person id, bytes.
@@ -109,26 +110,124 @@ impl FaceService {
         Ok(self.reads.try_submit(move |_: &mut ()| f(&index))?.await?)
     }
 
-    /// Runs a change on the gallery-change worker: on a fork that is saved
-    /// before it goes live when there is a gallery file, on the live index
-    /// otherwise.
-    async fn change<T: Send + 'static>(
+    /// Runs a change on the gallery-change worker, through the gallery
+    /// store when there is one (it answers once the change is stored and
+    /// the index holds it), on the live index otherwise. A keyed change
+    /// answered before answers the same again without being made.
+    async fn change(
         &self,
-        f: impl FnOnce(&Index) -> Result<T, ServiceError> + Send + 'static,
-    ) -> Result<T, ServiceError> {
-        let (index, gallery) = (self.index.clone(), self.gallery.clone());
-        let job = move |_: &mut ()| match gallery {
-            None => f(&index),
-            Some(g) => {
-                let fork = index.fork();
-                let r = f(&fork)?;
-                g.save(&fork)
-                    .map_err(|e| ServiceError::Gallery(format!("{}: {e}", g.path().display())))?;
-                index.replace_with(&fork)?;
-                Ok(r)
+        change: Change,
+        keyed: Option<(String, [u8; 32])>,
+    ) -> Result<Applied, ServiceError> {
+        let (index, store, keys) = (self.index.clone(), self.store.clone(), self.keys.clone());
+        let job = move |_: &mut ()| {
+            if let Some((k, fp)) = &keyed {
+                if let Some(done) = answered(&keys, k, fp)? {
+                    return Ok(Applied::Person {
+                        id: done.id,
+                        faces: done.faces,
+                        meta: done.meta,
+                    });
+                }
             }
+            let applied = match &store {
+                None => apply_to(&index, &change)?,
+                Some(s) => s.apply(&index, &change)?,
+            };
+            if let (Some((k, fp)), Applied::Person { id, faces, meta }) = (keyed, &applied) {
+                let person = Person {
+                    id: id.clone(),
+                    faces: *faces,
+                    meta: meta.clone(),
+                };
+                crate::sync::lock(&keys).insert(k, (fp, person));
+            }
+            Ok(applied)
         };
         self.changes.try_submit(job)?.await?
+    }
+
+    /// Enrolls `vectors` (embeddings) under `id` and answers the person as
+    /// stored: the path of every enroll, after its images are embedded.
+    async fn enroll_vectors(
+        &self,
+        keyed: Option<(String, [u8; 32])>,
+        id: String,
+        vectors: Vec<Vec<f32>>,
+        meta: Option<String>,
+        replace: bool,
+    ) -> Result<Person, ServiceError> {
+        let change = Change::Put {
+            id,
+            vectors,
+            meta,
+            replace,
+        };
+        match self.change(change, keyed).await? {
+            Applied::Person { id, faces, meta } => Ok(Person { id, faces, meta }),
+            Applied::Removed(_) => Err(ServiceError::Gallery("a put answered a removal".into())),
+        }
+    }
+
+    /// Enrolls embeddings made elsewhere (a migration, another facepool's
+    /// export) under `id`, as [`enroll_async`](Self::enroll_async) enrolls
+    /// images: each of this model's length, finite and not all zero; at
+    /// most [`MAX_FACES`] at once. All or nothing.
+    pub async fn enroll_embeddings_async(
+        &self,
+        key: Option<&str>,
+        id: &str,
+        vectors: Vec<Vec<f32>>,
+        meta: Option<&str>,
+        replace: bool,
+    ) -> Result<Person, ServiceError> {
+        let id = check_id(id)?.to_owned();
+        let meta = meta.map(check_meta).transpose()?.map(str::to_owned);
+        if vectors.is_empty() {
+            return Err(IndexError::NoVectors(id).into());
+        }
+        if vectors.len() > MAX_FACES {
+            return Err(ServiceError::request(
+                ErrorKind::TooLarge,
+                "too_many_embeddings",
+                format!("{} embeddings in one enroll (most {MAX_FACES})", vectors.len()),
+            ));
+        }
+        for (i, v) in vectors.iter().enumerate() {
+            if v.len() != self.dim {
+                return Err(malformed(
+                    "bad_embedding",
+                    format!(
+                        "embedding {i} has {} numbers; this model's have {}",
+                        v.len(),
+                        self.dim
+                    ),
+                ));
+            }
+            if crate::index::normalised(v).is_err() {
+                return Err(malformed(
+                    "bad_embedding",
+                    format!("embedding {i} is not a direction (a number that is not finite, or all zero)"),
+                ));
+            }
+        }
+        let keyed = key.map(|k| {
+            let mut h = Sha256::new();
+            h.update(b"embeddings");
+            for v in &vectors {
+                for x in v {
+                    h.update(x.to_le_bytes());
+                }
+            }
+            h.update(fingerprint(&id, &[], meta.as_deref(), replace));
+            (k.to_owned(), <[u8; 32]>::from(h.finalize()))
+        });
+        if let Some((k, fp)) = &keyed {
+            if let Some(done) = self.answered(k, fp)? {
+                return Ok(done);
+            }
+        }
+        self.enroll_vectors(keyed, id, vectors, meta, replace).await
     }
 
     /// Enrolls the largest face of each image under `id`, adding to the
@@ -183,30 +282,7 @@ impl FaceService {
         {
             vectors.push(r.map_err(|e| e.for_image(index))?.0.embedding.0);
         }
-        let keys = self.keys.clone();
-        self.change(move |index| {
-            if let Some((k, fp)) = &keyed {
-                if let Some(done) = answered(&keys, k, fp)? {
-                    return Ok(done);
-                }
-            }
-            let views: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
-            if replace {
-                index.upsert(&id, &views, meta.as_deref())?;
-            } else {
-                index.add(&id, &views, meta.as_deref())?;
-            }
-            let person = Person {
-                faces: index.count(&id),
-                meta: index.meta(&id).map(|m| m.to_string()),
-                id,
-            };
-            if let Some((k, fp)) = keyed {
-                crate::sync::lock(&keys).insert(k, (fp, person.clone()));
-            }
-            Ok(person)
-        })
-        .await
+        self.enroll_vectors(keyed, id, vectors, meta, replace).await
     }
 
     /// What a keyed enroll answered before, if it was the same request.
@@ -230,11 +306,11 @@ impl FaceService {
     /// enroll.
     pub async fn remove_async(&self, id: &str) -> Result<usize, ServiceError> {
         let id = check_id(id)?.to_owned();
-        self.change(move |index| match index.remove(&id)? {
-            0 => Err(unknown(&id)),
-            n => Ok(n),
-        })
-        .await
+        match self.change(Change::Remove { id: id.clone() }, None).await? {
+            Applied::Removed(0) => Err(unknown(&id)),
+            Applied::Removed(n) => Ok(n),
+            Applied::Person { .. } => Err(ServiceError::Gallery("a removal answered a put".into())),
+        }
     }
 
     /// [`remove_async`](Self::remove_async), blocking.

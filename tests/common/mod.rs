@@ -190,6 +190,8 @@ pub fn pool_balanced(s: &facepool::pool::PoolStats) {
 }
 
 #[cfg(feature = "serve")]
+pub mod nats;
+#[cfg(feature = "serve")]
 pub mod serve;
 
 /// Rewrites an index file's whole-file checksum so that a change gets

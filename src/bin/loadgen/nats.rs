@@ -132,7 +132,7 @@ impl NatsTarget {
                 .name("facepool-loadgen")
                 .connection_timeout(Duration::from_secs(5))
                 .max_reconnects(None)
-                .connect(url)
+                .connect(facepool::gallery::servers(url))
                 .await
                 .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
             let js = jetstream::new(client);

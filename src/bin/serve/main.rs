@@ -24,10 +24,12 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use facepool::index::Vectors;
+use facepool::gallery::{KvConfig, KvGallery};
+use facepool::index::{Index, Vectors};
 use facepool::nats::{Consumer, NatsConfig};
 use facepool::server::{App, ServerConfig};
 use facepool::service::FaceService;
@@ -44,6 +46,25 @@ struct Args {
     /// after each change.
     #[arg(long, env = "FACEPOOL_INDEX")]
     index: Option<PathBuf>,
+    /// Where the gallery is kept: `file` (--index, one machine), `nats` (a
+    /// Key-Value bucket on the --nats broker, one gallery for every process
+    /// on it; each keeps a replica), `none` (this process only). Default:
+    /// `file` with --index, else `nats` with --nats, else `none`.
+    #[arg(long, env = "FACEPOOL_GALLERY", value_enum)]
+    gallery: Option<GalleryKind>,
+    /// The fleet gallery's bucket (default: the --nats-prefix, then
+    /// `-gallery`).
+    #[arg(long, env = "FACEPOOL_GALLERY_BUCKET")]
+    gallery_bucket: Option<String>,
+    /// Before serving, store every person of this index file (`compare
+    /// enroll`'s, or an export) in the fleet gallery, replacing people of
+    /// the same ids.
+    #[arg(long, env = "FACEPOOL_GALLERY_IMPORT")]
+    gallery_import: Option<PathBuf>,
+    /// Write the fleet gallery to this index file (once this process's
+    /// replica has caught up), then exit instead of serving.
+    #[arg(long)]
+    gallery_export: Option<PathBuf>,
     /// Where the loaded gallery's vectors stay: `memory`, or `file` (read
     /// from the index file when a search needs them; memory holds their
     /// 8-bit codes, a quarter of the size: for large galleries).
@@ -93,6 +114,65 @@ struct Args {
     nats: NatsArgs,
     #[command(flatten)]
     service: ServiceArgs,
+}
+
+/// Where the gallery is kept.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GalleryKind {
+    File,
+    Nats,
+    None,
+}
+
+/// The gallery as `load` opens it.
+#[derive(Clone)]
+enum GallerySetup {
+    None,
+    File(PathBuf, Vectors),
+    Nats {
+        config: KvConfig,
+        import: Option<PathBuf>,
+        runtime: tokio::runtime::Handle,
+    },
+}
+
+impl Args {
+    /// The gallery the flags ask for (the runtime: the fleet gallery's).
+    fn gallery(&self, runtime: tokio::runtime::Handle) -> Result<GallerySetup, Failure> {
+        let kind = self.gallery.unwrap_or(match (&self.index, &self.nats.nats) {
+            (Some(_), _) => GalleryKind::File,
+            (None, Some(_)) => GalleryKind::Nats,
+            (None, None) => GalleryKind::None,
+        });
+        if self.gallery_import.is_some() && kind != GalleryKind::Nats {
+            return Err(Failure::Setup(
+                "--gallery-import stores into the fleet gallery: give --nats (and no --index, or --gallery nats)".into(),
+            ));
+        }
+        match kind {
+            GalleryKind::None => Ok(GallerySetup::None),
+            GalleryKind::File => match &self.index {
+                Some(p) => Ok(GallerySetup::File(p.clone(), self.index_vectors.into())),
+                None => Err(Failure::Setup("--gallery file needs --index FILE".into())),
+            },
+            GalleryKind::Nats => {
+                let Some(url) = &self.nats.nats else {
+                    return Err(Failure::Setup("--gallery nats needs --nats URL".into()));
+                };
+                let bucket = self
+                    .gallery_bucket
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-gallery", self.nats.nats_prefix.trim()));
+                let mut config = KvConfig::new(url.clone(), bucket);
+                config.replicas = self.nats.nats_replicas.max(1);
+                Ok(GallerySetup::Nats {
+                    config,
+                    import: self.gallery_import.clone(),
+                    runtime,
+                })
+            }
+        }
+    }
 }
 
 /// Where a loaded gallery's vectors stay.
@@ -290,21 +370,86 @@ fn load(
     service: &ServiceArgs,
     queue: usize,
     target: Option<Duration>,
-    index: Option<&Path>,
-    vectors: Vectors,
+    gallery: GallerySetup,
 ) -> Result<FaceService, String> {
     let mut c = config(service);
     c.queue = queue;
     c.latency_target = target;
     let mut svc = FaceService::start(c).map_err(|e| e.to_string())?;
     tracing::info!(backend = %svc.backend(), "models loaded");
-    if let Some(path) = index {
-        let people = svc
-            .open_gallery_with(path, vectors)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        tracing::info!(people, path = %path.display(), "gallery opened");
+    match gallery {
+        GallerySetup::None => {}
+        GallerySetup::File(path, vectors) => {
+            let people = svc
+                .open_gallery_with(&path, vectors)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            tracing::info!(people, path = %path.display(), "gallery opened");
+        }
+        GallerySetup::Nats {
+            config,
+            import,
+            runtime,
+        } => {
+            let bucket = config.bucket.clone();
+            let kv = KvGallery::open(config, svc.index().clone(), runtime)
+                .map_err(|e| format!("gallery bucket {bucket}: {e}"))?;
+            tracing::info!(people = svc.index().len(), %bucket, "gallery replica opened");
+            if let Some(path) = import {
+                let from = Index::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                if from.dim() != svc.dim() {
+                    return Err(format!(
+                        "{}: vectors of length {}, the model's are {}",
+                        path.display(),
+                        from.dim(),
+                        svc.dim()
+                    ));
+                }
+                let t0 = std::time::Instant::now();
+                let n = kv
+                    .import(&from, 256)
+                    .map_err(|e| format!("importing {}: {e}", path.display()))?;
+                tracing::info!(people = n, seconds = t0.elapsed().as_secs_f64(), path = %path.display(), "gallery imported");
+            }
+            svc.use_store(Arc::new(kv)).map_err(|e| e.to_string())?;
+        }
     }
     Ok(svc)
+}
+
+/// `--gallery-export FILE`: the fleet gallery, once caught up, to a file.
+fn export(args: &Args, path: &Path) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Setup(format!("cannot start the runtime: {e}")))?;
+    let GallerySetup::Nats {
+        config: kv_config, ..
+    } = args.gallery(runtime.handle().clone())?
+    else {
+        return Err(Failure::Setup(
+            "--gallery-export writes the fleet gallery: give --nats".into(),
+        ));
+    };
+    let dim = facepool::face::EmbedModel::load(&config(&args.service).embed_settings())
+        .map_err(|e| Failure::Setup(e.to_string()))?
+        .0
+        .dim();
+    let index = Index::new(dim).map_err(|e| Failure::Setup(e.to_string()))?;
+    let bucket = kv_config.bucket.clone();
+    let kv = KvGallery::open(kv_config, index.clone(), runtime.handle().clone())
+        .map_err(|e| Failure::Setup(format!("gallery bucket {bucket}: {e}")))?;
+    index
+        .save(path)
+        .map_err(|e| Failure::Save(format!("{}: {e}", path.display())))?;
+    eprintln!(
+        "serve: exported {} people ({} faces) at revision {} to {}",
+        index.len(),
+        index.vectors(),
+        kv.revision(),
+        path.display()
+    );
+    Ok(())
 }
 
 async fn signal() {
@@ -339,6 +484,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Failure> {
+    if let Some(path) = &args.gallery_export {
+        return export(&args, path);
+    }
     let tokens = match (&args.token_file, args.no_auth) {
         (Some(f), _) => read_tokens(f)?,
         (None, true) => Vec::new(),
@@ -396,15 +544,12 @@ async fn serve(args: Args, app: App, nats: Option<NatsConfig>, drain: Duration) 
             .queue
             .unwrap_or_else(|| QUEUE_PER_CORE * facepool::service::budget::cores())
             .max(1);
-        let (service, index, vectors) = (
-            args.service.clone(),
-            args.index.clone(),
-            args.index_vectors.into(),
-        );
+        let service = args.service.clone();
+        let gallery = args.gallery(tokio::runtime::Handle::current())?;
         let target = (args.latency_target_ms > 0).then(|| Duration::from_millis(args.latency_target_ms));
         std::thread::spawn(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                load(&service, queue, target, index.as_deref(), vectors)
+                load(&service, queue, target, gallery)
             }));
             match r {
                 Ok(Ok(svc)) => {

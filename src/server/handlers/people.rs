@@ -28,9 +28,22 @@ pub(in super::super) async fn enroll(
     }: WorkRequest<EnrollRequest>,
 ) -> Result<Json<PersonBody>, ApiError> {
     crate::service::check_id(&id)?;
+    let key = idempotency_key(&headers)?;
+    if let Some(vectors) = r.embeddings {
+        if !r.images.0.is_empty() {
+            return Err(ApiError::bad_request(
+                "images_and_embeddings",
+                "give images or embeddings, not both",
+            ));
+        }
+        let svc = app.ready_service()?;
+        let person = svc
+            .enroll_embeddings_async(key, &id, vectors, r.meta.as_deref(), q.replace)
+            .await?;
+        return Ok(Json(person.into()));
+    }
     app.check_images(r.images.0.len())?;
     let images = Image::sources(r.images, "images")?;
-    let key = idempotency_key(&headers)?;
     let svc = app.ready_service()?;
     let person = svc
         .enroll_keyed_async(key, &id, images, r.meta.as_deref(), q.replace, call)

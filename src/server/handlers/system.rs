@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::super::api::{AdmissionBody, InfoBody, LimitsBody, ProfileQuery, StatusBody};
+use super::super::api::{AdmissionBody, GalleryBody, InfoBody, LimitsBody, ProfileQuery, StatusBody};
 use super::super::error::{ApiError, AuthErrors, Busy, Internal, Malformed, Unavailable};
 use super::super::extract::QueryOf;
 use super::super::App;
@@ -50,11 +50,20 @@ pub(in super::super) async fn readyz(State(app): State<App>) -> (StatusCode, Jso
     let status = if app.is_stopping() {
         "stopping"
     } else if app.is_ready() {
-        "ok"
+        let degraded = app
+            .service()
+            .and_then(|s| s.gallery_status())
+            .is_some_and(|g| g.degraded());
+        if degraded {
+            "degraded"
+        } else {
+            "ok"
+        }
     } else {
         "loading"
     };
-    let code = if status == "ok" {
+    // Degraded is still ready: the replica answers from what it has.
+    let code = if matches!(status, "ok" | "degraded") {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -83,6 +92,15 @@ pub(in super::super) async fn info(State(app): State<App>) -> Result<Json<InfoBo
         dimension: svc.dim(),
         threshold: c.threshold,
         people: svc.index().len(),
+        gallery: svc.gallery_status().map(|g| GalleryBody {
+            store: g.kind.to_owned(),
+            place: g.place,
+            revision: g.revision,
+            pending: g.pending,
+            connected: g.connected,
+            last_change_age_ms: g.since_last_change.map(crate::service::wire::ms),
+            rejected: g.rejected,
+        }),
         limits: LimitsBody {
             max_body_bytes: s.max_body,
             max_images: s.max_images,

@@ -7,7 +7,7 @@
 #   scripts/fuzz.sh list              the targets
 #
 # Targets: decode, prepare, index_load, pairs_csv, loadgen_profile,
-# http_bodies, nats_job (what each asserts: the comment at the top of
+# http_bodies, nats_job, gallery_entry (what each asserts: the comment at the top of
 # fuzz/fuzz_targets/TARGET.rs).
 #
 # Seeds: fuzz/corpus/TARGET (committed, small; what a run finds is added
@@ -30,7 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CARGO_FUZZ_VERSION=0.13.2
-TARGETS="decode prepare index_load pairs_csv loadgen_profile http_bodies nats_job"
+TARGETS="decode prepare index_load pairs_csv loadgen_profile http_bodies nats_job gallery_entry"
 
 say() { printf 'fuzz: %s\n' "$*" >&2; }
 usage() {

@@ -312,3 +312,66 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[test]
+fn an_index_file_imports_into_the_fleet_and_exports_back() {
+    let dir = TempDir::new("fleet-import");
+    let broker = Broker::start(dir.path());
+    let url = broker.url();
+    let a = Consumer::node(dir.path(), "a", &url, &[]);
+    let d = dim(&a);
+    // `compare enroll`'s kind of file: 50 people, some with two faces.
+    let file = dir.path().join("people.fpi");
+    let index = facepool::index::Index::new(d).unwrap();
+    let mut rng = Rng::new(11);
+    for i in 0..50 {
+        let faces: Vec<Vec<f32>> = (0..1 + i % 2).map(|_| embedding(&mut rng, d)).collect();
+        let views: Vec<&[f32]> = faces.iter().map(Vec::as_slice).collect();
+        index
+            .add(&format!("p-{i:02}"), &views, Some(&format!("{{\"n\":{i}}}")))
+            .unwrap();
+    }
+    index.save(&file).unwrap();
+
+    // B imports it at start; A, already running, gets it as deltas.
+    let b = Consumer::node(
+        dir.path(),
+        "b",
+        &url,
+        &["--gallery-import", file.to_str().unwrap()],
+    );
+    let ids: Vec<String> = (0..50).map(|i| format!("p-{i:02}")).collect();
+    assert_eq!(people(&b), ids, "imported before B is ready");
+    wait_until("A has the import", || people(&a) == ids);
+    assert_eq!(faces(&a, "p-01"), Some(2));
+    let (_, p) = a.http("GET", "/v1/people/p-07", None).unwrap();
+    assert_eq!(p["meta"], "{\"n\":7}");
+
+    // The bucket exports back to a file that holds the same people.
+    let out = dir.path().join("export.fpi");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_serve"))
+        .args(["--nats", &url, "--gallery-export"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let back = facepool::index::Index::load(&out).unwrap();
+    assert_eq!(back.people().len(), 50);
+    for id in &ids {
+        let (x, y) = (index.vectors_of(id).unwrap(), back.vectors_of(id).unwrap());
+        assert_eq!(x.len(), y.len(), "{id}");
+        for (u, v) in x.iter().zip(&y) {
+            let gap = u.iter().zip(v).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+            assert!(gap < 1e-6, "{id}: {gap}");
+        }
+        assert_eq!(index.meta(id), back.meta(id));
+    }
+    // Importing into a file gallery is refused with a clear error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_serve"))
+        .args(["--listen", "127.0.0.1:0", "--no-auth", "--gallery-import"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--gallery-import"));
+}

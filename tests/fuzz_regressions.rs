@@ -13,6 +13,7 @@ mod common;
 use std::path::PathBuf;
 
 use facepool::face::{self, DecodeLimits, FaceError};
+use facepool::gallery::Entry;
 use facepool::index::{Index, IndexError, FORMAT_VERSION};
 use image::{ImageEncoder, RgbImage};
 
@@ -201,7 +202,19 @@ fn text_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("http_bodies", "seed-embed-form", http(3, 3, &small_png)),
         ("http_bodies", "seed-enroll-multipart", http(4, 1, form.as_bytes())),
         ("http_bodies", "seed-people-list", http(7, 0, b"")),
+        ("gallery_entry", "seed-entry", gallery_entry(Some("{\"n\":1}"))),
+        ("gallery_entry", "seed-entry-no-meta", gallery_entry(None)),
+        // The key of "Ada Lovelace" (base64url).
+        ("gallery_entry", "seed-key", b"\x00QWRhIExvdmVsYWNl".to_vec()),
     ]
+}
+
+/// A gallery entry of two faces of length 4 (the target's first byte: 3,
+/// the length less one).
+fn gallery_entry(meta: Option<&str>) -> Vec<u8> {
+    let (a, b) = ([0.5f32, -0.5, 0.5, -0.5], [1.0f32, 0.0, 0.0, 0.0]);
+    let e = Entry::new(4, &[&a, &b], meta).unwrap();
+    [&[3u8][..], &e.encode()].concat()
 }
 
 /// Writes the seeds with `FACEPOOL_WRITE_SEEDS=1`; otherwise checks that

@@ -115,6 +115,7 @@ dict_of() {
         pairs_csv) echo fuzz/dicts/pairs.dict ;;
         loadgen_profile) echo fuzz/dicts/toml.dict ;;
         http_bodies | nats_job) echo fuzz/dicts/json_api.dict ;;
+        gallery_entry) echo fuzz/dicts/gallery.dict ;;
     esac
 }
 

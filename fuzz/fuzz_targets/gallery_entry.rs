@@ -22,8 +22,13 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(entry) = Entry::decode(rest, dim) {
         assert!((1..=MAX_FACES).contains(&entry.faces()));
         assert_eq!(entry.dim(), dim);
-        assert!(entry.vectors().all(|v| v.len() == dim && v.iter().all(|x| x.is_finite())));
-        assert!(entry.encode() == rest, "an entry does not encode back to its bytes");
+        assert!(entry
+            .vectors()
+            .all(|v| v.len() == dim && v.iter().all(|x| x.is_finite())));
+        assert!(
+            entry.encode() == rest,
+            "an entry does not encode back to its bytes"
+        );
     }
     if let Ok(text) = std::str::from_utf8(rest) {
         if let Some(id) = id_of(text) {

@@ -228,8 +228,28 @@ fn a_broker_restart_keeps_the_replicas_answering() {
             landed.iter().all(|id| ids.contains(id))
         });
     }
-    let metrics = b.http("GET", "/metrics", None);
-    assert!(metrics.is_some());
+    let (status, text) = b.http("GET", "/metrics", None).unwrap();
+    assert_eq!(status, 200);
+    let text = text.as_str().unwrap_or_default().to_owned();
+    for gauge in [
+        "facepool_gallery_connected 1",
+        "facepool_gallery_people 11",
+        "facepool_gallery_pending_changes 0",
+    ] {
+        assert!(text.contains(gauge), "{gauge} not in\n{text}");
+    }
+
+    // The bucket deleted and made anew (as after a broker that lost its
+    // store): every replica reads it again and holds what it holds.
+    rt().block_on(async {
+        let js = connect(&url).await;
+        js.delete_stream("KV_facepool-gallery").await.unwrap();
+    });
+    let c = Consumer::node(dir.path(), "c", &url, &[]);
+    assert_eq!(enroll(&c, "fresh", &[embedding(&mut rng, d)]).0, 200);
+    for node in [&a, &b, &c] {
+        wait_until("every replica holds the new bucket", || people(node) == ["fresh"]);
+    }
 }
 
 #[test]
@@ -366,6 +386,59 @@ fn an_index_file_imports_into_the_fleet_and_exports_back() {
         }
         assert_eq!(index.meta(id), back.meta(id));
     }
+    // An entry written by something else that does not read: no replica
+    // holds the person, each counts it, and a delete clears the key.
+    rt().block_on(async {
+        let js = connect(&url).await;
+        let kv = js.get_key_value("facepool-gallery").await.unwrap();
+        kv.put(facepool::gallery::key_of("junk"), "not an entry".into())
+            .await
+            .unwrap();
+    });
+    for node in [&a, &b] {
+        wait_until("the bad entry is counted", || {
+            node.http("GET", "/v1/info", None)
+                .is_some_and(|(_, i)| i["gallery"]["rejected"] == 1)
+        });
+        assert_eq!(faces(node, "junk"), None);
+    }
+    assert_eq!(a.http("DELETE", "/v1/people/junk", None).unwrap().0, 404);
+    rt().block_on(async {
+        let js = connect(&url).await;
+        let kv = js.get_key_value("facepool-gallery").await.unwrap();
+        let e = kv
+            .entry(facepool::gallery::key_of("junk"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.operation, async_nats::jetstream::kv::Operation::Delete);
+        // A bucket of another vector length is refused at start.
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "KV_other".into(),
+            description: Some("facepool gallery: one key per person; vectors of length 3".into()),
+            subjects: vec!["$KV.other.>".into()],
+            max_messages_per_subject: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_serve"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-auth",
+            "--nats",
+            &url,
+            "--gallery-bucket",
+            "other",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("vectors of length 3"), "{err}");
+
     // Importing into a file gallery is refused with a clear error.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_serve"))
         .args(["--listen", "127.0.0.1:0", "--no-auth", "--gallery-import"])

@@ -49,16 +49,17 @@ pub struct KvConfig {
     pub replicas: usize,
     /// How long a change waits for this process's replica to apply it.
     pub apply_timeout: Duration,
-    /// How long the first connection and the first read of the bucket may
-    /// take.
+    /// How long the first connection may take.
     pub connect_timeout: Duration,
+    /// How long the first read of the bucket may take.
+    pub snapshot_timeout: Duration,
     /// The connection's name on the broker.
     pub name: String,
 }
 
 impl KvConfig {
     /// A bucket `bucket` at `url`, one replica; changes wait 10 s for the
-    /// replica; the start 30 s.
+    /// replica; connecting 30 s, the first read 10 minutes.
     pub fn new(url: impl Into<String>, bucket: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -66,6 +67,7 @@ impl KvConfig {
             replicas: 1,
             apply_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(30),
+            snapshot_timeout: Duration::from_secs(600),
             name: format!("facepool-gallery-{}", std::process::id()),
         }
     }
@@ -75,6 +77,29 @@ impl KvConfig {
 /// comma-separated, for a cluster (the client takes them as a list).
 pub fn servers(url: &str) -> Vec<&str> {
     url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+}
+
+/// The bucket's description: it names the vector length, which every
+/// process that opens the bucket checks against its model's.
+fn describe(dim: usize) -> String {
+    format!("facepool gallery: one key per person; vectors of length {dim}")
+}
+
+/// The vector length a bucket's description names.
+fn dim_of(description: &str) -> Option<usize> {
+    description
+        .rsplit_once("vectors of length ")
+        .and_then(|(_, n)| n.trim().parse().ok())
+}
+
+/// Whether a broker's version (`2.9.10`) is older than `than`.
+fn older_than(version: &str, than: (u64, u64, u64)) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let mut next = || parts.next().unwrap_or(0);
+    (next(), next(), next()) < than
 }
 
 /// The key of a person: its id's bytes, base64url without padding (a
@@ -89,11 +114,22 @@ pub fn id_of(key: &str) -> Option<String> {
     String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
 }
 
+/// Where the replica stands.
+#[derive(Debug)]
+struct Progress {
+    /// The last revision applied.
+    revision: u64,
+    /// When the last change was applied (or the replica caught up).
+    at: Instant,
+    /// Whether an entry came with nothing after it (the replica caught up
+    /// with the bucket as it was then).
+    caught_up: bool,
+}
+
 /// What the follower and the writers share.
 #[derive(Debug)]
 struct Shared {
-    /// The last revision applied, and when the last change was.
-    applied: Mutex<(u64, Instant)>,
+    applied: Mutex<Progress>,
     changed: Condvar,
     /// As the broker said with the last entry: entries after it.
     pending: AtomicU64,
@@ -106,26 +142,41 @@ struct Shared {
 
 impl Shared {
     fn revision(&self) -> u64 {
-        crate::sync::lock(&self.applied).0
+        crate::sync::lock(&self.applied).revision
     }
 
-    fn applied(&self, revision: u64) {
+    /// `revision` applied, `pending` entries after it.
+    fn applied(&self, revision: u64, pending: u64) {
         let mut a = crate::sync::lock(&self.applied);
-        if revision > a.0 {
-            *a = (revision, Instant::now());
+        if revision > a.revision {
+            a.revision = revision;
+            a.at = Instant::now();
         }
+        a.caught_up |= pending == 0;
         drop(a);
         self.changed.notify_all();
     }
 
-    /// Waits until `revision` is applied, at most `within`.
-    fn wait(&self, revision: u64, within: Duration) -> Result<(), GalleryError> {
+    /// The bucket's stream was made anew: everything is read again.
+    fn reset(&self) {
+        let mut a = crate::sync::lock(&self.applied);
+        *a = Progress {
+            revision: 0,
+            at: Instant::now(),
+            caught_up: false,
+        };
+    }
+
+    /// Waits until `revision` is applied (or, with `or_caught_up`, until an
+    /// entry came with nothing after it), at most `within`.
+    fn wait_for(&self, revision: u64, or_caught_up: bool, within: Duration) -> Result<(), GalleryError> {
         let a = crate::sync::lock(&self.applied);
+        let done = |a: &Progress| a.revision >= revision || (or_caught_up && a.caught_up);
         let (a, _) = self
             .changed
-            .wait_timeout_while(a, within, |a| a.0 < revision)
+            .wait_timeout_while(a, within, |a| !done(a))
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if a.0 < revision {
+        if !done(&a) {
             return Err(GalleryError::NotApplied {
                 revision,
                 waited: within,
@@ -133,7 +184,23 @@ impl Shared {
         }
         Ok(())
     }
+
+    /// Waits until `revision` is applied, at most `within`.
+    fn wait(&self, revision: u64, within: Duration) -> Result<(), GalleryError> {
+        self.wait_for(revision, false, within)
+    }
 }
+
+/// Bytes a write's headers may take beside its entry (the broker counts
+/// both against its max payload).
+const HEADER_ROOM: usize = 512;
+
+/// How often the replica asks the broker where the bucket stands.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// Probes in a row that find the bucket ahead of a replica that does not
+/// move before its watch is made anew.
+const STALLED_PROBES: u32 = 3;
 
 /// The fleet's gallery in a NATS JetStream Key-Value bucket.
 #[derive(Debug)]
@@ -173,14 +240,25 @@ impl KvGallery {
         let t0 = Instant::now();
         let within = config.connect_timeout;
         let opened = runtime.block_on(async {
-            tokio::time::timeout(within, Self::connect(&config))
+            tokio::time::timeout(within, Self::connect(&config, index.dim()))
                 .await
                 .map_err(|_| unreachable(&config.url, format!("no answer within {within:?}")))?
         })?;
         let (client, js, store, last) = opened;
-        let max_entry = client.server_info().max_payload.max(1024);
+        let server = client.server_info();
+        if config.replicas > 1 && older_than(&server.version, (2, 9, 21)) {
+            tracing::warn!(
+                version = %server.version,
+                "gallery: on a cluster, brokers before 2.9.21 do not serialise compare-and-set: two nodes adding faces to one person at the same instant can lose one of the adds"
+            );
+        }
+        let max_entry = server.max_payload.saturating_sub(HEADER_ROOM).max(1024);
         let shared = Arc::new(Shared {
-            applied: Mutex::new((0, Instant::now())),
+            applied: Mutex::new(Progress {
+                revision: 0,
+                at: Instant::now(),
+                caught_up: last == 0,
+            }),
             changed: Condvar::new(),
             pending: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -207,7 +285,9 @@ impl KvGallery {
             .name("face-replica".into())
             .spawn(move || runtime.block_on(follower.run()))
             .map_err(|e| GalleryError::Store(format!("cannot start the replica's thread: {e}")))?;
-        gallery.shared.wait(last, within.saturating_sub(t0.elapsed()))?;
+        gallery
+            .shared
+            .wait_for(last, true, gallery.config.snapshot_timeout)?;
         tracing::info!(
             bucket = %gallery.config.bucket,
             revision = gallery.shared.revision(),
@@ -219,6 +299,7 @@ impl KvGallery {
 
     async fn connect(
         config: &KvConfig,
+        dim: usize,
     ) -> Result<(async_nats::Client, jetstream::Context, kv::Store, u64), GalleryError> {
         let client = async_nats::ConnectOptions::new()
             .name(config.name.clone())
@@ -238,7 +319,7 @@ impl KvGallery {
                 let made = js
                     .create_stream(jetstream::stream::Config {
                         name: format!("KV_{}", config.bucket),
-                        description: Some("facepool gallery: one key per person".into()),
+                        description: Some(describe(dim)),
                         subjects: vec![format!("$KV.{}.>", config.bucket)],
                         max_messages_per_subject: 1,
                         discard: jetstream::stream::DiscardPolicy::New,
@@ -256,6 +337,21 @@ impl KvGallery {
                 })?
             }
         };
+        if let Some(theirs) = store
+            .stream
+            .cached_info()
+            .config
+            .description
+            .as_deref()
+            .and_then(dim_of)
+        {
+            if theirs != dim {
+                return Err(GalleryError::Store(format!(
+                    "bucket {} holds vectors of length {theirs}; this model's are {dim}",
+                    config.bucket
+                )));
+            }
+        }
         let mut stream = store.stream.clone();
         let state = stream
             .info()
@@ -312,20 +408,20 @@ impl KvGallery {
         }
     }
 
-    /// The person's entry now (`None`: absent or deleted, or unreadable)
-    /// and the key's last revision (0: none).
-    async fn current(&self, key: &str) -> Result<(Option<Entry>, u64), GalleryError> {
+    /// The person's entry now (`None`: absent or deleted, or unreadable),
+    /// the key's last revision (0: none), and whether that was a put.
+    async fn current(&self, key: &str) -> Result<(Option<Entry>, u64, bool), GalleryError> {
         let e = self
             .store
             .entry(key)
             .await
             .map_err(|e| unreachable(&self.config.bucket, e))?;
         Ok(match e {
-            None => (None, 0),
+            None => (None, 0, false),
             Some(e) if e.operation == kv::Operation::Put => {
-                (Entry::decode(&e.value, self.dim).ok(), e.revision)
+                (Entry::decode(&e.value, self.dim).ok(), e.revision, true)
             }
-            Some(e) => (None, e.revision),
+            Some(e) => (None, e.revision, false),
         })
     }
 
@@ -339,7 +435,7 @@ impl KvGallery {
         let key = key_of(id);
         let views: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
         for _ in 0..CAS_TRIES {
-            let (old, revision) = self.current(&key).await?;
+            let (old, revision, _) = self.current(&key).await?;
             let faces = views.len() + old.as_ref().filter(|_| !replace).map_or(0, Entry::faces);
             let entry = match old {
                 Some(old) if !replace => old.with_more(&views),
@@ -374,12 +470,14 @@ impl KvGallery {
     async fn remove(&self, id: &str) -> Result<(usize, u64), GalleryError> {
         let key = key_of(id);
         for _ in 0..CAS_TRIES {
-            let (old, revision) = self.current(&key).await?;
-            let Some(old) = old else {
+            let (old, revision, put) = self.current(&key).await?;
+            if !put {
                 return Ok((0, revision));
-            };
+            }
+            // An entry that does not read (which no replica holds) is
+            // deleted too, and answered as nobody.
             match self.write(&key, None, revision).await {
-                Ok(r) => return Ok((old.faces(), r)),
+                Ok(r) => return Ok((old.map_or(0, |e| e.faces()), r)),
                 Err(WriteError::Raced) => continue,
                 Err(WriteError::Failed(e)) => return Err(e),
             }
@@ -394,26 +492,32 @@ impl KvGallery {
     /// bucket has under their ids), `parallel` writes in flight, and waits
     /// until this replica holds them. Returns the people stored. Blocks.
     pub fn import(&self, from: &Index, parallel: usize) -> Result<usize, GalleryError> {
-        let people = from.people();
+        let people = from.export()?;
         let n = people.len();
+        for (id, meta, vectors) in &people {
+            let bytes = Entry::encoded_len(self.dim, vectors.len(), meta.as_ref().map_or(0, |m| m.len()));
+            if vectors.len() > super::MAX_FACES || bytes > self.max_entry {
+                return Err(self.too_large(id, vectors.len(), meta.as_deref()));
+            }
+        }
         let last = self.runtime.block_on(async {
             let mut last = 0;
-            let mut writes = futures_util::stream::iter(people.into_iter().map(|p| async move {
-                let vectors = from.vectors_of(&p.id)?;
-                let views: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
-                let entry = Entry::new(self.dim, &views, p.meta.as_deref())
-                    .map_err(|e| GalleryError::Store(format!("person {:?}: {e}", p.id)))?;
-                let subject = format!("$KV.{}.{}", self.config.bucket, key_of(&p.id));
-                let ack = self
-                    .js
-                    .publish(subject, entry.encode().into())
-                    .await
-                    .map_err(|e| unreachable(&self.config.bucket, e))?
-                    .await
-                    .map_err(|e| unreachable(&self.config.bucket, e))?;
-                Ok::<u64, GalleryError>(ack.sequence)
-            }))
-            .buffer_unordered(parallel.max(1));
+            let mut writes =
+                futures_util::stream::iter(people.into_iter().map(|(id, meta, vectors)| async move {
+                    let views: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
+                    let entry = Entry::new(self.dim, &views, meta.as_deref())
+                        .map_err(|e| GalleryError::Store(format!("person {id:?}: {e}")))?;
+                    let subject = format!("$KV.{}.{}", self.config.bucket, key_of(&id));
+                    let ack = self
+                        .js
+                        .publish(subject, entry.encode().into())
+                        .await
+                        .map_err(|e| unreachable(&self.config.bucket, e))?
+                        .await
+                        .map_err(|e| unreachable(&self.config.bucket, e))?;
+                    Ok::<u64, GalleryError>(ack.sequence)
+                }))
+                .buffer_unordered(parallel.max(1));
             while let Some(r) = writes.next().await {
                 last = last.max(r?);
             }
@@ -449,7 +553,11 @@ impl GalleryStore for KvGallery {
                 (Applied::Removed(faces), r)
             }
         };
-        self.shared.wait(revision, self.config.apply_timeout)?;
+        // Stored is stored: a replica that has not applied it in time (it
+        // is cut off, and says so) gets it when it follows again.
+        if let Err(e) = self.shared.wait(revision, self.config.apply_timeout) {
+            tracing::warn!(bucket = %self.config.bucket, error = %e, "gallery: answered before this replica applied the change");
+        }
         Ok(applied)
     }
 
@@ -458,7 +566,10 @@ impl GalleryStore for KvGallery {
     }
 
     fn status(&self) -> StoreStatus {
-        let (revision, at) = *crate::sync::lock(&self.shared.applied);
+        let (revision, at) = {
+            let p = crate::sync::lock(&self.shared.applied);
+            (p.revision, p.at)
+        };
         StoreStatus {
             kind: "nats",
             place: format!("bucket {} at {}", self.config.bucket, self.config.url),
@@ -486,6 +597,18 @@ struct Follower {
     bucket: String,
 }
 
+/// What a probe of the bucket found.
+enum Probe {
+    /// The replica follows (or is moving).
+    Fine,
+    /// The bucket is ahead and the replica has not moved for several
+    /// probes: its watch is made anew.
+    Stalled,
+    /// The bucket's stream is behind the replica: it was made anew (a
+    /// deleted and recreated bucket, a broker with an empty store).
+    Reset,
+}
+
 impl Follower {
     async fn run(self) {
         let mut backoff = Duration::from_millis(100);
@@ -502,6 +625,12 @@ impl Follower {
                 Ok(mut watch) => {
                     self.shared.following.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(100);
+                    // The watch alone would not say when it is stuck (its
+                    // consumer is rebuilt inside the client without a
+                    // word): the bucket is asked where it stands.
+                    let mut probes = tokio::time::interval(PROBE_EVERY);
+                    probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let (mut seen, mut stalled) = (self.shared.revision(), 0u32);
                     loop {
                         tokio::select! {
                             e = watch.next() => match e {
@@ -511,6 +640,21 @@ impl Follower {
                                     break;
                                 }
                                 None => break,
+                            },
+                            _ = probes.tick() => match self.probe(&mut seen, &mut stalled).await {
+                                Probe::Fine => {}
+                                Probe::Stalled => {
+                                    tracing::warn!(bucket = %self.bucket, revision = seen, "gallery: the replica stopped following; following again");
+                                    break;
+                                }
+                                Probe::Reset => {
+                                    tracing::warn!(bucket = %self.bucket, "gallery: the bucket was made anew; reading it again");
+                                    if let Ok(empty) = Index::new(self.index.dim()) {
+                                        let _ = self.index.replace_with(&empty);
+                                    }
+                                    self.shared.reset();
+                                    break;
+                                }
                             },
                             _ = self.shared.stop.notified() => return,
                         }
@@ -529,9 +673,53 @@ impl Follower {
         }
     }
 
+    /// Asks the broker for the bucket's last revision: a broker that does
+    /// not answer makes the replica not following (it answers from what it
+    /// has); `seen` and `stalled` carry the replica's progress between
+    /// probes.
+    async fn probe(&self, seen: &mut u64, stalled: &mut u32) -> Probe {
+        // The replica's revision is read first: the bucket's last revision,
+        // read after it, is never below it unless the bucket was made anew.
+        let now = self.shared.revision();
+        let mut stream = self.store.stream.clone();
+        let last = match tokio::time::timeout(PROBE_EVERY, stream.info()).await {
+            Ok(Ok(info)) => info.state.last_sequence,
+            _ => {
+                self.shared.following.store(false, Ordering::Relaxed);
+                return Probe::Fine;
+            }
+        };
+        if last < now {
+            return Probe::Reset;
+        }
+        self.shared
+            .pending
+            .store(last.saturating_sub(self.shared.revision()), Ordering::Relaxed);
+        // Behind and not moving: stuck, unless the bucket's last message is
+        // gone (a compacted delete marker leaves the last revision behind
+        // with nothing to deliver).
+        let behind = last > now
+            && now == *seen
+            && matches!(
+                tokio::time::timeout(PROBE_EVERY, stream.get_raw_message(last)).await,
+                Ok(Ok(_))
+            );
+        if behind {
+            *stalled += 1;
+        } else {
+            *stalled = 0;
+        }
+        *seen = now;
+        if *stalled >= STALLED_PROBES {
+            return Probe::Stalled;
+        }
+        self.shared.following.store(*stalled == 0, Ordering::Relaxed);
+        Probe::Fine
+    }
+
     /// Applies one delta: a put replaces the person, a delete removes it.
     /// An entry that cannot be used removes the person it names (every
-    /// replica does the same) and is counted.
+    /// replica does the same), and is counted and logged.
     fn apply(&self, e: kv::Entry) {
         if e.revision <= self.shared.revision() {
             return;
@@ -539,31 +727,31 @@ impl Follower {
         self.shared.pending.store(e.delta, Ordering::Relaxed);
         let r = match id_of(&e.key) {
             None => Err(format!("key {:?} is not a person's", e.key)),
-            Some(id) => match e.operation {
-                kv::Operation::Put => match Entry::decode(&e.value, self.index.dim()) {
-                    Ok(entry) => {
-                        let views: Vec<&[f32]> = entry.vectors().collect();
-                        self.index
-                            .upsert(&id, &views, entry.meta())
-                            .map_err(|err| format!("person {id:?}: {err}"))
+            Some(id) => {
+                let r = match e.operation {
+                    kv::Operation::Put => Entry::decode(&e.value, self.index.dim())
+                        .map_err(|err| err.to_string())
+                        .and_then(|entry| {
+                            let views: Vec<&[f32]> = entry.vectors().collect();
+                            self.index
+                                .upsert(&id, &views, entry.meta())
+                                .map_err(|err| err.to_string())
+                        }),
+                    kv::Operation::Delete | kv::Operation::Purge => {
+                        self.index.remove(&id).map(|_| ()).map_err(|err| err.to_string())
                     }
-                    Err(err) => {
-                        let _ = self.index.remove(&id);
-                        Err(format!("person {id:?}: {err}"))
-                    }
-                },
-                kv::Operation::Delete | kv::Operation::Purge => self
-                    .index
-                    .remove(&id)
-                    .map(|_| ())
-                    .map_err(|err| format!("person {id:?}: {err}")),
-            },
+                };
+                r.map_err(|why| {
+                    let _ = self.index.remove(&id);
+                    format!("person {id:?}: {why}")
+                })
+            }
         };
         if let Err(why) = r {
             self.shared.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(bucket = %self.bucket, revision = e.revision, %why, "gallery: an entry was not applied");
         }
-        self.shared.applied(e.revision);
+        self.shared.applied(e.revision, e.delta);
     }
 }
 
@@ -585,5 +773,15 @@ mod tests {
         assert_eq!(id_of("not base64!"), None);
         assert_eq!(id_of(""), None);
         assert_eq!(id_of(&URL_SAFE_NO_PAD.encode([0xff, 0xfe])), None);
+    }
+
+    #[test]
+    fn the_bucket_names_its_vector_length_and_versions_compare() {
+        assert_eq!(dim_of(&describe(512)), Some(512));
+        assert_eq!(dim_of("someone else's stream"), None);
+        assert!(older_than("2.9.10", (2, 9, 21)));
+        assert!(older_than("v2.9.20-beta", (2, 9, 21)));
+        assert!(!older_than("2.9.21", (2, 9, 21)));
+        assert!(!older_than("2.10.0", (2, 9, 21)));
     }
 }

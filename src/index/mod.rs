@@ -36,6 +36,10 @@ pub use error::IndexError;
 pub use file::{stored_codes_len, FORMAT_VERSION, MAGIC};
 pub use scan::GEMM_MIN_QUERIES;
 
+/// A person as [`Index::export`] gives it: its id, its metadata, its
+/// vectors.
+pub type Exported = (Arc<str>, Option<Arc<str>>, Vec<Vec<f32>>);
+
 /// Vectors per chunk: the unit of copy-on-write and of parallel work.
 pub const CHUNK_ROWS: usize = 1024;
 
@@ -425,6 +429,36 @@ impl Index {
             .iter()
             .map(|c| c.owners.iter().filter(|p| p.key == key).count())
             .sum()
+    }
+
+    /// Every person with its metadata and its vectors as stored (normalised,
+    /// in the order they were added), sorted by id, in one pass over the
+    /// rows (an export). An I/O error if vectors are in the file and it
+    /// cannot be read.
+    pub fn export(&self) -> Result<Vec<Exported>, IndexError> {
+        let (chunks, people) = {
+            let s = self.read();
+            (s.chunks.clone(), s.people.values().cloned().collect::<Vec<_>>())
+        };
+        let mut at: HashMap<u64, usize> = HashMap::with_capacity(people.len());
+        let mut out: Vec<Exported> = Vec::with_capacity(people.len());
+        for p in &people {
+            at.insert(p.key, out.len());
+            out.push((p.id.clone(), p.meta.clone(), Vec::new()));
+        }
+        let dim = self.inner.dim;
+        let mut buf = Vec::new();
+        for c in &chunks {
+            let rows = c.rows(dim, &mut buf)?;
+            for (row, p) in rows.chunks_exact(dim).zip(&c.owners) {
+                if let Some(&i) = at.get(&p.key) {
+                    out[i].2.push(row.to_vec());
+                }
+            }
+        }
+        out.retain(|p| !p.2.is_empty());
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     /// The vectors of `id` as stored (normalised), in the order they were

@@ -210,8 +210,8 @@ impl Consumer {
         self.child.as_ref().unwrap().id()
     }
 
-    /// One request to its HTTP API: the status and the JSON answer
-    /// (`None`: no answer at all).
+    /// One request to its HTTP API: the status and the JSON answer, or the
+    /// text as a JSON string (`None`: no answer at all).
     pub fn http(&self, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -235,7 +235,8 @@ impl Consumer {
         let mut r = r.ok()?;
         let status = r.status().as_u16();
         let text = r.body_mut().read_to_string().unwrap_or_default();
-        Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        // Not JSON (the metrics): the text as a string.
+        Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
     }
 
     pub fn kill9(&mut self) {

@@ -77,7 +77,9 @@ pub enum GalleryError {
     /// changed.
     #[error("{0}")]
     Store(String),
-    /// The store cannot be reached now (the broker); nothing changed.
+    /// The store cannot be reached now (the broker). Nothing changed,
+    /// unless a write was sent and its acknowledgement never came: then it
+    /// may still land.
     #[error("the gallery store cannot be reached: {0}")]
     Unreachable(String),
     /// Another process changed the person at the same time, every try.

@@ -99,6 +99,7 @@ const ROUTES: &[(&str, &str, Kind, bool)] = &[
     ("DELETE", "/v1/people/{id}", Kind::Bodiless, true),
     ("GET", "/v1/people", Kind::Bodiless, true),
     ("GET", "/v1/info", Kind::Bodiless, true),
+    ("GET", "/v1/stats", Kind::Bodiless, true),
     ("GET", "/debug/pprof/profile", Kind::Bodiless, true),
     ("GET", "/debug/pprof/flamegraph", Kind::Bodiless, true),
     ("GET", "/livez", Kind::Bodiless, false),

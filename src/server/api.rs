@@ -291,6 +291,91 @@ pub struct GalleryBody {
     pub rejected: u64,
 }
 
+/// `?seconds=N` of `/v1/stats`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatsQuery {
+    /// Seconds of requests to give, one entry each (default 60, 1 to 300).
+    #[serde(default)]
+    #[param(minimum = 1, maximum = 300)]
+    pub seconds: Option<u64>,
+}
+
+/// One second of the API's requests.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecondBody {
+    /// Seconds before now (0: the current one, still counting).
+    pub ago: u64,
+    /// Requests answered 2xx.
+    pub ok: u64,
+    /// Requests refused (429: full, or a deadline the wait cannot meet;
+    /// 503: stopping, or a dependency away).
+    pub refused: u64,
+    /// Other 4xx answers.
+    pub client_errors: u64,
+    /// Other 5xx answers.
+    pub server_errors: u64,
+    /// Median latency of the answered requests, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    /// Their 99th percentile, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+}
+
+/// The preparation workers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolBody {
+    /// Workers serving.
+    pub workers: usize,
+    /// Workers at most.
+    pub capacity: usize,
+    /// Images being prepared.
+    pub running: usize,
+    /// Images waiting for a worker.
+    pub waiting: usize,
+}
+
+/// The model's batches.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatcherBody {
+    /// Faces waiting for a model run.
+    pub queued_faces: usize,
+    /// Model runs so far.
+    pub batches: u64,
+    /// Faces embedded so far.
+    pub faces: u64,
+    /// Faces per run, on average so far.
+    pub mean_batch_size: f64,
+    /// The most a run takes.
+    pub batch_max: usize,
+}
+
+/// `GET /v1/stats`: what a dashboard shows, read at the call.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsBody {
+    /// The API's requests, one entry per second, oldest first (`/v1/stats`
+    /// itself, the probes and `/metrics` are not counted).
+    pub seconds: Vec<SecondBody>,
+    /// Median latency of the answered requests over those seconds, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    /// Their 99th percentile, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    /// The preparation workers.
+    pub pool: PoolBody,
+    /// The model's batches.
+    pub batcher: BatcherBody,
+    /// The admission: its limit, what it holds, the expected wait.
+    pub admission: AdmissionBody,
+    /// People enrolled.
+    pub people: usize,
+    /// This process's resident memory, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
 /// `{"status": "ok"}` (or `"loading"`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StatusBody {

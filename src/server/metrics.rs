@@ -42,6 +42,8 @@ fn latency_histogram() -> Histogram {
 /// The server's metrics and their registry.
 pub struct HttpMetrics {
     registry: Registry,
+    /// The API's requests of the last minutes, per second (`/v1/stats`).
+    recent: super::stats::Recent,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabel, Histogram>,
     stages: Family<StageLabel, Histogram>,
@@ -89,14 +91,24 @@ impl HttpMetrics {
         }));
         Self {
             registry,
+            recent: super::stats::Recent::new(),
             requests,
             latency,
             stages,
         }
     }
 
-    /// Counts an answered request.
+    /// The API's requests of the last minutes.
+    pub fn recent(&self) -> &super::stats::Recent {
+        &self.recent
+    }
+
+    /// Counts an answered request (the API's, but the stats' own, also in
+    /// the window of [`recent`](Self::recent)).
     pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        if route.starts_with("/v1/") && route != "/v1/stats" {
+            self.recent.record(status, took);
+        }
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_owned(),

@@ -38,6 +38,7 @@ mod handlers;
 mod metrics;
 mod openapi;
 mod serve;
+mod stats;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -209,6 +210,7 @@ impl App {
                     .delete(people::remove_person),
             )
             .route("/v1/info", get(system::info))
+            .route("/v1/stats", get(system::stats))
             .route("/debug/pprof/profile", get(system::pprof_profile))
             .route("/debug/pprof/flamegraph", get(system::pprof_flamegraph))
             .route_layer(middleware::from_fn_with_state(self.clone(), auth::require_token));

@@ -29,12 +29,12 @@ impl Modify for Bearer {
     paths(
         system::livez, system::readyz, work::verify, work::verify_batch, work::identify, work::embed,
         work::review, people::enroll, people::list_people, people::get_person, people::remove_person,
-        system::info, system::metrics_text, system::pprof_profile, system::pprof_flamegraph, system::openapi_json
+        system::info, system::stats, system::metrics_text, system::pprof_profile, system::pprof_flamegraph, system::openapi_json
     ),
     components(schemas(
         VerifyRequest, VerifyBatchRequest, IdentifyRequest, EmbedRequest, EnrollRequest, ReviewRequestBody,
         VerifyResponse, VerifyBatchResponse, TargetResult, IdentifyResponse, MatchBody, EmbedResponse, PersonBody,
-        PeoplePageBody, RemovedBody, ReviewResponse, FrameResult, InfoBody, GalleryBody, LimitsBody, AdmissionBody, StatusBody, TimingsMs,
+        PeoplePageBody, RemovedBody, ReviewResponse, FrameResult, InfoBody, GalleryBody, StatsBody, SecondBody, PoolBody, BatcherBody, LimitsBody, AdmissionBody, StatusBody, TimingsMs,
         ErrorBody, ErrorDetail
     )),
     modifiers(&Bearer)

@@ -8,7 +8,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::super::api::{AdmissionBody, GalleryBody, InfoBody, LimitsBody, ProfileQuery, StatusBody};
+use super::super::api::{
+    AdmissionBody, BatcherBody, GalleryBody, InfoBody, LimitsBody, PoolBody, ProfileQuery, SecondBody,
+    StatsBody, StatsQuery, StatusBody,
+};
 use super::super::error::{ApiError, AuthErrors, Busy, Internal, Malformed, Unavailable};
 use super::super::extract::QueryOf;
 use super::super::App;
@@ -112,6 +115,61 @@ pub(in super::super) async fn info(State(app): State<App>) -> Result<Json<InfoBo
         },
         admission: admission_body(&svc.admission().stats()),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/stats", params(StatsQuery),
+    responses((status = 200, body = StatsBody), AuthErrors, Malformed, Unavailable), security(("bearer" = [])))]
+pub(in super::super) async fn stats(
+    State(app): State<App>,
+    QueryOf(q): QueryOf<StatsQuery>,
+) -> Result<Json<StatsBody>, ApiError> {
+    let seconds = q.seconds.unwrap_or(60);
+    if !(1..=super::super::stats::WINDOW_SECS).contains(&seconds) {
+        return Err(ApiError::bad_request(
+            "bad_seconds",
+            format!("seconds is 1 to {}", super::super::stats::WINDOW_SECS),
+        ));
+    }
+    let svc = app.ready_service()?;
+    let w = app.metrics().recent().window(seconds);
+    let p = svc.pool_stats();
+    let b = svc.batch_stats();
+    Ok(Json(StatsBody {
+        seconds: w
+            .seconds
+            .into_iter()
+            .map(|s| SecondBody {
+                ago: s.ago,
+                ok: s.ok,
+                refused: s.refused,
+                client_errors: s.client_errors,
+                server_errors: s.server_errors,
+                p50_ms: s.p50_ms,
+                p99_ms: s.p99_ms,
+            })
+            .collect(),
+        p50_ms: w.p50_ms,
+        p99_ms: w.p99_ms,
+        pool: PoolBody {
+            workers: p.workers,
+            capacity: p.capacity,
+            running: p.running,
+            waiting: p.waiting,
+        },
+        batcher: BatcherBody {
+            queued_faces: b.queued,
+            batches: b.batches,
+            faces: b.delivered,
+            mean_batch_size: match b.batches {
+                0 => 0.0,
+                n => (b.delivered as f64 / n as f64 * 100.0).round() / 100.0,
+            },
+            batch_max: svc.config().batching(svc.backend().used).batch_max,
+        },
+        admission: admission_body(&svc.admission().stats()),
+        people: svc.index().len(),
+        memory_bytes: super::super::stats::resident_bytes(),
     }))
 }
 

@@ -293,6 +293,9 @@ fn every_route_answers_and_the_gallery_works() {
         (v["same"].as_bool(), v["faces"][0].as_str()),
         (Some(true), Some("aligned"))
     );
+    // Taken as aligned chips: no boxes (a detected face has one: the
+    // console's browser test draws them).
+    assert_eq!(v["boxes"], json!([null, null]));
     assert!(v["timings_ms"]["inference"].as_f64().unwrap() > 0.0);
     let v = send_multipart(
         "POST",
@@ -381,6 +384,22 @@ fn every_route_answers_and_the_gallery_works() {
         (list["total"].as_u64(), list["people"][0]["id"].as_str()),
         (Some(2), Some("John_Simm"))
     );
+    // Searched by id: a part of it, any case.
+    let found = get(&s.url("/v1/people?search=SiMm"), Some(TOKEN)).json();
+    assert_eq!(
+        (found["total"].as_u64(), found["people"][0]["id"].as_str()),
+        (Some(1), Some("John_Simm"))
+    );
+    let none = get(&s.url("/v1/people?search=nobody"), Some(TOKEN)).json();
+    assert_eq!(
+        (none["total"].as_u64(), none["people"].as_array().map(Vec::len)),
+        (Some(0), Some(0))
+    );
+    let long = get(
+        &s.url(&format!("/v1/people?search={}", "x".repeat(300))),
+        Some(TOKEN),
+    );
+    assert_eq!((long.status, long.code()), (400, "bad_search".to_owned()));
     let one = get(&s.url("/v1/people/John_Savage"), Some(TOKEN));
     assert_eq!((one.status, one.json()["faces"].as_u64()), (200, Some(2)));
     let id = post(

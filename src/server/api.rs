@@ -169,7 +169,7 @@ pub struct EnrollQuery {
     pub replace: bool,
 }
 
-/// `GET /v1/people?offset=&limit=`.
+/// `GET /v1/people?offset=&limit=&search=`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
@@ -179,6 +179,10 @@ pub struct PageQuery {
     /// People to return (default 100, at most 1000).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Only the people whose id contains this text (case-insensitive);
+    /// `total` counts them.
+    #[serde(default)]
+    pub search: Option<String>,
 }
 
 /// `?seconds=N` of the profiling endpoints.

@@ -34,7 +34,7 @@ impl Modify for Bearer {
     components(schemas(
         VerifyRequest, VerifyBatchRequest, IdentifyRequest, EmbedRequest, EnrollRequest, ReviewRequestBody,
         VerifyResponse, VerifyBatchResponse, TargetResult, IdentifyResponse, MatchBody, EmbedResponse, PersonBody,
-        PeoplePageBody, RemovedBody, ReviewResponse, FrameResult, InfoBody, GalleryBody, StatsBody, SecondBody, PoolBody, BatcherBody, LimitsBody, AdmissionBody, StatusBody, TimingsMs,
+        PeoplePageBody, RemovedBody, ReviewResponse, FrameResult, FaceBox, InfoBody, GalleryBody, StatsBody, SecondBody, PoolBody, BatcherBody, LimitsBody, AdmissionBody, StatusBody, TimingsMs,
         ErrorBody, ErrorDetail
     )),
     modifiers(&Bearer)

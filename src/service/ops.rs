@@ -74,6 +74,7 @@ fn identified(
         matches,
         threshold,
         path: face.path,
+        bbox: face.bbox,
         timings: Timings {
             search: started.elapsed(),
             ..timings
@@ -164,6 +165,7 @@ impl FaceService {
             same: similarity >= threshold,
             threshold,
             paths: [a.path, b.path],
+            boxes: [a.bbox, b.bbox],
             timings: Timings {
                 search: started.elapsed(),
                 ..ta.longest(tb)

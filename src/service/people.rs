@@ -333,13 +333,35 @@ impl FaceService {
     /// people from position `offset`, read on the index workers.
     pub async fn people_async(&self, offset: usize, limit: usize) -> Result<PeoplePage, ServiceError> {
         check_limit(limit)?;
-        self.read_index(move |index| page_of(index, offset, limit)).await
+        self.read_index(move |index| page_of(index, None, offset, limit))
+            .await
+    }
+
+    /// [`people_async`](Self::people_async) of the people whose id contains
+    /// `text` (case-insensitive, at most [`MAX_ID_BYTES`] bytes): `total`
+    /// counts those.
+    pub async fn search_people_async(
+        &self,
+        text: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<PeoplePage, ServiceError> {
+        check_limit(limit)?;
+        if text.len() > MAX_ID_BYTES {
+            return Err(malformed(
+                "bad_search",
+                format!("search is at most {MAX_ID_BYTES} bytes"),
+            ));
+        }
+        let text = text.to_lowercase();
+        self.read_index(move |index| page_of(index, Some(&text), offset, limit))
+            .await
     }
 
     /// [`people_async`](Self::people_async), read on this thread.
     pub fn people(&self, offset: usize, limit: usize) -> Result<PeoplePage, ServiceError> {
         check_limit(limit)?;
-        Ok(page_of(&self.index, offset, limit))
+        Ok(page_of(&self.index, None, offset, limit))
     }
 }
 
@@ -378,8 +400,12 @@ fn person_in(index: &Index, id: &str) -> Result<Person, ServiceError> {
     })
 }
 
-fn page_of(index: &Index, offset: usize, limit: usize) -> PeoplePage {
-    let people = index.people();
+/// A page of the people (those whose lower-cased id contains `search`).
+fn page_of(index: &Index, search: Option<&str>, offset: usize, limit: usize) -> PeoplePage {
+    let mut people = index.people();
+    if let Some(text) = search.filter(|t| !t.is_empty()) {
+        people.retain(|p| p.id.to_lowercase().contains(text));
+    }
     let total = people.len();
     let page = people
         .iter()

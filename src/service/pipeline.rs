@@ -93,6 +93,9 @@ pub struct FaceResult {
     pub embedding: Embedding,
     /// How the face was found.
     pub path: FacePath,
+    /// Its box in the decoded image (left, top, right, bottom, pixels, the
+    /// EXIF orientation applied), when it was detected.
+    pub bbox: Option<[f32; 4]>,
 }
 
 /// An embedding as the batch handler returns it, with its run's timing.
@@ -133,6 +136,7 @@ pub struct PendingImage {
 pub struct PendingFace {
     handle: batch::BatchHandle<Embedded>,
     path: FacePath,
+    bbox: Option<[f32; 4]>,
     queue: Duration,
     prepare: Duration,
     submitted: Instant,
@@ -219,6 +223,7 @@ impl FaceService {
         Ok(PendingFace {
             handle,
             path: face.path,
+            bbox: face.bbox,
             queue,
             prepare,
             submitted,
@@ -240,6 +245,7 @@ impl FaceService {
     fn finished(&self, e: Embedded, face: &PendingFace) -> Result<(FaceResult, Timings), ServiceError> {
         let PendingFace {
             path,
+            bbox,
             queue,
             prepare,
             submitted,
@@ -258,7 +264,14 @@ impl FaceService {
         m.record(Stage::Prepare, timings.prepare);
         m.record(Stage::BatchWait, timings.batch_wait);
         m.record(Stage::Inference, timings.inference);
-        Ok((FaceResult { embedding, path }, timings))
+        Ok((
+            FaceResult {
+                embedding,
+                path,
+                bbox,
+            },
+            timings,
+        ))
     }
 
     /// Embeds the largest face of each admitted image, all in flight at

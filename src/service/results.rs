@@ -73,6 +73,9 @@ pub struct Verdict {
     pub threshold: f32,
     /// How each face was found.
     pub paths: [FacePath; 2],
+    /// Each face's box in its image (left, top, right, bottom, pixels),
+    /// when it was detected.
+    pub boxes: [Option<[f32; 4]>; 2],
     /// Per-stage timings.
     pub timings: Timings,
 }
@@ -113,6 +116,9 @@ pub struct Identification {
     pub threshold: f32,
     /// How the face was found.
     pub path: FacePath,
+    /// The face's box in the image (left, top, right, bottom, pixels), when
+    /// it was detected.
+    pub bbox: Option<[f32; 4]>,
     /// Per-stage timings.
     pub timings: Timings,
 }

@@ -88,6 +88,36 @@ impl From<&ServiceError> for ErrorDetail {
     }
 }
 
+/// Where a detected face is in its image: pixels from the image's top left
+/// corner (its EXIF orientation applied, as browsers show it), to one
+/// decimal.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct FaceBox {
+    /// The left edge.
+    pub left: f32,
+    /// The top edge.
+    pub top: f32,
+    /// The right edge.
+    pub right: f32,
+    /// The bottom edge.
+    pub bottom: f32,
+}
+
+impl FaceBox {
+    /// The box of a face found by the detector; `None` for an image taken
+    /// as an aligned chip (the whole image is the face).
+    pub fn of(bbox: Option<[f32; 4]>) -> Option<Self> {
+        let r = |v: f32| (v * 10.0).round() / 10.0;
+        bbox.map(|[l, t, rt, b]| Self {
+            left: r(l),
+            top: r(t),
+            right: r(rt),
+            bottom: r(b),
+        })
+    }
+}
+
 /// The verdict on two faces.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
@@ -100,6 +130,9 @@ pub struct VerifyResponse {
     pub threshold: f32,
     /// How each face was found (`aligned`, `detected`, ...).
     pub faces: Vec<String>,
+    /// Each face's box in its image, in order; `null` for an image taken
+    /// as an aligned chip.
+    pub boxes: Vec<Option<FaceBox>>,
     /// Per-stage timings.
     pub timings_ms: TimingsMs,
 }
@@ -111,6 +144,7 @@ impl From<&Verdict> for VerifyResponse {
             same: v.same,
             threshold: v.threshold,
             faces: v.paths.iter().map(ToString::to_string).collect(),
+            boxes: v.boxes.iter().map(|b| FaceBox::of(*b)).collect(),
             timings_ms: v.timings.into(),
         }
     }
@@ -217,6 +251,10 @@ pub struct IdentifyResponse {
     pub threshold: f32,
     /// How the face was found.
     pub face: String,
+    /// The face's box in the image; `null` for an image taken as an
+    /// aligned chip.
+    #[serde(rename = "box")]
+    pub face_box: Option<FaceBox>,
     /// Per-stage timings.
     pub timings_ms: TimingsMs,
 }
@@ -228,6 +266,7 @@ impl From<&Identification> for IdentifyResponse {
             matches: id.matches.iter().map(MatchBody::from).collect(),
             threshold: id.threshold,
             face: id.path.to_string(),
+            face_box: FaceBox::of(id.bbox),
             timings_ms: id.timings.into(),
         }
     }

@@ -71,10 +71,12 @@ pub(in super::super) async fn list_people(
     State(app): State<App>,
     QueryOf(q): QueryOf<PageQuery>,
 ) -> Result<Json<PeoplePageBody>, ApiError> {
-    let page = app
-        .ready_service()?
-        .people_async(q.offset, q.limit.unwrap_or(100))
-        .await?;
+    let svc = app.ready_service()?;
+    let limit = q.limit.unwrap_or(100);
+    let page = match &q.search {
+        Some(text) => svc.search_people_async(text, q.offset, limit).await?,
+        None => svc.people_async(q.offset, limit).await?,
+    };
     Ok(Json(page.into()))
 }
 

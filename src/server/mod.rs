@@ -11,6 +11,8 @@
 //!   `POST /v1/embed`, `POST /v1/review`;
 //! - the gallery: `PUT /v1/people/{id}` (`?replace=true`), `GET
 //!   /v1/people` (paged), `GET /v1/people/{id}`, `DELETE /v1/people/{id}`;
+//! - `GET /`: the web console (its assets under `/console/`), unless
+//!   [`ServerConfig::console`] is off;
 //! - `GET /livez`, `GET /readyz` (ready once the models and the gallery are
 //!   loaded), `GET /v1/info`, `GET /metrics` (Prometheus),
 //!   `GET /debug/pprof/profile` and `/debug/pprof/flamegraph`, `GET
@@ -32,6 +34,7 @@
 mod api;
 mod auth;
 mod conn;
+mod console;
 mod error;
 mod extract;
 mod handlers;
@@ -83,11 +86,13 @@ pub struct ServerConfig {
     /// the connection and header ones; the body ones hold however the
     /// router is served).
     pub hygiene: Hygiene,
+    /// Whether `GET /` answers with the web console.
+    pub console: bool,
 }
 
 impl Default for ServerConfig {
     /// No tokens, 8 MiB bodies, 64 images a request, 30 s timeouts (at most
-    /// 120 s), [`Hygiene::default`].
+    /// 120 s), [`Hygiene::default`], the console on.
     fn default() -> Self {
         Self {
             tokens: Vec::new(),
@@ -97,6 +102,7 @@ impl Default for ServerConfig {
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(120),
             hygiene: Hygiene::default(),
+            console: true,
         }
     }
 }
@@ -215,12 +221,16 @@ impl App {
             .route("/debug/pprof/flamegraph", get(system::pprof_flamegraph))
             .route_layer(middleware::from_fn_with_state(self.clone(), auth::require_token));
         let metrics = self.metrics_router();
-        Router::new()
+        let mut router = Router::new()
             .route("/livez", get(system::livez))
             .route("/readyz", get(system::readyz))
             .route("/openapi.json", get(system::openapi_json))
             .merge(api)
-            .merge(metrics)
+            .merge(metrics);
+        if self.inner.config.console {
+            router = router.merge(console::router());
+        }
+        router
             .fallback(system::not_found)
             .method_not_allowed_fallback(system::method_not_allowed)
             .layer(middleware::from_fn_with_state(self.clone(), count_requests))

@@ -77,6 +77,9 @@ struct Args {
     /// authenticates).
     #[arg(long, env = "FACEPOOL_NO_AUTH")]
     no_auth: bool,
+    /// Do not serve the web console at / (the API is unchanged).
+    #[arg(long, env = "FACEPOOL_NO_CONSOLE")]
+    no_console: bool,
     /// A token /metrics then requires, in a file (default: /metrics is open).
     #[arg(long, env = "FACEPOOL_METRICS_TOKEN_FILE")]
     metrics_token_file: Option<PathBuf>,
@@ -517,6 +520,7 @@ fn run(args: Args) -> Result<(), Failure> {
         default_timeout: Duration::from_millis(args.timeout_ms.max(1)),
         max_timeout: Duration::from_millis(args.max_timeout_ms.max(1)),
         hygiene,
+        console: !args.no_console,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,8 +1,8 @@
 //! The web console: one page and its script, style and icon, compiled
 //! into the binary, answered at `GET /` and `GET /console/*` (open, like
 //! the probes: they hold no data; every call the page makes to the API
-//! carries the token the user types). `ServerConfig::console` turns it
-//! off.
+//! carries the token the user types), when `ServerConfig::console` is on
+//! (the `serve` binary's default).
 //!
 //! Each answer carries a strict Content-Security-Policy: the page runs
 //! only its own script and style (no inline code, no other origin), talks

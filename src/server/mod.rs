@@ -11,8 +11,8 @@
 //!   `POST /v1/embed`, `POST /v1/review`;
 //! - the gallery: `PUT /v1/people/{id}` (`?replace=true`), `GET
 //!   /v1/people` (paged), `GET /v1/people/{id}`, `DELETE /v1/people/{id}`;
-//! - `GET /`: the web console (its assets under `/console/`), unless
-//!   [`ServerConfig::console`] is off;
+//! - `GET /`: the web console (its files under `/console/`), when
+//!   [`ServerConfig::console`] is on;
 //! - `GET /livez`, `GET /readyz` (ready once the models and the gallery are
 //!   loaded), `GET /v1/info`, `GET /metrics` (Prometheus),
 //!   `GET /debug/pprof/profile` and `/debug/pprof/flamegraph`, `GET
@@ -86,13 +86,16 @@ pub struct ServerConfig {
     /// the connection and header ones; the body ones hold however the
     /// router is served).
     pub hygiene: Hygiene,
-    /// Whether `GET /` answers with the web console.
+    /// Whether `GET /` answers with the web console (and `/console/*` with
+    /// its files). Off by default, so that a program mounting the router in
+    /// its own app keeps its `/`; the `serve` binary turns it on unless
+    /// told `--no-console`.
     pub console: bool,
 }
 
 impl Default for ServerConfig {
     /// No tokens, 8 MiB bodies, 64 images a request, 30 s timeouts (at most
-    /// 120 s), [`Hygiene::default`], the console on.
+    /// 120 s), [`Hygiene::default`], no console.
     fn default() -> Self {
         Self {
             tokens: Vec::new(),
@@ -102,7 +105,7 @@ impl Default for ServerConfig {
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(120),
             hygiene: Hygiene::default(),
-            console: true,
+            console: false,
         }
     }
 }

@@ -346,16 +346,16 @@ impl FaceService {
         offset: usize,
         limit: usize,
     ) -> Result<PeoplePage, ServiceError> {
-        check_limit(limit)?;
-        if text.len() > MAX_ID_BYTES {
-            return Err(malformed(
-                "bad_search",
-                format!("search is at most {MAX_ID_BYTES} bytes"),
-            ));
-        }
-        let text = text.to_lowercase();
+        let text = check_search(text, limit)?;
         self.read_index(move |index| page_of(index, Some(&text), offset, limit))
             .await
+    }
+
+    /// [`search_people_async`](Self::search_people_async), read on this
+    /// thread.
+    pub fn search_people(&self, text: &str, offset: usize, limit: usize) -> Result<PeoplePage, ServiceError> {
+        let text = check_search(text, limit)?;
+        Ok(page_of(&self.index, Some(&text), offset, limit))
     }
 
     /// [`people_async`](Self::people_async), read on this thread.
@@ -379,6 +379,19 @@ fn answered(
         )),
         None => Ok(None),
     }
+}
+
+/// A search's text, lower-cased, once it and the page's limit are checked.
+/// (Each search reads every id: a scan of the gallery's ids, like a page.)
+fn check_search(text: &str, limit: usize) -> Result<String, ServiceError> {
+    check_limit(limit)?;
+    if text.len() > MAX_ID_BYTES {
+        return Err(malformed(
+            "bad_search",
+            format!("search is at most {MAX_ID_BYTES} bytes"),
+        ));
+    }
+    Ok(text.to_lowercase())
 }
 
 fn check_limit(limit: usize) -> Result<(), ServiceError> {

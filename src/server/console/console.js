@@ -18,6 +18,9 @@
     searchTimer: 0,
     liveTimer: 0,
     liveRun: 0,
+    // Request numbers: an answer older than the newest request of its
+    // kind is dropped, so a slow answer never overwrites a newer one.
+    seq: { connect: 0, people: 0, verify: 0, identify: 0 },
     lastBatches: null,
   };
 
@@ -54,6 +57,11 @@
     return data;
   }
 
+  // Takes a number for a new request of `kind`; `current(kind, n)` says
+  // whether it is still the newest.
+  const next = (kind) => ++state.seq[kind];
+  const current = (kind, n) => state.seq[kind] === n;
+
   function describe(e) {
     if (!(e instanceof ApiError)) return String(e && e.message ? e.message : e);
     let s = e.status ? e.status + " " + e.code + ": " + e.message : e.message;
@@ -85,7 +93,7 @@
     // base64 or multipart framing adds little; the files are the body.
     const max = state.info.limits.max_body_bytes;
     if (total > max) {
-      return "413 body_too_large: the photos are " + mb(total) + ", more than the server's limit of " + mb(max) + " a request";
+      return "Not sent: the photos are " + mb(total) + ", more than this server takes in one request (" + mb(max) + ", serve --max-body).";
     }
     return null;
   }
@@ -93,11 +101,14 @@
   // ---- the token and the server ----
 
   async function connect() {
+    const n = next("connect");
     const line = $("server");
     line.classList.remove("bad");
     line.textContent = "Connecting…";
+    stopLive();
     try {
       const info = await api("GET", "/v1/info");
+      if (!current("connect", n)) return;
       state.info = info;
       const g = info.gallery ? info.gallery.store + " gallery" : "in-memory gallery";
       // The model's file name (not where it lies on the server).
@@ -107,16 +118,25 @@
       loadPeople();
       startLive();
     } catch (e) {
+      if (!current("connect", n)) return;
       state.info = null;
       line.classList.add("bad");
       line.textContent = describe(e);
-      stopLive();
+      $("people").querySelector("tbody").replaceChildren();
+      $("people-page").textContent = "";
     }
   }
 
   $("token-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
-    state.token = $("token").value.trim();
+    const token = $("token").value.trim().replace(/^bearer\s+/i, "");
+    // A header value is visible ASCII.
+    if (!/^[\x21-\x7e]+$/.test(token)) {
+      $("server").classList.add("bad");
+      $("server").textContent = "A token is printable ASCII without spaces.";
+      return;
+    }
+    state.token = token;
     sessionStorage.setItem(TOKEN_KEY, state.token);
     connect();
   });
@@ -129,6 +149,9 @@
   }
 
   function preview(id) {
+    // An answer still on its way is for the photo that was there.
+    if (id === "identify-image") next("identify");
+    else next("verify");
     const fig = $(id + "-photo");
     const img = fig.querySelector("img");
     const f = file(id);
@@ -149,6 +172,7 @@
   async function drawBox(id, box, caption) {
     const fig = $(id + "-photo");
     const img = fig.querySelector("img");
+    const url = img.dataset.url;
     fig.querySelectorAll(".box").forEach((b) => b.remove());
     fig.querySelector("figcaption").textContent = caption;
     if (!box) return;
@@ -159,7 +183,7 @@
     }
     const w = img.naturalWidth;
     const h = img.naturalHeight;
-    if (!w || !h) return;
+    if (!w || !h || img.dataset.url !== url) return;
     const d = document.createElement("div");
     d.className = "box";
     d.style.left = (100 * box.left) / w + "%";
@@ -217,7 +241,13 @@
 
   // ---- verify ----
 
+  function clearBoxes(id) {
+    $(id + "-photo").querySelectorAll(".box").forEach((b) => b.remove());
+  }
+
   function resetVerify() {
+    clearBoxes("image1");
+    clearBoxes("image2");
     $("similarity").textContent = "–";
     $("threshold").textContent = "";
     $("verdict").textContent = "–";
@@ -244,9 +274,11 @@
     form.append("image1", a, a.name);
     form.append("image2", b, b.name);
     const button = $("verify");
+    const n = next("verify");
     busy(button, true);
     try {
       const v = await api("POST", "/v1/verify", form);
+      if (!current("verify", n)) return;
       $("similarity").textContent = v.similarity.toFixed(3);
       $("threshold").textContent = "threshold " + v.threshold.toFixed(3);
       $("similarity-bar").style.width = Math.max(0, Math.min(1, v.similarity)) * 100 + "%";
@@ -257,7 +289,7 @@
       await drawBox("image1", v.boxes[0], faceCaption(v.faces[0], v.boxes[0]));
       await drawBox("image2", v.boxes[1], faceCaption(v.faces[1], v.boxes[1]));
     } catch (e) {
-      showError("verify-error", e);
+      if (current("verify", n)) showError("verify-error", e);
     } finally {
       busy(button, false);
     }
@@ -267,6 +299,7 @@
 
   $("identify").addEventListener("click", async () => {
     clearError("identify-error");
+    clearBoxes("identify-image");
     $("matches").replaceChildren();
     $("identify-best").textContent = "–";
     $("identify-timings").hidden = true;
@@ -284,9 +317,11 @@
     form.append("image", f, f.name);
     form.append("k", "5");
     const button = $("identify");
+    const n = next("identify");
     busy(button, true);
     try {
       const r = await api("POST", "/v1/identify", form);
+      if (!current("identify", n)) return;
       $("identify-best").textContent = r.best
         ? r.best.id + " (" + r.best.similarity.toFixed(3) + ")"
         : "nobody in the gallery reaches the threshold " + r.threshold.toFixed(3);
@@ -304,7 +339,7 @@
       timings("identify-timings", r.timings_ms);
       await drawBox("identify-image", r.box, faceCaption(r.face, r.box));
     } catch (e) {
-      showError("identify-error", e);
+      if (current("identify", n)) showError("identify-error", e);
     } finally {
       busy(button, false);
     }
@@ -313,11 +348,21 @@
   // ---- gallery ----
 
   async function loadPeople() {
+    const n = next("people");
     clearError("people-error");
+    $("people-prev").disabled = true;
+    $("people-next").disabled = true;
     const q = new URLSearchParams({ offset: String(state.offset), limit: String(PAGE) });
     if (state.search) q.set("search", state.search);
     try {
       const page = await api("GET", "/v1/people?" + q);
+      if (!current("people", n)) return;
+      // Past the end (people removed meanwhile, here or elsewhere): the
+      // last page instead.
+      if (!page.people.length && page.total > 0 && state.offset > 0) {
+        state.offset = Math.floor((page.total - 1) / PAGE) * PAGE;
+        return loadPeople();
+      }
       state.total = page.total;
       const body = $("people").querySelector("tbody");
       body.replaceChildren();
@@ -335,7 +380,10 @@
       $("people-prev").disabled = state.offset === 0;
       $("people-next").disabled = state.offset + page.people.length >= page.total;
     } catch (e) {
-      showError("people-error", e);
+      if (current("people", n)) {
+        showError("people-error", e);
+        $("people-prev").disabled = state.offset === 0;
+      }
     }
   }
 
@@ -374,11 +422,14 @@
     busy(button, true);
     try {
       const r = await api("DELETE", "/v1/people/" + encodeURIComponent(id));
-      $("person-status").textContent = "Removed " + r.id + " (" + r.removed_faces + " faces).";
-      if (state.offset >= state.total - 1) state.offset = Math.max(0, state.offset - PAGE);
+      const status = $("person-status");
+      status.textContent = "Removed " + r.id + " (" + r.removed_faces + " faces).";
+      // Its row goes: the focus goes to what was said.
+      status.focus();
       await loadPeople();
     } catch (e) {
       showError("people-error", e);
+    } finally {
       busy(button, false);
     }
   }
@@ -458,13 +509,19 @@
         const stats = await api("GET", "/v1/stats?seconds=120");
         if (run !== state.liveRun) return;
         render(stats);
-        $("live-state").textContent = "";
+        say($("live-state"), "");
       } catch (e) {
-        $("live-state").textContent = describe(e);
+        say($("live-state"), describe(e));
         again = e.status !== 401 && e.status !== 403;
       }
     }
     if (again && run === state.liveRun) state.liveTimer = setTimeout(() => tick(run), 1000);
+  }
+
+  // Sets a live region's text only when it changes (a screen reader reads
+  // every change).
+  function say(el, text) {
+    if (el.textContent !== text) el.textContent = text;
   }
 
   function render(s) {
@@ -474,8 +531,8 @@
     const whole = secs.filter((x) => x.ago >= 1 && x.ago <= 3);
     const rps = whole.length ? whole.reduce((n, x) => n + total(x), 0) / whole.length : 0;
     $("live-rps").textContent = rps.toFixed(1);
-    $("live-p50").textContent = s.p50_ms === null ? "–" : fixed(s.p50_ms, 1) + " ms";
-    $("live-p99").textContent = s.p99_ms === null ? "–" : fixed(s.p99_ms, 1) + " ms";
+    $("live-p50").textContent = s.p50_ms == null ? "–" : fixed(s.p50_ms, 1) + " ms";
+    $("live-p99").textContent = s.p99_ms == null ? "–" : fixed(s.p99_ms, 1) + " ms";
     $("live-refused").textContent = String(secs.reduce((n, x) => n + x.refused, 0));
     $("live-workers").textContent = s.pool.workers + " / " + s.pool.capacity;
     $("live-queue").textContent = s.pool.waiting + " / " + s.pool.running;
@@ -491,7 +548,7 @@
     $("live-batch").textContent = fill + " of " + b.batch_max;
     const a = s.admission;
     $("live-limit").textContent = a.in_use_faces + " / " + a.limit_faces + " faces";
-    $("live-wait").textContent = a.expected_wait_ms === null || a.expected_wait_ms === undefined ? "–" : fixed(a.expected_wait_ms, 1) + " ms";
+    $("live-wait").textContent = a.expected_wait_ms == null ? "–" : fixed(a.expected_wait_ms, 1) + " ms";
     $("live-memory").textContent = s.memory_bytes ? mb(s.memory_bytes) : "–";
     $("live-people").textContent = String(s.people);
     chart("chart-rps", secs, [
@@ -529,7 +586,7 @@
       };
       secs.forEach((x, i) => {
         const v = f(x);
-        if (v === null || v === undefined) {
+        if (v == null) {
           flush();
           return;
         }

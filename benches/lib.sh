@@ -3,7 +3,7 @@
 # gone on exit; a free loopback port; a broker; `serve` processes.
 #
 #   start_broker                  nats-server -js on a free port: $BROKER_URL
-#   start_serve NAME FLAGS...     serve --listen 127.0.0.1:0 --no-auth FLAGS,
+#   start_serve NAME FLAGS...     serve (or $SERVE) --listen 127.0.0.1:0 --no-auth FLAGS,
 #                                 waits for /readyz: ${ADDR[NAME]},
 #                                 ${READY[NAME]} (seconds from start to
 #                                 ready), ${PIDS[NAME]}; log $WORK/NAME.log
@@ -43,11 +43,16 @@ start_serve() {
     rm -f "$WORK/$name.out"
     mkfifo "$WORK/$name.out"
     t0="$(date +%s.%N)"
-    RUST_LOG=info target/release/serve --listen 127.0.0.1:0 --no-auth "$@" \
+    RUST_LOG=info "${SERVE:-target/release/serve}" --listen 127.0.0.1:0 --no-auth "$@" \
         > "$WORK/$name.out" 2> "$WORK/$name.log" &
     PIDS[$name]=$!
     read -r -t 600 line < "$WORK/$name.out" || true
     ADDR[$name]="${line#listening on }"
+    if [ -z "$line" ]; then
+        echo "$name did not start:" >&2
+        cat "$WORK/$name.log" >&2
+        exit 1
+    fi
     if ! python3 scripts/wait-ready.py "http://${ADDR[$name]}/readyz" 600 "$name"; then
         cat "$WORK/$name.log" >&2
         exit 1

@@ -254,3 +254,66 @@ fn a_file_that_is_not_a_model_is_a_model_error_on_ort() {
         other => panic!("expected a model error, got {other:?}"),
     }
 }
+
+/// The detector and the landmark model on ONNX Runtime find what they find
+/// on tract: on every group photo and labelled photo, the same faces (by
+/// box, within a pixel), the same scores (1e-4), the same alignment points
+/// (within half a pixel) from the same source.
+#[test]
+fn detection_on_ort_matches_tract() {
+    use facepool::face::DetectModels;
+    let det = assets().join("models/fr_detect.onnx");
+    let lm = assets().join("models/fr_landmark.onnx");
+    let tract = DetectModels::load(&det, Some(&lm)).unwrap();
+    let runtime = OrtRuntime::load(&library()).unwrap();
+    let ort = DetectModels::load_ort(&runtime, &det, Some(&lm)).unwrap();
+    assert_eq!((tract.runtime(), ort.runtime()), ("tract", "ort"));
+    let (mut t, mut o) = (tract.detector().unwrap(), ort.detector().unwrap());
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(assets().join("photos/faces"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    photos.extend(common::johns().into_iter().flat_map(|(_, files)| files));
+    let (mut faces, mut with_landmarks) = (0, 0);
+    for path in &photos {
+        let img = face::decode_file(path, &DecodeLimits::default()).unwrap();
+        let (a, b) = (
+            t.detect(&img, 0.7, 0.3).unwrap(),
+            o.detect(&img, 0.7, 0.3).unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{}: faces", path.display());
+        for (x, y) in a.iter().zip(&b) {
+            let off = x
+                .bbox
+                .iter()
+                .zip(&y.bbox)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                off <= 1.0,
+                "{}: boxes {:?} and {:?}",
+                path.display(),
+                x.bbox,
+                y.bbox
+            );
+            assert!((x.score - y.score).abs() <= 1e-4, "{}: scores", path.display());
+            let ((pa, fa), (pb, fb)) = (t.five_points(&img, x), o.five_points(&img, y));
+            assert_eq!(fa, fb, "{}: where the points came from", path.display());
+            for (p, q) in pa.iter().zip(&pb) {
+                assert!(
+                    (p[0] - q[0]).abs() <= 0.5 && (p[1] - q[1]).abs() <= 0.5,
+                    "{}: points {pa:?} and {pb:?}",
+                    path.display()
+                );
+            }
+            faces += 1;
+            with_landmarks += usize::from(fa == face::PointsFrom::Landmarks);
+        }
+    }
+    // Real work was compared: the group photos hold many faces, and the
+    // landmark model placed most points.
+    assert!(
+        faces > 60 && with_landmarks * 2 > faces,
+        "{faces} faces, {with_landmarks} by landmarks"
+    );
+}

@@ -115,7 +115,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, FaceError
     // are never held at their own (larger) pixel size together.
     let rgb = DynamicImage::from_decoder(decoder)
         .map_err(|e| decode_err(e, limits))?
-        .to_rgb8();
+        .into_rgb8();
     let mut img = DynamicImage::ImageRgb8(rgb);
     img.apply_orientation(orientation);
     Ok(match img {

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use image::imageops::{self, FilterType};
 use image::RgbImage;
 
 use super::model::{self, Plan, State};
+use super::resize::Shrinker;
 use super::FaceError;
 
 const DET_W: u32 = 320;
@@ -81,45 +81,124 @@ pub fn select_faces(dets: Vec<Detection>, max_iou: f32) -> Vec<Detection> {
     kept
 }
 
+/// A model of the detection stage on the runtime that runs it.
+#[derive(Clone)]
+enum Net {
+    Tract(Plan),
+    #[cfg(feature = "ort")]
+    Ort(super::onnxruntime::OrtNet),
+}
+
+impl Net {
+    fn state(&self) -> Result<NetState, FaceError> {
+        Ok(match self {
+            Self::Tract(p) => NetState::Tract(model::spawn(p)?),
+            #[cfg(feature = "ort")]
+            Self::Ort(n) => NetState::Ort(n.session()?),
+        })
+    }
+}
+
+/// One thread's running state of a [`Net`].
+enum NetState {
+    Tract(State),
+    #[cfg(feature = "ort")]
+    Ort(super::onnxruntime::OrtNetSession),
+}
+
+impl NetState {
+    fn run(&mut self, shape: &[usize], data: &[f32]) -> Result<Vec<model::Output>, FaceError> {
+        match self {
+            Self::Tract(s) => model::run(s, shape, data),
+            #[cfg(feature = "ort")]
+            Self::Ort(s) => s.run(shape, data),
+        }
+    }
+}
+
 /// The detection and landmark models, loaded once and shared.
 #[derive(Clone)]
 pub struct DetectModels {
-    detector: Plan,
-    landmarks: Option<Plan>,
+    detector: Net,
+    landmarks: Option<Net>,
 }
 
 impl std::fmt::Debug for DetectModels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DetectModels")
+            .field("runtime", &self.runtime())
             .field("landmarks", &self.landmarks.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl DetectModels {
-    /// Loads the detector, and the landmark model if a path is given.
+    /// Loads the detector, and the landmark model if a path is given, on
+    /// tract.
     pub fn load(detector: &Path, landmarks: Option<&Path>) -> Result<Self, FaceError> {
         Ok(Self {
-            detector: model::load(detector, &[1, 3, DET_H as usize, DET_W as usize])?,
+            detector: Net::Tract(model::load(detector, &[1, 3, DET_H as usize, DET_W as usize])?),
             landmarks: landmarks
-                .map(|p| model::load(p, &[1, 1, LM_SIDE as usize, LM_SIDE as usize]))
+                .map(|p| model::load(p, &[1, 1, LM_SIDE as usize, LM_SIDE as usize]).map(Net::Tract))
                 .transpose()?,
         })
+    }
+
+    /// [`load`](Self::load) on ONNX Runtime.
+    #[cfg(feature = "ort")]
+    pub fn load_ort(
+        runtime: &super::onnxruntime::OrtRuntime,
+        detector: &Path,
+        landmarks: Option<&Path>,
+    ) -> Result<Self, FaceError> {
+        use super::onnxruntime::OrtNet;
+        Ok(Self {
+            detector: Net::Ort(OrtNet::load(runtime, detector)?),
+            landmarks: landmarks
+                .map(|p| OrtNet::load(runtime, p).map(Net::Ort))
+                .transpose()?,
+        })
+    }
+
+    /// The models on the CPU runtime of `embedder`: ONNX Runtime when the
+    /// embeddings run on it (several times faster than tract), else tract
+    /// (the CUDA backend's detection stays on the CPU workers).
+    pub fn load_beside(
+        embedder: &super::backend::EmbedModel,
+        detector: &Path,
+        landmarks: Option<&Path>,
+    ) -> Result<Self, FaceError> {
+        match embedder {
+            #[cfg(feature = "ort")]
+            super::backend::EmbedModel::Ort(m) => Self::load_ort(m.runtime(), detector, landmarks),
+            _ => Self::load(detector, landmarks),
+        }
+    }
+
+    /// The runtime the models run on: `tract` or `ort`.
+    pub fn runtime(&self) -> &'static str {
+        match self.detector {
+            Net::Tract(_) => "tract",
+            #[cfg(feature = "ort")]
+            Net::Ort(_) => "ort",
+        }
     }
 
     /// Run states for one thread.
     pub fn detector(&self) -> Result<Detector, FaceError> {
         Ok(Detector {
-            det: model::spawn(&self.detector)?,
-            lm: self.landmarks.as_ref().map(model::spawn).transpose()?,
+            det: self.detector.state()?,
+            lm: self.landmarks.as_ref().map(Net::state).transpose()?,
+            shrink: Shrinker::default(),
         })
     }
 }
 
 /// One thread's detector and landmark states.
 pub struct Detector {
-    det: State,
-    lm: Option<State>,
+    det: NetState,
+    lm: Option<NetState>,
+    shrink: Shrinker,
 }
 
 impl std::fmt::Debug for Detector {
@@ -149,7 +228,7 @@ impl Detector {
         min_score: f32,
         max_iou: f32,
     ) -> Result<Vec<Detection>, FaceError> {
-        let small = imageops::resize(img, DET_W, DET_H, FilterType::Triangle);
+        let small = self.shrink.resize(img, None, DET_W, DET_H)?;
         let plane = (DET_W * DET_H) as usize;
         let mut data = vec![0.0f32; 3 * plane];
         for (i, p) in small.pixels().enumerate() {
@@ -157,7 +236,7 @@ impl Detector {
                 data[c * plane + i] = (f32::from(p.0[c]) - 127.0) / 128.0;
             }
         }
-        let outs = model::run(&mut self.det, &[1, 3, DET_H as usize, DET_W as usize], &data)?;
+        let outs = self.det.run(&[1, 3, DET_H as usize, DET_W as usize], &data)?;
         let find = |last: usize| outs.iter().find(|(s, _)| s.last() == Some(&last)).map(|(_, v)| v);
         let (Some(scores), Some(boxes)) = (find(2), find(4)) else {
             return Err(FaceError::BadOutput(
@@ -201,8 +280,10 @@ impl Detector {
         let (cx, cy) = (x0.max(0.0) as u32, y0.max(0.0) as u32);
         let cw = (bw as u32).min(img.width().saturating_sub(cx)).max(1);
         let ch = (bh as u32).min(img.height().saturating_sub(cy)).max(1);
-        let crop = imageops::crop_imm(img, cx, cy, cw, ch).to_image();
-        let small = imageops::resize(&crop, LM_SIDE, LM_SIDE, FilterType::Triangle);
+        let small = self
+            .shrink
+            .resize(img, Some([cx, cy, cw, ch]), LM_SIDE, LM_SIDE)
+            .ok()?;
         let data: Vec<f32> = small
             .pixels()
             .map(|p| {
@@ -210,7 +291,7 @@ impl Detector {
                 (0.299 * r + 0.587 * g + 0.114 * b) / 256.0
             })
             .collect();
-        let outs = model::run(lm, &[1, 1, LM_SIDE as usize, LM_SIDE as usize], &data).ok()?;
+        let outs = lm.run(&[1, 1, LM_SIDE as usize, LM_SIDE as usize], &data).ok()?;
         let v = &outs.first()?.1;
         if v.len() != 136 {
             return None;

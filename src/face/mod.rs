@@ -15,6 +15,7 @@ mod error;
 mod model;
 #[cfg(feature = "ort")]
 pub mod onnxruntime;
+mod resize;
 
 use image::RgbImage;
 

@@ -261,6 +261,101 @@ impl OrtModel {
     }
 }
 
+/// A small model of fixed input shape (the face detector, the landmark
+/// model) for ONNX Runtime: its bytes, shareable between the preparation
+/// workers, each of which makes its own session ([`OrtNet::session`]) and
+/// runs it on its own thread (one intra-op thread: the caller's).
+#[derive(Clone)]
+pub struct OrtNet {
+    runtime: OrtRuntime,
+    bytes: Arc<[u8]>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for OrtNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtNet").field("path", &self.path).finish()
+    }
+}
+
+impl OrtNet {
+    /// Reads the model at `path` and checks that ONNX Runtime takes it (a
+    /// session is made and dropped).
+    pub fn load(runtime: &OrtRuntime, path: &Path) -> Result<Self, FaceError> {
+        let size = std::fs::metadata(path)
+            .map_err(|e| model_err(path, format!("{e} (run scripts/fetch-assets.sh)")))?
+            .len();
+        if size > MAX_MODEL_BYTES {
+            return Err(model_err(
+                path,
+                format!("{size} bytes, more than {MAX_MODEL_BYTES}"),
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(|e| model_err(path, e))?;
+        let net = Self {
+            runtime: runtime.clone(),
+            bytes: bytes.into(),
+            path: path.to_path_buf(),
+        };
+        net.session()?;
+        Ok(net)
+    }
+
+    /// A session for one thread.
+    pub fn session(&self) -> Result<OrtNetSession, FaceError> {
+        let err = |e: ort::Error| model_err(&self.path, e);
+        let session = Session::builder(&self.runtime.env)
+            .map_err(err)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| err(e.into()))?
+            .with_intra_threads(1)
+            .map_err(|e| err(e.into()))?
+            .with_intra_op_spinning(false)
+            .map_err(|e| err(e.into()))?
+            .commit_from_memory(&self.bytes)
+            .map_err(err)?;
+        let Some(input) = session.inputs().first().map(|i| i.name().to_string()) else {
+            return Err(model_err(&self.path, "the model has no input"));
+        };
+        Ok(OrtNetSession { session, input })
+    }
+}
+
+/// One thread's session of an [`OrtNet`].
+pub struct OrtNetSession {
+    session: Session,
+    input: String,
+}
+
+impl OrtNetSession {
+    /// Runs one input of `shape`: every output, flat, with its shape (as
+    /// the tract plans answer).
+    pub(crate) fn run(
+        &mut self,
+        shape: &[usize],
+        data: &[f32],
+    ) -> Result<Vec<super::model::Output>, FaceError> {
+        let err = |e: ort::Error| FaceError::Model(e.to_string());
+        let input = TensorRef::from_array_view((shape.to_vec(), data)).map_err(err)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input.as_str() => input])
+            .map_err(err)?;
+        let mut all = Vec::with_capacity(outputs.len());
+        for (_, value) in outputs.iter() {
+            let (shape, flat) = value.try_extract_tensor::<f32>().map_err(err)?;
+            let shape = shape
+                .iter()
+                .map(|d| {
+                    usize::try_from(*d).map_err(|_| FaceError::BadOutput(format!("output dimension {d}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            all.push((shape, flat.to_vec()));
+        }
+        Ok(all)
+    }
+}
+
 /// The ONNX Runtime backend for one inference thread (its own session).
 pub struct OrtEmbedder {
     session: Session,

@@ -97,7 +97,9 @@ impl FaceService {
     pub fn start(config: FaceConfig) -> Result<Self, StartError> {
         let (model, backend) = EmbedModel::load(&config.embed_settings())?;
         let dim = model.dim();
-        let det = DetectModels::load(&config.detector, config.landmarks.as_deref())?;
+        // Detection on the embedder's CPU runtime (ONNX Runtime when it
+        // embeds; tract otherwise).
+        let det = DetectModels::load_beside(&model, &config.detector, config.landmarks.as_deref())?;
         let metrics = Metrics::new();
         let batching = config.batching(backend.used).clone();
         let policy = BatchPolicy {

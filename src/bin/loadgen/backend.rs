@@ -158,8 +158,8 @@ impl Real {
         let (model, choice) = EmbedModel::load(&config.embed_settings()).map_err(|e| e.to_string())?;
         // The service in pool+batch mode runs what was chosen here.
         config.backend = choice.used;
-        let det =
-            DetectModels::load(&config.detector, config.landmarks.as_deref()).map_err(|e| e.to_string())?;
+        let det = DetectModels::load_beside(&model, &config.detector, config.landmarks.as_deref())
+            .map_err(|e| e.to_string())?;
         let index = Index::new(model.dim()).map_err(|e| e.to_string())?;
         let real = Self {
             photos,

@@ -48,6 +48,7 @@ fn every_shipped_profile_is_valid() {
         [
             "burst",
             "cameras",
+            "http_identify",
             "http_overload",
             "http_saturate",
             "nats_saturate",

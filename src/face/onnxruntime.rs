@@ -182,21 +182,27 @@ fn model_err(path: &Path, e: impl std::fmt::Display) -> FaceError {
     FaceError::Model(format!("{}: {e}", path.display()))
 }
 
+/// The bytes of the model file at `path`, refused before reading when
+/// larger than [`MAX_MODEL_BYTES`].
+fn read_model(path: &Path) -> Result<Vec<u8>, FaceError> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| model_err(path, format!("{e} (run scripts/fetch-assets.sh)")))?
+        .len();
+    if size > MAX_MODEL_BYTES {
+        return Err(model_err(
+            path,
+            format!("{size} bytes, more than {MAX_MODEL_BYTES}"),
+        ));
+    }
+    std::fs::read(path).map_err(|e| model_err(path, e))
+}
+
 impl OrtModel {
     /// Reads the model at `path`, makes it batchable, and checks that it
     /// runs on `runtime` (one probe run, which also gives the embedding
     /// size).
     pub fn load(runtime: &OrtRuntime, path: &Path, options: OrtOptions) -> Result<Self, FaceError> {
-        let size = std::fs::metadata(path)
-            .map_err(|e| model_err(path, format!("{e} (run scripts/fetch-assets.sh)")))?
-            .len();
-        if size > MAX_MODEL_BYTES {
-            return Err(model_err(
-                path,
-                format!("{size} bytes, more than {MAX_MODEL_BYTES}"),
-            ));
-        }
-        let raw = std::fs::read(path).map_err(|e| model_err(path, e))?;
+        let raw = read_model(path)?;
         let bytes = batchable(&raw).map_err(|e| model_err(path, e))?;
         let options = OrtOptions {
             max_batch: options.max_batch.max(1),
@@ -282,16 +288,7 @@ impl OrtNet {
     /// Reads the model at `path` and checks that ONNX Runtime takes it (a
     /// session is made and dropped).
     pub fn load(runtime: &OrtRuntime, path: &Path) -> Result<Self, FaceError> {
-        let size = std::fs::metadata(path)
-            .map_err(|e| model_err(path, format!("{e} (run scripts/fetch-assets.sh)")))?
-            .len();
-        if size > MAX_MODEL_BYTES {
-            return Err(model_err(
-                path,
-                format!("{size} bytes, more than {MAX_MODEL_BYTES}"),
-            ));
-        }
-        let bytes = std::fs::read(path).map_err(|e| model_err(path, e))?;
+        let bytes = read_model(path)?;
         let net = Self {
             runtime: runtime.clone(),
             bytes: bytes.into(),

@@ -212,6 +212,23 @@ fn split_parts_come_back_one_by_one() {
     assert_eq!(a.in_use(), Cost::default());
 }
 
+/// An image admitted for more faces than it has gives the rest back at
+/// once (and makes room), keeping its bytes and the faces it has.
+#[test]
+fn faces_beyond_those_found_come_back_at_once() {
+    let a = Admission::new(Cost::new(8, 100), Cost::new(8, 100));
+    let mut p = a.try_acquire(Cost::new(8, 50)).unwrap();
+    assert_eq!(a.try_acquire(faces(3)).unwrap_err(), FULL);
+    p.release_faces_beyond(2);
+    assert_eq!((p.cost(), a.in_use()), (Cost::new(2, 50), Cost::new(2, 50)));
+    let more = a.try_acquire(faces(6)).unwrap();
+    // Keeping more than it holds gives nothing back.
+    p.release_faces_beyond(5);
+    assert_eq!(a.in_use(), Cost::new(8, 50));
+    drop((p, more));
+    assert_eq!(a.in_use(), Cost::default());
+}
+
 /// Many threads mixing every way of asking: what is in use never goes
 /// over the limit (one request alone aside) and everything comes back.
 #[test]

@@ -8,9 +8,13 @@ mod common;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use common::{assets, johns};
+use common::{assets, cell_of, grid_frame, johns};
+use facepool::face::FaceMode;
 use facepool::index::{Index, Match, ScanMethod, SearchOptions, Vectors};
-use facepool::service::{block_on, Call, ErrorKind, FaceConfig, FaceService, ImageSource, ServiceError};
+use facepool::service::{
+    block_on, Call, Cost, ErrorKind, FaceConfig, FaceService, FrameVerdict, ImageSource, ReviewRequest,
+    ServiceError,
+};
 
 fn sources(paths: &[PathBuf]) -> Vec<ImageSource> {
     paths.iter().cloned().map(ImageSource::Path).collect()
@@ -271,5 +275,96 @@ fn verify_and_identify_give_the_same_similarity() {
         );
         assert_eq!(id.best.is_some(), v.same);
     }
+    svc.shutdown(std::time::Duration::from_secs(10));
+}
+
+/// Every face of a frame identified: four people in one frame (one never
+/// enrolled) and `max_faces` 3 give three faces, largest first, each the
+/// person of its photo and the stranger unknown; plain identify answers
+/// the first of them. A review of every face lists everyone of the gallery
+/// it saw, and finds a reference's person who is not the largest face.
+/// Admission gets back every face, those admitted and never found
+/// included.
+#[test]
+fn every_face_of_a_frame_is_identified_up_to_max_faces() {
+    let mut cfg = FaceConfig::from_assets(&assets());
+    cfg.find.mode = FaceMode::Detect;
+    cfg.max_faces = 3;
+    let svc = FaceService::start(cfg).unwrap();
+    let people = johns();
+    // The last person is the stranger, as above.
+    let grid = [&people[0], &people[1], &people[4], &people[2]];
+    for (name, photos) in [&people[0], &people[1], &people[2]] {
+        svc.enroll(name, sources(&photos[..4]), None, false).unwrap();
+    }
+    let frame: Arc<[u8]> = grid_frame(&grid.iter().map(|(_, p)| p[6].clone()).collect::<Vec<_>>()).into();
+
+    let ids = svc.identify_all(ImageSource::Bytes(frame.clone()), 2).unwrap();
+    assert_eq!(ids.faces.len(), 3, "four faces, max_faces 3");
+    let area = |b: [f32; 4]| (b[2] - b[0]) * (b[3] - b[1]);
+    let boxes: Vec<[f32; 4]> = ids.faces.iter().map(|f| f.bbox.unwrap()).collect();
+    assert!(
+        boxes.windows(2).all(|w| area(w[0]) >= area(w[1])),
+        "largest first: {boxes:?}"
+    );
+    let mut cells = Vec::new();
+    for f in &ids.faces {
+        let cell = cell_of(f.bbox.unwrap());
+        let want = (cell != 2).then(|| grid[cell].0.as_str());
+        assert_eq!(
+            f.best.as_ref().map(|m| &*m.id),
+            want,
+            "the face in cell {cell}: {:?}",
+            f.matches
+        );
+        assert_eq!(f.matches.len(), 2);
+        cells.push(cell);
+    }
+    cells.sort();
+    cells.dedup();
+    assert_eq!(cells.len(), 3, "three faces in three photos");
+    assert!(ids.timings.total >= ids.timings.search);
+
+    let one = svc.identify(ImageSource::Bytes(frame.clone()), 2).unwrap();
+    assert_eq!(one.bbox, ids.faces[0].bbox);
+    assert_eq!(one.matches, ids.faces[0].matches);
+
+    // A watch list of every face: everyone enrolled among the three.
+    let review = |reference: Option<ImageSource>, all_faces| {
+        svc.review(ReviewRequest {
+            video: "v".into(),
+            frames: vec![ImageSource::Bytes(frame.clone())],
+            reference,
+            all_faces,
+        })
+        .unwrap()
+    };
+    let mut seen: Vec<String> = ids
+        .faces
+        .iter()
+        .filter_map(|f| f.best.as_ref().map(|m| m.id.to_string()))
+        .collect();
+    seen.sort();
+    match &review(None, true).frames[0] {
+        FrameVerdict::Gallery { best, people } => {
+            let mut ids: Vec<String> = people.iter().map(|m| m.id.to_string()).collect();
+            ids.sort();
+            assert_eq!(ids, seen);
+            assert!(people.windows(2).all(|w| w[0].similarity >= w[1].similarity));
+            assert_eq!(best.as_ref(), people.first());
+        }
+        other => panic!("{other:?}"),
+    }
+    match &review(None, false).frames[0] {
+        FrameVerdict::Gallery { people, .. } => assert!(people.len() <= 1, "{people:?}"),
+        other => panic!("{other:?}"),
+    }
+    // The identity check of the person in the smallest face found.
+    let last = cell_of(boxes[2]);
+    let reference = ImageSource::Path(grid[last].1[7].clone());
+    let checked = review(Some(reference), true);
+    assert!(checked.passes, "{:?}", checked.frames);
+
+    assert_eq!(svc.admission().stats().in_use, Cost::default());
     svc.shutdown(std::time::Duration::from_secs(10));
 }

@@ -57,8 +57,12 @@ fn each_kind_of_job_round_trips() {
         publish(&js, &json!({"id": "rev-bad", "kind": "review", "video": "v2", "frames": mixed, "reference": b64_file(&simm[0])})).await;
         publish(&js, &json!({"id": "watch", "kind": "review", "video": "v3", "frames": frames(&savage[..2])})).await;
         publish(&js, &json!({"id": "watch-hit", "kind": "review", "video": "v4", "frames": frames(&simm[3..5])})).await;
+        // Every face of a frame of two people.
+        let crowd = common::b64(&common::grid_frame(&[simm[2].clone(), savage[2].clone()]));
+        publish(&js, &json!({"id": "crowd", "kind": "identify", "image": crowd, "all_faces": true})).await;
+        publish(&js, &json!({"id": "watch-all", "kind": "review", "video": "v5", "frames": [crowd], "all_faces": true})).await;
 
-        wait_count(&js, "FACEPOOL_RESULTS", 8, Duration::from_secs(120)).await;
+        wait_count(&js, "FACEPOOL_RESULTS", 10, Duration::from_secs(120)).await;
         let results = by_id(&all_messages(&js, "FACEPOOL_RESULTS").await);
         let one = |id: &str| {
             let v = &results[id];
@@ -81,6 +85,13 @@ fn each_kind_of_job_round_trips() {
         let hit = one("watch-hit");
         assert_eq!(hit["passes"], false);
         assert_eq!(hit["frames"][0]["match"]["id"], "simm");
+        assert_eq!(hit["frames"][0]["people"][0]["id"], "simm");
+        let crowd = one("crowd");
+        assert_eq!(crowd["faces"].as_array().map(Vec::len), Some(2), "{crowd}");
+        assert_eq!(crowd["box"], crowd["faces"][0]["box"]);
+        let all = one("watch-all");
+        assert_eq!(all["frames"][0]["face"], true, "{all}");
+        assert!(all["frames"][0]["people"].is_array(), "{all}");
         assert_eq!(count(&js, "FACEPOOL_DEAD").await, 0);
     });
 }

@@ -281,6 +281,7 @@ fn every_route_answers_and_the_gallery_works() {
     let info = info.json();
     assert_eq!(info["dimension"], 512);
     assert_eq!(info["limits"]["max_body_bytes"], 8 << 20);
+    assert_eq!(info["limits"]["max_faces"], 8);
 
     // Verify, as JSON and as multipart.
     let v = post(
@@ -410,6 +411,41 @@ fn every_route_answers_and_the_gallery_works() {
     let id = id.json();
     assert_eq!(id["best"]["id"], "John_Savage", "{id}");
     assert_eq!(id["matches"].as_array().unwrap().len(), 2);
+    assert!(id.get("faces").is_none(), "{id}");
+    // Every face of a frame of two people: `faces`, largest first, the
+    // first of them as the answer's own fields.
+    let frame = common::grid_frame(&[photo("John_Savage", 3), photo("John_Simm", 1)]);
+    let all = post(
+        &s.url("/v1/identify"),
+        json!({"image": common::b64(&frame), "k": 1, "all_faces": true}),
+    );
+    assert_eq!(all.status, 200, "{}", all.body);
+    let all = all.json();
+    let faces = all["faces"].as_array().unwrap();
+    assert_eq!(faces.len(), 2, "{all}");
+    for key in ["best", "matches", "box", "face"] {
+        assert_eq!(all[key], faces[0][key], "{key}: {all}");
+    }
+    let cells: Vec<usize> = faces
+        .iter()
+        .map(|f| {
+            let b = &f["box"];
+            let v = |k: &str| b[k].as_f64().unwrap() as f32;
+            common::cell_of([v("left"), v("top"), v("right"), v("bottom")])
+        })
+        .collect();
+    assert!(cells.contains(&0) && cells.contains(&1), "{all}");
+    let bad = send_multipart(
+        "POST",
+        &s.url("/v1/identify"),
+        &[("image", frame), ("all_faces", b"maybe".to_vec())],
+    );
+    assert_eq!(
+        (bad.status, bad.code()),
+        (400, "bad_form".to_owned()),
+        "{}",
+        bad.body
+    );
     let gone = agent()
         .delete(&s.url("/v1/people/John_Savage"))
         .header("authorization", format!("Bearer {TOKEN}"))

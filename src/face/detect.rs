@@ -68,8 +68,8 @@ fn nms_at_most(mut dets: Vec<Detection>, max_iou: f32, max: usize) -> Vec<Detect
 /// The most faces found in one image: the [`MAX_FACES`] best-scoring after
 /// NMS. A crowd, or an image made to look like one, costs a bounded time
 /// (NMS, then one landmark run and one alignment per face) and memory.
-/// The service embeds one face per image (the largest of these); only
-/// [`find_faces`](super::find_faces) with `all_faces` hands back more.
+/// The service embeds the largest of these, or, where every face is asked
+/// for, the largest up to its `max_faces`.
 pub const MAX_FACES: usize = 64;
 
 /// The faces [`Detector::detect`] reports from the candidates scoring above

@@ -22,7 +22,7 @@ use image::RgbImage;
 pub use self::align::{Similarity, ARCFACE_TEMPLATE, FACE_SIZE};
 pub use self::backend::{Backend, BackendChoice, EmbedModel, EmbedSettings};
 pub use self::decode::{decode, decode_file, DecodeLimits};
-pub use self::detect::{DetectModels, Detection, Detector, PointsFrom};
+pub use self::detect::{DetectModels, Detection, Detector, PointsFrom, MAX_FACES};
 pub use self::embed::{cosine, Embedder, Embedding, FaceInput, TractEmbedder, TractModel, INPUT_LEN};
 pub use self::error::FaceError;
 pub use self::model::plan_sizes;
@@ -154,6 +154,19 @@ pub fn find_faces(
     detector: Option<&mut Detector>,
     opts: &FindOptions,
 ) -> Result<Vec<Prepared>, FaceError> {
+    let most = if opts.all_faces { MAX_FACES } else { 1 };
+    find_faces_up_to(img, detector, opts, most)
+}
+
+/// [`find_faces`], preparing at most `most` faces (the largest; at least
+/// one, at most [`MAX_FACES`]) whatever `opts.all_faces` says: the faces
+/// past them cost no landmark run and no alignment.
+pub fn find_faces_up_to(
+    img: &RgbImage,
+    detector: Option<&mut Detector>,
+    opts: &FindOptions,
+    most: usize,
+) -> Result<Vec<Prepared>, FaceError> {
     if !opts.needs_detector(img) {
         let face = align::warp(img, &Similarity::dlib_chip(img.width()))
             .ok_or_else(|| FaceError::BadOutput("degenerate chip mapping".into()))?;
@@ -167,11 +180,7 @@ pub fn find_faces(
         return Err(FaceError::Model("no face detector loaded".into()));
     };
     let dets = detector.detect(img, opts.min_score, opts.max_iou)?;
-    let take = if opts.all_faces {
-        dets.len()
-    } else {
-        dets.len().min(1)
-    };
+    let take = dets.len().min(most.clamp(1, MAX_FACES));
     let mut out = Vec::with_capacity(take);
     for d in dets.into_iter().take(take) {
         let (points, from) = detector.five_points(img, &d);

@@ -354,17 +354,31 @@ impl Worker {
                 let v = svc.verify_async(a, b, call).await.map_err(fail)?;
                 results::Answer::Verify(VerifyResponse::from(&v))
             }
-            Work::Identify { k, .. } => {
+            Work::Identify {
+                k, all_faces: false, ..
+            } => {
                 let id = svc
                     .identify_async(next()?, k.unwrap_or(5), call)
                     .await
                     .map_err(fail)?;
                 results::Answer::Identify(IdentifyResponse::from(&id))
             }
+            Work::Identify {
+                k, all_faces: true, ..
+            } => {
+                let ids = svc
+                    .identify_all_async(next()?, k.unwrap_or(5), call)
+                    .await
+                    .map_err(fail)?;
+                let answer = IdentifyResponse::of_all(&ids)
+                    .ok_or_else(|| fail(ServiceError::from(crate::face::FaceError::NoFace)))?;
+                results::Answer::Identify(answer)
+            }
             Work::Review {
                 video,
                 frames,
                 reference,
+                all_faces,
             } => {
                 let frames: Vec<ImageSource> = (0..frames.len()).map(|_| next()).collect::<Result<_, _>>()?;
                 let reference = match reference {
@@ -375,6 +389,7 @@ impl Worker {
                     video: video.clone(),
                     frames,
                     reference,
+                    all_faces: *all_faces,
                 };
                 let r = svc.review_async(req, call).await.map_err(fail)?;
                 results::Answer::Review(ReviewResponse::from(&r))

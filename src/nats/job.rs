@@ -88,6 +88,10 @@ pub enum Work {
         /// Matches to return (default 5).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         k: Option<usize>,
+        /// Every face of the image (at most the consumer's `max_faces`),
+        /// not only the largest.
+        #[serde(default, skip_serializing_if = "is_false")]
+        all_faces: bool,
     },
     /// The frames sampled from a video: with a `reference` face, does
     /// every frame with a face show that person (an identity check; the
@@ -102,7 +106,15 @@ pub enum Work {
         /// The face every frame should show.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reference: Option<ImageRef>,
+        /// Every face of each frame (at most the consumer's `max_faces`),
+        /// not only its largest.
+        #[serde(default, skip_serializing_if = "is_false")]
+        all_faces: bool,
     },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Every field any kind of job has, as sent; checked into a [`Job`].
@@ -127,6 +139,8 @@ struct RawJob {
     frames: Option<Vec<ImageRef>>,
     #[serde(default)]
     reference: Option<ImageRef>,
+    #[serde(default)]
+    all_faces: bool,
 }
 
 impl TryFrom<RawJob> for Job {
@@ -142,11 +156,13 @@ impl TryFrom<RawJob> for Job {
             "identify" => Work::Identify {
                 image: need(r.image, "image")?,
                 k: r.k,
+                all_faces: r.all_faces,
             },
             "review" => Work::Review {
                 video: r.video.ok_or("missing field `video`")?,
                 frames: r.frames.ok_or("missing field `frames`")?,
                 reference: r.reference,
+                all_faces: r.all_faces,
             },
             other => {
                 return Err(format!(

@@ -60,6 +60,11 @@ pub struct IdentifyRequest {
     /// Closest people to return (default 5).
     #[serde(default)]
     pub k: Option<usize>,
+    /// Identify every face of the image (largest first, at most the
+    /// server's `max_faces`, in `faces`), not only the largest. The image
+    /// is admitted for `max_faces` faces.
+    #[serde(default)]
+    pub all_faces: bool,
 }
 
 impl FromForm for IdentifyRequest {
@@ -73,8 +78,21 @@ impl FromForm for IdentifyRequest {
             ),
             None => None,
         };
+        let all_faces = flag(&mut f, "all_faces")?;
         no_more(&f)?;
-        Ok(Self { image, k })
+        Ok(Self { image, k, all_faces })
+    }
+}
+
+/// A form's `true`/`false` field, false when absent.
+fn flag(f: &mut Form, name: &str) -> Result<bool, ApiError> {
+    match text(f, name)?.as_deref().map(str::trim) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(ApiError::bad_request(
+            "bad_form",
+            format!("`{name}` must be true or false"),
+        )),
     }
 }
 
@@ -141,6 +159,12 @@ pub struct ReviewRequestBody {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub reference: Option<Image>,
+    /// Every face of each frame (at most the server's `max_faces`), not
+    /// only its largest: a frame shows the reference's person when any of
+    /// its faces does, and lists in `people` everyone of the gallery it
+    /// shows. Each frame is admitted for `max_faces` faces.
+    #[serde(default)]
+    pub all_faces: bool,
 }
 
 impl FromForm for ReviewRequestBody {
@@ -151,11 +175,13 @@ impl FromForm for ReviewRequestBody {
             true => Some(one_image(&mut f, "reference")?),
             false => None,
         };
+        let all_faces = flag(&mut f, "all_faces")?;
         no_more(&f)?;
         Ok(Self {
             video,
             frames,
             reference,
+            all_faces,
         })
     }
 }
@@ -211,6 +237,9 @@ pub struct LimitsBody {
     pub max_image_bytes: u64,
     /// Largest image, pixels.
     pub max_image_pixels: u64,
+    /// Faces of one image identified at most where every face is asked
+    /// for (`all_faces`).
+    pub max_faces: usize,
 }
 
 /// The admission's state: its limit and how it moves.

@@ -76,6 +76,12 @@ pub struct FaceConfig {
     pub landmarks: Option<PathBuf>,
     /// How faces are found.
     pub find: FindOptions,
+    /// Faces of one image that an operation over every face takes at most
+    /// (the largest; 1 to [`face::MAX_FACES`]): identify with every face,
+    /// and reviews that ask for every face. Such an image is admitted for
+    /// this many faces, and gives back those it did not have once they are
+    /// found.
+    pub max_faces: usize,
     /// Cosine similarity at or above which two faces are the same person.
     pub threshold: f32,
     /// Pool workers for decoding, detection and alignment.
@@ -159,7 +165,8 @@ impl FaceConfig {
     /// `scripts/fetch-assets.sh`), threads from the core budget
     /// ([`budget::split`]: as many preparation workers as cores and as many
     /// inference threads as cores, one intra-op thread each, sharing the
-    /// cores), [`Batching::cpu`] and [`Batching::gpu`], a latency target of
+    /// cores), [`Batching::cpu`] and [`Batching::gpu`], up to 8 faces of an
+    /// image where every face is asked for, a latency target of
     /// 300 ms under a cap of 4096 faces, and 256 MiB admitted at once.
     pub fn from_assets(assets: &Path) -> Self {
         let threads = budget::split(budget::cores(), Pins::default());
@@ -170,6 +177,7 @@ impl FaceConfig {
             detector: assets.join("models/fr_detect.onnx"),
             landmarks: Some(assets.join("models/fr_landmark.onnx")),
             find: FindOptions::default(),
+            max_faces: 8,
             threshold: face::DEFAULT_THRESHOLD,
             workers: threads.workers,
             cpu: Batching::cpu(),

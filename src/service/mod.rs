@@ -54,8 +54,8 @@ pub use self::ops::{block_on, MAX_K};
 pub use self::people::{check_id, check_meta, KEYS_KEPT, MAX_ID_BYTES, MAX_META_BYTES, MAX_PAGE};
 pub use self::pipeline::{Embedded, FaceResult, ImageSource, PendingFace, PendingImage, Queued, Timings};
 pub use self::results::{
-    BatchVerdict, Call, FrameVerdict, Identification, PeoplePage, Person, Review, ReviewMode, ReviewRequest,
-    TargetVerdict, Verdict,
+    BatchVerdict, Call, FrameVerdict, Identification, Identifications, PeoplePage, Person, Review,
+    ReviewMode, ReviewRequest, TargetVerdict, Verdict,
 };
 
 use self::pipeline::WorkerState;

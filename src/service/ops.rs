@@ -16,8 +16,8 @@ use super::admission::{AdmitError, Permit};
 use super::deadline::{within, Late};
 use super::pipeline::{FaceResult, ImageSource, Timings};
 use super::results::{
-    BatchVerdict, Call, FrameVerdict, Identification, Review, ReviewMode, ReviewRequest, TargetVerdict,
-    Verdict,
+    BatchVerdict, Call, FrameVerdict, Identification, Identifications, Review, ReviewMode, ReviewRequest,
+    TargetVerdict, Verdict,
 };
 use super::search;
 use super::{ErrorKind, FaceService, ServiceError};
@@ -33,6 +33,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 type Embedded = Vec<Result<(FaceResult, Timings), ServiceError>>;
+type EmbeddedEach = Vec<Result<Vec<(FaceResult, Timings)>, ServiceError>>;
 
 fn check_k(k: usize) -> Result<usize, ServiceError> {
     if k == 0 || k > MAX_K {
@@ -129,18 +130,38 @@ impl FaceService {
         call: &mut Call,
         t0: Instant,
     ) -> Result<Embedded, ServiceError> {
-        let permit = self.admit(ImageSource::cost_of(&images), call).await?;
+        let each = self.embed_call_up_to(images, call, t0, 1).await?;
+        Ok(each
+            .into_iter()
+            .map(|r| r.and_then(|faces| faces.into_iter().next().ok_or_else(missing)))
+            .collect())
+    }
+
+    /// [`embed_call`](Self::embed_call) for up to `most` faces of each
+    /// image (largest first), each image admitted for `most`.
+    async fn embed_call_up_to(
+        &self,
+        images: Vec<ImageSource>,
+        call: &mut Call,
+        t0: Instant,
+        most: usize,
+    ) -> Result<EmbeddedEach, ServiceError> {
+        let permit = self
+            .admit(ImageSource::cost_of_up_to(&images, most), call)
+            .await?;
         let admission = t0.elapsed();
-        let work = self.embed_admitted(images, permit, call.deadline);
+        let work = self.embed_admitted(images, permit, call.deadline, most);
         let results = within(call.deadline, work)
             .await
             .map_err(|Late| ServiceError::Deadline)?;
         Ok(results
             .into_iter()
             .map(|r| {
-                r.map(|(f, t)| {
-                    let t = Timings { admission, ..t };
-                    (f, t)
+                r.map(|faces| {
+                    faces
+                        .into_iter()
+                        .map(|(f, t)| (f, Timings { admission, ..t }))
+                        .collect()
                 })
             })
             .collect())
@@ -323,26 +344,48 @@ impl FaceService {
         k: usize,
         timings: Timings,
     ) -> Result<Identification, ServiceError> {
+        self.identify_faces_async(vec![(face, timings)], k)
+            .await?
+            .pop()
+            .ok_or_else(missing)
+    }
+
+    /// [`identify_face_async`](Self::identify_face_async) for several
+    /// faces, their searches all waiting at once (so they share scans), the
+    /// answers in order.
+    async fn identify_faces_async(
+        &self,
+        faces: Vec<(FaceResult, Timings)>,
+        k: usize,
+    ) -> Result<Vec<Identification>, ServiceError> {
         let k = check_k(k)?;
         let started = Instant::now();
-        let search = search::Search {
-            index: self.index.clone(),
-            query: face.embedding.0.clone(),
-            k,
-        };
-        let matches = self
-            .searches
-            .try_submit(search)?
-            .await
-            .map_err(|e| ServiceError::request(ErrorKind::Internal, "search_failed", format!("search: {e}")))?
-            .map_err(ServiceError::Index)?;
-        Ok(identified(
-            self.config.threshold,
-            &face,
-            matches,
-            timings,
-            started,
-        ))
+        let mut searches = Vec::with_capacity(faces.len());
+        for (face, _) in &faces {
+            let search = search::Search {
+                index: self.index.clone(),
+                query: face.embedding.0.clone(),
+                k,
+            };
+            searches.push(self.searches.try_submit(search)?);
+        }
+        let mut out = Vec::with_capacity(faces.len());
+        for ((face, timings), search) in faces.into_iter().zip(searches) {
+            let matches = search
+                .await
+                .map_err(|e| {
+                    ServiceError::request(ErrorKind::Internal, "search_failed", format!("search: {e}"))
+                })?
+                .map_err(ServiceError::Index)?;
+            out.push(identified(
+                self.config.threshold,
+                &face,
+                matches,
+                timings,
+                started,
+            ));
+        }
+        Ok(out)
     }
 
     /// Who is the largest face of the image? The `k` (1 to [`MAX_K`])
@@ -372,6 +415,51 @@ impl FaceService {
         block_on(self.identify_async(src, k, Call::wait()))
     }
 
+    /// Who are the faces of the image? Each face, largest first, up to the
+    /// configured [`max_faces`](super::FaceConfig::max_faces), identified
+    /// as [`identify_async`](Self::identify_async) identifies the largest.
+    /// The image is admitted for `max_faces` faces and gives back those it
+    /// does not have once they are found. No face at all fails the call
+    /// (`no_face`).
+    pub async fn identify_all_async(
+        &self,
+        src: ImageSource,
+        k: usize,
+        mut call: Call,
+    ) -> Result<Identifications, ServiceError> {
+        let t0 = Instant::now();
+        check_k(k)?;
+        let most = self.max_faces();
+        let faces = self
+            .embed_call_up_to(vec![src], &mut call, t0, most)
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(missing()))?;
+        let faces = self.identify_faces_async(faces, k).await?;
+        let mut timings = faces
+            .iter()
+            .map(|f| f.timings)
+            .reduce(Timings::longest)
+            .unwrap_or_default();
+        self.record_call(&mut timings, t0);
+        Ok(Identifications {
+            faces,
+            threshold: self.config.threshold,
+            timings,
+        })
+    }
+
+    /// [`identify_all_async`](Self::identify_all_async), blocking.
+    pub fn identify_all(&self, src: ImageSource, k: usize) -> Result<Identifications, ServiceError> {
+        block_on(self.identify_all_async(src, k, Call::wait()))
+    }
+
+    /// Faces of one image that the operations over every face take.
+    fn max_faces(&self) -> usize {
+        self.config.max_faces.clamp(1, crate::face::MAX_FACES)
+    }
+
     /// Reviews a video's frames, all admitted together: with a reference
     /// face, does every frame with a face show that person (and at least
     /// one frame have a face)? Without one, is anyone of the gallery in a
@@ -383,6 +471,7 @@ impl FaceService {
             video,
             frames,
             reference,
+            all_faces,
         } = req;
         let n = frames.len();
         if n == 0 {
@@ -397,49 +486,78 @@ impl FaceService {
         } else {
             ReviewMode::Gallery
         };
+        let most = if all_faces { self.max_faces() } else { 1 };
         let mut images = frames;
         images.extend(reference);
-        let mut results = self.embed_call(images, &mut call, t0).await?;
+        let mut results = self.embed_call_up_to(images, &mut call, t0, most).await?;
         let reference = match mode {
             ReviewMode::Reference => Some(
                 results
                     .pop()
                     .unwrap_or_else(|| Err(missing()))
+                    .and_then(|faces| faces.into_iter().next().ok_or_else(missing))
                     .map_err(|e| e.for_image(n))?,
             ),
             ReviewMode::Gallery => None,
         };
+        // Each frame's faces; none is an answer, any other failure fails
+        // the call.
+        let mut frames = Vec::with_capacity(n);
+        for (i, r) in results.into_iter().enumerate() {
+            frames.push(match r {
+                Ok(faces) => faces,
+                Err(ServiceError::Face(FaceError::NoFace)) => Vec::new(),
+                Err(e) => return Err(e.for_image(i)),
+            });
+        }
         let mut timings = reference.as_ref().map(|r| r.1).unwrap_or_default();
         let mut verdicts = Vec::with_capacity(n);
-        for (i, r) in results.into_iter().enumerate() {
-            let (face, t) = match r {
-                Ok(x) => x,
-                Err(ServiceError::Face(FaceError::NoFace)) => {
-                    verdicts.push(FrameVerdict::NoFace);
-                    continue;
-                }
-                Err(e) => return Err(e.for_image(i)),
-            };
-            let (verdict, stage) = match &reference {
-                Some((rf, rt)) => {
-                    let v = self.verdict(rf, &face, *rt, t);
-                    let f = FrameVerdict::Reference {
+        match &reference {
+            Some((rf, rt)) => {
+                for faces in frames {
+                    let closest = faces
+                        .iter()
+                        .map(|(face, t)| self.verdict(rf, face, *rt, *t))
+                        .max_by(|a, b| a.similarity.total_cmp(&b.similarity));
+                    let Some(v) = closest else {
+                        verdicts.push(FrameVerdict::NoFace);
+                        continue;
+                    };
+                    let search = timings.search + v.timings.search;
+                    timings = Timings {
+                        search,
+                        ..timings.longest(v.timings)
+                    };
+                    verdicts.push(FrameVerdict::Reference {
                         similarity: v.similarity,
                         same: v.same,
-                    };
-                    (f, v.timings)
+                    });
                 }
-                None => {
-                    let id = self.identify_face_async(face, 1, t).await?;
-                    (FrameVerdict::Gallery { best: id.best }, id.timings)
+            }
+            None => {
+                // Every face of every frame searched at once.
+                let counts: Vec<usize> = frames.iter().map(Vec::len).collect();
+                let faces = frames.into_iter().flatten().collect();
+                let mut found = self.identify_faces_async(faces, 1).await?.into_iter();
+                for c in counts {
+                    if c == 0 {
+                        verdicts.push(FrameVerdict::NoFace);
+                        continue;
+                    }
+                    let mut people: Vec<crate::index::Match> = Vec::new();
+                    for id in found.by_ref().take(c) {
+                        timings = timings.longest(id.timings);
+                        people.extend(id.best);
+                    }
+                    people.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+                    let mut seen = std::collections::HashSet::new();
+                    people.retain(|p| seen.insert(p.id.clone()));
+                    verdicts.push(FrameVerdict::Gallery {
+                        best: people.first().cloned(),
+                        people,
+                    });
                 }
-            };
-            let search = timings.search + stage.search;
-            timings = Timings {
-                search,
-                ..timings.longest(stage)
-            };
-            verdicts.push(verdict);
+            }
         }
         let (passes, frames_with_face, frames_matched) = Review::decide(mode, &verdicts);
         self.record_call(&mut timings, t0);

@@ -43,12 +43,22 @@ impl ImageSource {
         }
     }
 
+    /// What admitting it for up to `faces` faces costs (an operation over
+    /// every face of the image).
+    pub fn cost_up_to(&self, faces: usize) -> Cost {
+        Cost::new(faces.max(1), self.cost().bytes)
+    }
+
     /// What admitting all of `images` costs.
     pub fn cost_of(images: &[ImageSource]) -> Cost {
-        images.iter().fold(Cost::default(), |c, i| {
-            let x = i.cost();
-            Cost::new(c.faces + x.faces, c.bytes.saturating_add(x.bytes))
-        })
+        Self::cost_of_up_to(images, 1)
+    }
+
+    /// What admitting all of `images`, each for up to `faces` faces, costs.
+    pub fn cost_of_up_to(images: &[ImageSource], faces: usize) -> Cost {
+        images
+            .iter()
+            .fold(Cost::default(), |c, i| c.saturating_add(i.cost_up_to(faces)))
     }
 }
 
@@ -157,6 +167,20 @@ impl FaceService {
         permit: Permit,
         deadline: Option<Instant>,
     ) -> Result<PendingImage, ServiceError> {
+        self.prepare_up_to(src, permit, deadline, 1)
+    }
+
+    /// [`prepare`](Self::prepare), finding up to `most` faces (the largest;
+    /// see [`face::find_faces_up_to`]). `permit` holds a face for each
+    /// ([`ImageSource::cost_up_to`]); those the image does not have are
+    /// given back as soon as its faces are found.
+    pub fn prepare_up_to(
+        &self,
+        src: ImageSource,
+        permit: Permit,
+        deadline: Option<Instant>,
+        most: usize,
+    ) -> Result<PendingImage, ServiceError> {
         let cfg = self.config.clone();
         let submitted = Instant::now();
         let job = move |det: &mut WorkerState| {
@@ -175,7 +199,8 @@ impl FaceService {
                 Err(why) if cfg.find.needs_detector(&img) => return Err(why.clone()),
                 Err(_) => None,
             };
-            let faces = face::find_faces(&img, detector, &cfg.find)?;
+            let faces = face::find_faces_up_to(&img, detector, &cfg.find, most)?;
+            permit.release_faces_beyond(faces.len());
             Ok(Prep {
                 faces,
                 permit,
@@ -201,33 +226,63 @@ impl FaceService {
         self.submit_face(prep, deadline)
     }
 
+    /// [`embed_first_async`](Self::embed_first_async) for every face the
+    /// image was prepared for, largest first.
+    pub async fn embed_each_async(&self, img: PendingImage) -> Result<Vec<PendingFace>, ServiceError> {
+        let deadline = img.deadline;
+        let prep = img.handle.await??;
+        self.submit_faces(prep, deadline, usize::MAX)
+    }
+
     /// Hands a prepared image's first face to the batcher.
     fn submit_face(&self, prep: Prep, deadline: Option<Instant>) -> Result<PendingFace, ServiceError> {
+        self.submit_faces(prep, deadline, 1)?
+            .pop()
+            .ok_or_else(|| FaceError::NoFace.into())
+    }
+
+    /// Hands a prepared image's first `most` faces to the batcher, each
+    /// with a face of the image's permit (the last with what is left).
+    fn submit_faces(
+        &self,
+        prep: Prep,
+        deadline: Option<Instant>,
+        most: usize,
+    ) -> Result<Vec<PendingFace>, ServiceError> {
         let Prep {
             faces,
-            permit,
+            mut permit,
             queue,
             prepare,
         } = prep;
-        let Some(face) = faces.into_iter().next() else {
+        let n = faces.len().min(most);
+        if n == 0 {
             return Err(FaceError::NoFace.into());
-        };
+        }
         let submitted = Instant::now();
-        let item = Queued {
-            input: face.input,
-            permit,
-        };
-        let handle = self
-            .batcher
-            .try_submit_with(item, batch::ItemOptions { deadline })?;
-        Ok(PendingFace {
-            handle,
-            path: face.path,
-            bbox: face.bbox,
-            queue,
-            prepare,
-            submitted,
-        })
+        let mut pending = Vec::with_capacity(n);
+        for (i, face) in faces.into_iter().take(n).enumerate() {
+            let part = match i + 1 == n {
+                true => std::mem::replace(&mut permit, Permit::none()),
+                false => permit.split(Cost::new(1, 0)),
+            };
+            let item = Queued {
+                input: face.input,
+                permit: part,
+            };
+            let handle = self
+                .batcher
+                .try_submit_with(item, batch::ItemOptions { deadline })?;
+            pending.push(PendingFace {
+                handle,
+                path: face.path,
+                bbox: face.bbox,
+                queue,
+                prepare,
+                submitted,
+            });
+        }
+        Ok(pending)
     }
 
     /// Waits (on this thread) for a face's embedding.
@@ -274,35 +329,52 @@ impl FaceService {
         ))
     }
 
-    /// Embeds the largest face of each admitted image, all in flight at
-    /// once (their faces share model runs): one result per image, in order.
-    /// `permit` covers them all ([`ImageSource::cost_of`]); each image takes
-    /// its part.
+    /// Embeds up to `most` faces (the largest) of each admitted image, all
+    /// in flight at once (their faces share model runs): one result per
+    /// image, in order, holding its faces largest first. `permit` covers
+    /// them all ([`ImageSource::cost_of_up_to`]); each image takes its
+    /// part. A face the model fails fails its image.
     pub(crate) async fn embed_admitted(
         &self,
         images: Vec<ImageSource>,
         mut permit: Permit,
         deadline: Option<Instant>,
-    ) -> Vec<Result<(FaceResult, Timings), ServiceError>> {
+        most: usize,
+    ) -> Vec<Result<Vec<(FaceResult, Timings)>, ServiceError>> {
         let pending: Vec<_> = images
             .into_iter()
             .map(|src| {
-                let part = permit.split(src.cost());
-                self.prepare(src, part, deadline)
+                let part = permit.split(src.cost_up_to(most));
+                self.prepare_up_to(src, part, deadline, most)
             })
             .collect();
         drop(permit);
         let mut faces = Vec::with_capacity(pending.len());
         for p in pending {
             faces.push(match p {
-                Ok(p) => self.embed_first_async(p).await,
+                Ok(p) => self.embed_each_async(p).await,
                 Err(e) => Err(e),
             });
         }
         let mut out = Vec::with_capacity(faces.len());
         for f in faces {
             out.push(match f {
-                Ok(f) => self.finish_async(f).await,
+                Ok(fs) => {
+                    // The first failure ends the image; its faces not
+                    // awaited yet are dropped (and dropped unrun).
+                    let mut done = Vec::with_capacity(fs.len());
+                    let mut ended = Ok(());
+                    for f in fs {
+                        match self.finish_async(f).await {
+                            Ok(r) => done.push(r),
+                            Err(e) => {
+                                ended = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    ended.map(|()| done)
+                }
                 Err(e) => Err(e),
             });
         }

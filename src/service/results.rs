@@ -123,6 +123,18 @@ pub struct Identification {
     pub timings: Timings,
 }
 
+/// The outcome of identifying every face of an image.
+#[derive(Debug, Clone)]
+pub struct Identifications {
+    /// Each face, largest first (at most the service's `max_faces`).
+    pub faces: Vec<Identification>,
+    /// The threshold used.
+    pub threshold: f32,
+    /// Per-stage timings of the whole call (the longest face of each
+    /// stage).
+    pub timings: Timings,
+}
+
 /// An enrolled person.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Person {
@@ -155,6 +167,12 @@ pub struct ReviewRequest {
     pub frames: Vec<super::ImageSource>,
     /// The face every frame should show; `None`: watch the gallery.
     pub reference: Option<super::ImageSource>,
+    /// Every face of each frame (the largest, up to the service's
+    /// `max_faces`) instead of its largest only: a frame shows the
+    /// reference's person when any of its faces does, and shows the
+    /// gallery's people whose faces it has. Each frame is admitted for
+    /// `max_faces` faces.
+    pub all_faces: bool,
 }
 
 /// How a review is decided.
@@ -191,8 +209,11 @@ pub enum FrameVerdict {
     },
     /// Searched in the gallery: the best match if it reaches the threshold.
     Gallery {
-        /// The person matched.
+        /// The person matched (the first of `people`).
         best: Option<Match>,
+        /// Everyone of the gallery the frame's faces matched, each once,
+        /// best first (at most `best` unless every face was asked for).
+        people: Vec<Match>,
     },
 }
 
@@ -229,7 +250,7 @@ impl Review {
             .filter(|f| match f {
                 FrameVerdict::NoFace => false,
                 FrameVerdict::Reference { same, .. } => *same,
-                FrameVerdict::Gallery { best } => best.is_some(),
+                FrameVerdict::Gallery { best, .. } => best.is_some(),
             })
             .count();
         let passes = match mode {
@@ -261,6 +282,13 @@ mod tests {
         })
     }
 
+    fn gallery(best: Option<Match>) -> FrameVerdict {
+        FrameVerdict::Gallery {
+            people: best.iter().cloned().collect(),
+            best,
+        }
+    }
+
     #[test]
     fn the_review_rules() {
         use FrameVerdict as F;
@@ -282,14 +310,10 @@ mod tests {
             ),
             // No face at all is no identity.
             (ReviewMode::Reference, vec![F::NoFace, F::NoFace], (false, 0, 0)),
+            (ReviewMode::Gallery, vec![gallery(None), F::NoFace], (true, 1, 0)),
             (
                 ReviewMode::Gallery,
-                vec![F::Gallery { best: None }, F::NoFace],
-                (true, 1, 0),
-            ),
-            (
-                ReviewMode::Gallery,
-                vec![F::Gallery { best: None }, F::Gallery { best: m() }],
+                vec![gallery(None), gallery(m())],
                 (false, 2, 1),
             ),
             (ReviewMode::Gallery, vec![], (true, 0, 0)),

@@ -5,7 +5,9 @@
 
 use serde::Serialize;
 
-use super::results::{BatchVerdict, FrameVerdict, Identification, PeoplePage, Person, Review, Verdict};
+use super::results::{
+    BatchVerdict, FrameVerdict, Identification, Identifications, PeoplePage, Person, Review, Verdict,
+};
 use super::{FaceResult, ServiceError, Timings};
 
 /// Decodes an image sent as base64 text (`data:...;base64,` prefixes
@@ -255,20 +257,68 @@ pub struct IdentifyResponse {
     /// aligned chip.
     #[serde(rename = "box")]
     pub face_box: Option<FaceBox>,
+    /// Every face of the image, largest first (the first is the face
+    /// above), when every face was asked for (`all_faces`); absent
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faces: Option<Vec<FaceIdentity>>,
     /// Per-stage timings.
     pub timings_ms: TimingsMs,
 }
 
-impl From<&Identification> for IdentifyResponse {
+/// Who one face of an image is.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct FaceIdentity {
+    /// The best match if it reaches the threshold; `null` means unknown.
+    pub best: Option<MatchBody>,
+    /// The closest people, best first, whether or not they reach it.
+    pub matches: Vec<MatchBody>,
+    /// How the face was found.
+    pub face: String,
+    /// The face's box in the image; `null` for an image taken as an
+    /// aligned chip.
+    #[serde(rename = "box")]
+    pub face_box: Option<FaceBox>,
+}
+
+impl From<&Identification> for FaceIdentity {
     fn from(id: &Identification) -> Self {
         Self {
             best: id.best.as_ref().map(MatchBody::from),
             matches: id.matches.iter().map(MatchBody::from).collect(),
-            threshold: id.threshold,
             face: id.path.to_string(),
             face_box: FaceBox::of(id.bbox),
+        }
+    }
+}
+
+impl From<&Identification> for IdentifyResponse {
+    fn from(id: &Identification) -> Self {
+        let face = FaceIdentity::from(id);
+        Self {
+            best: face.best,
+            matches: face.matches,
+            threshold: id.threshold,
+            face: face.face,
+            face_box: face.face_box,
+            faces: None,
             timings_ms: id.timings.into(),
         }
+    }
+}
+
+impl IdentifyResponse {
+    /// The answer for every face of an image: the largest face's fields,
+    /// and every face in `faces`; `None` when there is no face (an
+    /// identify of every face answers at least one, or fails).
+    pub fn of_all(ids: &Identifications) -> Option<Self> {
+        let first = ids.faces.first()?;
+        Some(Self {
+            faces: Some(ids.faces.iter().map(FaceIdentity::from).collect()),
+            timings_ms: ids.timings.into(),
+            ..Self::from(first)
+        })
     }
 }
 
@@ -371,6 +421,11 @@ pub struct FrameResult {
     #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "server", schema(value_type = Option<MatchBody>))]
     pub matched: Option<Option<MatchBody>>,
+    /// Everyone of the gallery the frame's faces matched, each once, best
+    /// first (gallery mode, with a face; more than `match` only when every
+    /// face was asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub people: Option<Vec<MatchBody>>,
 }
 
 /// The verdict on a video's frames.
@@ -409,6 +464,7 @@ impl From<&Review> for ReviewResponse {
                     similarity: None,
                     same: None,
                     matched: None,
+                    people: None,
                 };
                 match v {
                     FrameVerdict::NoFace => f.face = false,
@@ -416,7 +472,10 @@ impl From<&Review> for ReviewResponse {
                         f.similarity = Some(*similarity);
                         f.same = Some(*same);
                     }
-                    FrameVerdict::Gallery { best } => f.matched = Some(best.as_ref().map(MatchBody::from)),
+                    FrameVerdict::Gallery { best, people } => {
+                        f.matched = Some(best.as_ref().map(MatchBody::from));
+                        f.people = Some(people.iter().map(MatchBody::from).collect());
+                    }
                 }
                 f
             })

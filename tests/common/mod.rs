@@ -220,3 +220,31 @@ pub fn as_format_1(v2: &[u8], dim: usize, vectors: u64) -> Vec<u8> {
     reseal(&mut b);
     b
 }
+
+/// Side of one cell of [`grid_frame`], pixels.
+pub const CELL: u32 = 250;
+
+/// A JPEG of `photos` (the labelled 250 × 250 photos) in a grid two cells
+/// wide on a grey frame, row by row: a frame with several faces, each
+/// face's person known by its cell ([`cell_of`]).
+pub fn grid_frame(photos: &[std::path::PathBuf]) -> Vec<u8> {
+    let rows = photos.len().div_ceil(2) as u32;
+    let mut frame = image::RgbImage::from_pixel(2 * CELL, rows * CELL, image::Rgb([120, 120, 120]));
+    for (i, p) in photos.iter().enumerate() {
+        let photo = image::open(p).unwrap().to_rgb8();
+        let (x, y) = ((i as u32 % 2) * CELL, (i as u32 / 2) * CELL);
+        image::imageops::overlay(&mut frame, &photo, x.into(), y.into());
+    }
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .encode_image(&frame)
+        .unwrap();
+    out
+}
+
+/// The cell of [`grid_frame`] that a face's box (left, top, right,
+/// bottom) is centred in.
+pub fn cell_of(b: [f32; 4]) -> usize {
+    let (x, y) = ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
+    (y / CELL as f32) as usize * 2 + (x / CELL as f32) as usize
+}

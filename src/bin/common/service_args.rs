@@ -30,6 +30,11 @@ pub struct ServiceArgs {
     /// How faces are found: aligned (face chips), detect, or auto.
     #[arg(long, env = "FACEPOOL_FACES", default_value = "auto")]
     pub faces: FaceMode,
+    /// Faces of one image identified at most where every face is asked
+    /// for (identify and review with `all_faces`), the largest first; such
+    /// an image is admitted for this many faces (1 to 64, default: 8).
+    #[arg(long, env = "FACEPOOL_MAX_FACES", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_faces: Option<u32>,
     /// Similarity at or above which two faces are the same person.
     #[arg(long, env = "FACEPOOL_THRESHOLD")]
     pub threshold: Option<f32>,
@@ -94,6 +99,9 @@ pub fn config(args: &ServiceArgs) -> FaceConfig {
         c.onnxruntime = l.clone();
     }
     c.find.mode = args.faces;
+    if let Some(n) = args.max_faces {
+        c.max_faces = n as usize;
+    }
     if let Some(t) = args.threshold {
         c.threshold = t;
     }

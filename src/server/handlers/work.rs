@@ -10,10 +10,11 @@ use super::super::api::{
 use super::super::error::{ApiError, AuthErrors, WorkErrors};
 use super::super::extract::{Image, WorkRequest};
 use super::super::App;
+use crate::face::FaceError;
 use crate::service::wire::{
     EmbedResponse, IdentifyResponse, ReviewResponse, VerifyBatchResponse, VerifyResponse,
 };
-use crate::service::ReviewRequest;
+use crate::service::{ReviewRequest, ServiceError};
 
 #[utoipa::path(post, path = "/v1/verify", request_body = VerifyRequest,
     responses((status = 200, body = VerifyResponse), AuthErrors, WorkErrors), security(("bearer" = [])))]
@@ -63,12 +64,18 @@ pub(in super::super) async fn identify(
     }: WorkRequest<IdentifyRequest>,
 ) -> Result<Json<IdentifyResponse>, ApiError> {
     let image = r.image.source("image")?;
-    let id = app
-        .ready_service()?
-        .identify_async(image, r.k.unwrap_or(5), call)
-        .await?;
-    app.stages(&id.timings);
-    Ok(Json((&id).into()))
+    let svc = app.ready_service()?;
+    let k = r.k.unwrap_or(5);
+    if !r.all_faces {
+        let id = svc.identify_async(image, k, call).await?;
+        app.stages(&id.timings);
+        return Ok(Json((&id).into()));
+    }
+    let ids = svc.identify_all_async(image, k, call).await?;
+    app.stages(&ids.timings);
+    IdentifyResponse::of_all(&ids)
+        .map(Json)
+        .ok_or_else(|| ServiceError::from(FaceError::NoFace).into())
 }
 
 #[utoipa::path(post, path = "/v1/embed", request_body = EmbedRequest,
@@ -102,6 +109,7 @@ pub(in super::super) async fn review(
         video: r.video,
         frames: Image::sources(r.frames, "frames")?,
         reference: r.reference.map(|i| i.source("reference")).transpose()?,
+        all_faces: r.all_faces,
     };
     let review = app.ready_service()?.review_async(req, call).await?;
     app.stages(&review.timings);

@@ -167,7 +167,9 @@ struct Shared {
 }
 
 impl Shared {
-    fn release(&self, cost: Cost, granted: Instant) {
+    /// Gives `cost` back; its faces count as finished (a latency sample
+    /// each, `granted` to now) when `done`, or else as never used.
+    fn release(&self, cost: Cost, granted: Instant, done: bool) {
         if cost.is_zero() {
             return;
         }
@@ -177,7 +179,7 @@ impl Shared {
             s.in_use = s.in_use.saturating_sub(cost);
             if let Some(c) = &mut s.control {
                 let now = Instant::now();
-                if cost.faces > 0 {
+                if done && cost.faces > 0 {
                     c.finished(cost.faces, now.saturating_duration_since(granted));
                 }
                 if let Some(limit) = c.tick(now) {
@@ -263,7 +265,18 @@ impl Permit {
         let bytes = Cost::new(0, self.cost.bytes);
         self.cost.bytes = 0;
         if let Some(s) = &self.shared {
-            s.release(bytes, self.granted);
+            s.release(bytes, self.granted, true);
+        }
+    }
+
+    /// Gives back the faces held beyond `keep` now (an image admitted for
+    /// more faces than it turned out to have), as never used: they are no
+    /// latency sample of the adaptive limit.
+    pub fn release_faces_beyond(&mut self, keep: usize) {
+        let unused = Cost::new(self.cost.faces.saturating_sub(keep), 0);
+        self.cost = self.cost.saturating_sub(unused);
+        if let Some(s) = &self.shared {
+            s.release(unused, self.granted, false);
         }
     }
 }
@@ -271,7 +284,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(s) = self.shared.take() {
-            s.release(self.cost, self.granted);
+            s.release(self.cost, self.granted, true);
         }
     }
 }

@@ -6,7 +6,7 @@
 //! (a process-wide library) afresh or not at all.
 #![cfg(feature = "ort")]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! abandonment, shutdown, and the exact outcome accounting. Time is a
 //! `ManualClock` where the flush time matters; nothing sleeps to synchronise.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};

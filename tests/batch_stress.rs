@@ -4,7 +4,7 @@
 //! Every submit must be accounted for exactly once, in the stats and by what
 //! the callers saw, and every delivered result must be the item's own.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

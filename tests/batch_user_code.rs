@@ -3,7 +3,7 @@
 //! batcher: every slot of a batch resolves, the queue's weight is never
 //! leaked, and the batch thread keeps serving.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

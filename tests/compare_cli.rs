@@ -3,7 +3,7 @@
 //! index subcommands (enroll, identify, remove, index-info).
 #![cfg(feature = "cli")]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

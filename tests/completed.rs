@@ -1,7 +1,7 @@
 //! The batch-completion synchronizer: completion order, groups of N, errors
 //! reaching the consumer at once, and cancellation of the rest on abort.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};

@@ -8,7 +8,7 @@
 //! folder), and `docs/console.md` shows them.
 #![cfg(feature = "serve")]
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;

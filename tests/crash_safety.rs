@@ -12,7 +12,7 @@
 //! the gallery's file too.
 #![cfg(feature = "index")]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -147,7 +147,12 @@ fn index_save_survives_sigkill_at_any_instant() {
     let mut seen = vec![0usize; expected.len()];
     for kill in 0..KILLS {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_writer_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_safety::crash_writer_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &target)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -2,7 +2,7 @@
 //! by `scripts/fetch-assets.sh`, which the test command runs first).
 #![cfg(feature = "face")]
 
-mod common;
+use crate::common;
 
 use common::assets;
 use facepool::face::{

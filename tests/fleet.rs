@@ -5,7 +5,7 @@
 
 #![cfg(feature = "serve")]
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! behind the first checks (the images decode, the index files load).
 #![cfg(feature = "face")]
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

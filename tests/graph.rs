@@ -2,7 +2,7 @@
 //! assertions: gates, counters and rendezvous decide; bounded waits are
 //! only guards against hangs.
 
-mod common;
+use crate::common;
 
 use std::collections::VecDeque;
 use std::future::Future;

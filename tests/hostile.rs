@@ -7,7 +7,7 @@
 //! prints the figure it bounds (memory, latency) for docs/hostile-input.md.
 #![cfg(feature = "serve")]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -3,7 +3,7 @@
 //! never enrolled comes back unknown.
 #![cfg(feature = "face")]
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! format (round trip and a corpus of damaged files) and concurrency.
 #![cfg(feature = "index")]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,7 +6,7 @@
 //! documented defaults are checked too.
 #![cfg(feature = "serve")]
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! smoke run of every mode.
 #![cfg(feature = "loadgen")]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! Behaviour of the worker pool, one test per promise.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;

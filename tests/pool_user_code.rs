@@ -4,7 +4,7 @@
 //! keeps serving. Also: shutdown from inside a job drains, derived counters
 //! never go backwards, and slow factories start side by side.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

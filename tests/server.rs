@@ -4,7 +4,7 @@
 //! that disconnects, SIGTERM's drain and the gallery across a restart.
 #![cfg(feature = "serve")]
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};

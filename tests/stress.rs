@@ -2,7 +2,7 @@
 //! deadlines, cancels and drops, while another thread keeps calling `tune()`;
 //! then shutdown. Every submit must be accounted for exactly once.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -224,6 +224,7 @@ pub fn as_format_1(v2: &[u8], dim: usize, vectors: u64) -> Vec<u8> {
 /// Side of one cell of [`grid_frame`], pixels.
 pub const CELL: u32 = 250;
 
+#[cfg(feature = "face")]
 /// A JPEG of `photos` (the labelled 250 × 250 photos) in a grid two cells
 /// wide on a grey frame, row by row: a frame with several faces, each
 /// face's person known by its cell ([`cell_of`]).

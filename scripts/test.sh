@@ -27,5 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
         exit 1
     fi
 fi
-cargo nextest run --release --all-features --no-fail-fast "$@"
+# The library's, the binaries' and the integration tests (the examples,
+# which have none, are built by clippy's check in CI, not here).
+cargo nextest run --release --all-features --no-fail-fast --lib --bins --tests "$@"
 cargo test --release --all-features --doc

@@ -33,7 +33,7 @@ impl Modify for Bearer {
     ),
     components(schemas(
         VerifyRequest, VerifyBatchRequest, IdentifyRequest, EmbedRequest, EnrollRequest, ReviewRequestBody,
-        VerifyResponse, VerifyBatchResponse, TargetResult, IdentifyResponse, MatchBody, EmbedResponse, PersonBody,
+        VerifyResponse, VerifyBatchResponse, TargetResult, IdentifyResponse, FaceIdentity, MatchBody, EmbedResponse, PersonBody,
         PeoplePageBody, RemovedBody, ReviewResponse, FrameResult, FaceBox, InfoBody, GalleryBody, StatsBody, SecondBody, PoolBody, BatcherBody, LimitsBody, AdmissionBody, StatusBody, TimingsMs,
         ErrorBody, ErrorDetail
     )),

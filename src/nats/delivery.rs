@@ -370,9 +370,7 @@ impl Worker {
                     .identify_all_async(next()?, k.unwrap_or(5), call)
                     .await
                     .map_err(fail)?;
-                let answer = IdentifyResponse::of_all(&ids)
-                    .ok_or_else(|| fail(ServiceError::from(crate::face::FaceError::NoFace)))?;
-                results::Answer::Identify(answer)
+                results::Answer::Identify(IdentifyResponse::of_all(&ids).map_err(fail)?)
             }
             Work::Review {
                 video,

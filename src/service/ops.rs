@@ -335,24 +335,10 @@ impl FaceService {
         identify_in(&self.index, self.config.threshold, face, check_k(k)?, timings)
     }
 
-    /// [`identify_face`](Self::identify_face), searched on the search
-    /// thread with the searches that wait beside it (one scan for them
-    /// all; a large gallery's scan never holds an async thread).
-    async fn identify_face_async(
-        &self,
-        face: FaceResult,
-        k: usize,
-        timings: Timings,
-    ) -> Result<Identification, ServiceError> {
-        self.identify_faces_async(vec![(face, timings)], k)
-            .await?
-            .pop()
-            .ok_or_else(missing)
-    }
-
-    /// [`identify_face_async`](Self::identify_face_async) for several
-    /// faces, their searches all waiting at once (so they share scans), the
-    /// answers in order.
+    /// [`identify_face`](Self::identify_face) for several faces, searched
+    /// on the search thread with the searches that wait beside them (their
+    /// searches all wait at once, so they share scans; a large gallery's
+    /// scan never holds an async thread), the answers in order.
     async fn identify_faces_async(
         &self,
         faces: Vec<(FaceResult, Timings)>,
@@ -395,18 +381,11 @@ impl FaceService {
         &self,
         src: ImageSource,
         k: usize,
-        mut call: Call,
+        call: Call,
     ) -> Result<Identification, ServiceError> {
-        let t0 = Instant::now();
-        check_k(k)?;
-        let (face, t) = self
-            .embed_call(vec![src], &mut call, t0)
-            .await?
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| Err(missing()))?;
-        let mut id = self.identify_face_async(face, k, t).await?;
-        self.record_call(&mut id.timings, t0);
+        let ids = self.identify_up_to(src, k, call, 1).await?;
+        let mut id = ids.faces.into_iter().next().ok_or_else(missing)?;
+        id.timings = ids.timings;
         Ok(id)
     }
 
@@ -425,11 +404,22 @@ impl FaceService {
         &self,
         src: ImageSource,
         k: usize,
+        call: Call,
+    ) -> Result<Identifications, ServiceError> {
+        self.identify_up_to(src, k, call, self.max_faces()).await
+    }
+
+    /// Identifies up to `most` faces of the image (the largest), the image
+    /// admitted for `most`; the call's timings are the longest face's.
+    async fn identify_up_to(
+        &self,
+        src: ImageSource,
+        k: usize,
         mut call: Call,
+        most: usize,
     ) -> Result<Identifications, ServiceError> {
         let t0 = Instant::now();
         check_k(k)?;
-        let most = self.max_faces();
         let faces = self
             .embed_call_up_to(vec![src], &mut call, t0, most)
             .await?

@@ -9,6 +9,7 @@ use super::results::{
     BatchVerdict, FrameVerdict, Identification, Identifications, PeoplePage, Person, Review, Verdict,
 };
 use super::{FaceResult, ServiceError, Timings};
+use crate::face::FaceError;
 
 /// Decodes an image sent as base64 text (`data:...;base64,` prefixes
 /// allowed); `field` names it in the error (`bad_base64`, malformed).
@@ -310,11 +311,11 @@ impl From<&Identification> for IdentifyResponse {
 
 impl IdentifyResponse {
     /// The answer for every face of an image: the largest face's fields,
-    /// and every face in `faces`; `None` when there is no face (an
+    /// and every face in `faces`; `no_face` when there is none (an
     /// identify of every face answers at least one, or fails).
-    pub fn of_all(ids: &Identifications) -> Option<Self> {
-        let first = ids.faces.first()?;
-        Some(Self {
+    pub fn of_all(ids: &Identifications) -> Result<Self, ServiceError> {
+        let first = ids.faces.first().ok_or(FaceError::NoFace)?;
+        Ok(Self {
             faces: Some(ids.faces.iter().map(FaceIdentity::from).collect()),
             timings_ms: ids.timings.into(),
             ..Self::from(first)

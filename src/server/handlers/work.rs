@@ -10,11 +10,10 @@ use super::super::api::{
 use super::super::error::{ApiError, AuthErrors, WorkErrors};
 use super::super::extract::{Image, WorkRequest};
 use super::super::App;
-use crate::face::FaceError;
 use crate::service::wire::{
     EmbedResponse, IdentifyResponse, ReviewResponse, VerifyBatchResponse, VerifyResponse,
 };
-use crate::service::{ReviewRequest, ServiceError};
+use crate::service::ReviewRequest;
 
 #[utoipa::path(post, path = "/v1/verify", request_body = VerifyRequest,
     responses((status = 200, body = VerifyResponse), AuthErrors, WorkErrors), security(("bearer" = [])))]
@@ -73,9 +72,7 @@ pub(in super::super) async fn identify(
     }
     let ids = svc.identify_all_async(image, k, call).await?;
     app.stages(&ids.timings);
-    IdentifyResponse::of_all(&ids)
-        .map(Json)
-        .ok_or_else(|| ServiceError::from(FaceError::NoFace).into())
+    Ok(Json(IdentifyResponse::of_all(&ids)?))
 }
 
 #[utoipa::path(post, path = "/v1/embed", request_body = EmbedRequest,

@@ -293,13 +293,21 @@ impl Worker {
         if refs.is_empty() {
             return Err(Fail::now("no_images", "the job has no images"));
         }
-        // A job over the per-request cap could never be admitted.
+        // Its faces as the operation will ask for them: one an image, or
+        // `max_faces` an image for every face (all taken here, so that the
+        // operation never waits in line for more while holding these). A
+        // job over the per-request cap could never be admitted.
+        let each = if job.work.all_faces() { svc.max_faces() } else { 1 };
+        let faces = refs.len().saturating_mul(each);
         let cap = svc.admission().stats().cap.faces;
-        if refs.len() > cap {
+        if faces > cap {
             return Err(Fail::new(
                 ErrorKind::TooLarge,
                 "too_many_faces",
-                format!("{} images, more than the {cap} one request may carry", refs.len()),
+                format!(
+                    "{} images of up to {each} faces, more than the {cap} one request may carry",
+                    refs.len()
+                ),
             ));
         }
         let mut sources = Vec::with_capacity(refs.len());
@@ -320,7 +328,7 @@ impl Worker {
         // it), by the job's deadline. The consumer pulls a job only when
         // the service has room for it, so the wait is short: a request
         // that took the room meanwhile finishes ahead of it.
-        let cost = Cost::new(refs.len(), bytes);
+        let cost = Cost::new(faces, bytes);
         let wait = svc.admission().acquire_by(cost, deadline);
         let permit = match deadline {
             None => wait.await,

@@ -233,6 +233,14 @@ impl Work {
         }
     }
 
+    /// Whether it asks for every face of its images.
+    pub fn all_faces(&self) -> bool {
+        match self {
+            Work::Verify { .. } => false,
+            Work::Identify { all_faces, .. } | Work::Review { all_faces, .. } => *all_faces,
+        }
+    }
+
     /// Its images, in order (for a review: the frames, then the reference).
     pub fn images(&self) -> Vec<&ImageRef> {
         match self {

@@ -445,8 +445,11 @@ impl FaceService {
         block_on(self.identify_all_async(src, k, Call::wait()))
     }
 
-    /// Faces of one image that the operations over every face take.
-    fn max_faces(&self) -> usize {
+    /// Faces of one image that the operations over every face take
+    /// ([`FaceConfig::max_faces`](super::FaceConfig::max_faces), within 1
+    /// to [`MAX_FACES`](crate::face::MAX_FACES)): what admitting such an
+    /// image costs.
+    pub fn max_faces(&self) -> usize {
         self.config.max_faces.clamp(1, crate::face::MAX_FACES)
     }
 

@@ -112,7 +112,7 @@ pub(in super::super) async fn info(State(app): State<App>) -> Result<Json<InfoBo
             max_timeout_ms: ms(s.max_timeout),
             max_image_bytes: c.limits.max_file_bytes,
             max_image_pixels: c.limits.max_pixels,
-            max_faces: c.max_faces,
+            max_faces: svc.max_faces(),
         },
         admission: admission_body(&svc.admission().stats()),
         version: env!("CARGO_PKG_VERSION").to_owned(),

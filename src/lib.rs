@@ -26,7 +26,7 @@ pub mod guard;
 pub mod index;
 #[cfg(feature = "metrics")]
 pub mod metrics;
-#[cfg(feature = "nats")]
+#[cfg(feature = "nats-wire")]
 pub mod nats;
 pub(crate) mod panics;
 pub mod pool;

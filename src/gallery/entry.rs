@@ -9,6 +9,25 @@
 
 use crate::index::{MAX_DIM, MAX_TEXT};
 
+/// The key of a person in a fleet's bucket: its id's bytes, base64url
+/// without padding (a bucket's keys take letters, digits, `-`, `_`, `=`,
+/// `.` and `/` only).
+#[cfg(feature = "nats-wire")]
+pub fn key_of(id: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+/// The person of a key, if it is one [`key_of`] makes.
+#[cfg(feature = "nats-wire")]
+pub fn id_of(key: &str) -> Option<String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(key)
+        .ok()?;
+    String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+}
+
 /// Faces one person may have in a store.
 pub const MAX_FACES: usize = 256;
 
@@ -184,6 +203,27 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "nats-wire")]
+    #[test]
+    fn keys_are_valid_bucket_keys_and_give_back_the_id() {
+        for id in ["ada", "ó / é", "a.b", "..", "x".repeat(256).as_str(), "\u{1F600}"] {
+            let k = key_of(id);
+            assert!(
+                k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{k}"
+            );
+            assert_eq!(id_of(&k).as_deref(), Some(id));
+        }
+        use base64::Engine as _;
+        assert_eq!(id_of("not base64!"), None);
+        assert_eq!(id_of(""), None);
+        assert_eq!(
+            id_of(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xff, 0xfe])),
+            None
+        );
+    }
 
     #[test]
     fn entries_round_trip_and_bad_bytes_are_refused() {

@@ -26,10 +26,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use futures_util::StreamExt;
 
+use super::entry::{id_of, key_of};
 use super::{Applied, Change, Entry, GalleryError, GalleryStore, StoreStatus};
 use crate::index::Index;
 
@@ -100,18 +99,6 @@ fn older_than(version: &str, than: (u64, u64, u64)) -> bool {
         .map(|p| p.parse::<u64>().unwrap_or(0));
     let mut next = || parts.next().unwrap_or(0);
     (next(), next(), next()) < than
-}
-
-/// The key of a person: its id's bytes, base64url without padding (a
-/// bucket's keys take letters, digits, `-`, `_`, `=`, `.` and `/` only).
-pub fn key_of(id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(id.as_bytes())
-}
-
-/// The person of a key, if it is one [`key_of`] makes.
-pub fn id_of(key: &str) -> Option<String> {
-    let bytes = URL_SAFE_NO_PAD.decode(key).ok()?;
-    String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
 }
 
 /// Where the replica stands.
@@ -758,22 +745,6 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_are_valid_bucket_keys_and_give_back_the_id() {
-        for id in ["ada", "ó / é", "a.b", "..", "x".repeat(256).as_str(), "\u{1F600}"] {
-            let k = key_of(id);
-            assert!(
-                k.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
-                "{k}"
-            );
-            assert_eq!(id_of(&k).as_deref(), Some(id));
-        }
-        assert_eq!(id_of("not base64!"), None);
-        assert_eq!(id_of(""), None);
-        assert_eq!(id_of(&URL_SAFE_NO_PAD.encode([0xff, 0xfe])), None);
-    }
 
     #[test]
     fn the_bucket_names_its_vector_length_and_versions_compare() {

@@ -22,10 +22,12 @@ mod kv;
 
 use std::time::Duration;
 
+#[cfg(feature = "nats-wire")]
+pub use self::entry::{id_of, key_of};
 pub use self::entry::{Entry, EntryError, MAX_FACES};
 pub use self::file::GalleryFile;
 #[cfg(feature = "nats")]
-pub use self::kv::{id_of, key_of, servers, KvConfig, KvGallery};
+pub use self::kv::{servers, KvConfig, KvGallery};
 
 use crate::index::{Index, IndexError};
 

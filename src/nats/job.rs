@@ -180,12 +180,14 @@ impl TryFrom<RawJob> for Job {
 
 /// Just the id of a message that is not a job (so that its dead letter is
 /// filed under the id its producer waits on); every other field skipped.
+#[cfg(feature = "nats")]
 #[derive(Deserialize)]
 pub(super) struct IdOnly {
     #[serde(default, deserialize_with = "string_or_nothing")]
     pub id: Option<String>,
 }
 
+#[cfg(feature = "nats")]
 fn string_or_nothing<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
@@ -295,6 +297,11 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Job>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[cfg(feature = "nats")]
+    #[test]
+    fn the_id_of_what_is_not_a_job_is_read_when_it_is_text() {
         let id = |s: &str| serde_json::from_str::<IdOnly>(s).ok().and_then(|i| i.id);
         assert_eq!(id(r#"{"id": "x", "kind": 5}"#).as_deref(), Some("x"));
         assert_eq!(id(r#"{"id": {"no": 1}, "kind": 5}"#), None);

@@ -26,21 +26,33 @@
 //!   being run. Nothing is dropped silently.
 //! - Stopping: no more pulls, what is in flight finishes and is acked
 //!   (bounded by the drain time), then [`Consumer::run`] returns.
+//!
+//! With the `nats-wire` feature alone (no NATS client, no tokio) the module
+//! has the job messages only: [`Job`], [`Work`], [`ImageRef`], [`valid_id`].
 
+#[cfg(feature = "nats")]
 mod clock;
+#[cfg(feature = "nats")]
 mod consumer;
+#[cfg(feature = "nats")]
 mod delivery;
 mod job;
+#[cfg(feature = "nats")]
 mod objects;
+#[cfg(feature = "nats")]
 mod results;
 
+#[cfg(feature = "nats")]
 use std::time::Duration;
 
+#[cfg(feature = "nats")]
 pub use self::consumer::Consumer;
+#[cfg(feature = "nats")]
 pub use self::delivery::{settle, Settle};
 pub use self::job::{valid_id, ImageRef, Job, Work, DEAD_LETTER_JOB_BYTES};
 
 /// Errors of the async mode at start (after it, errors are per job).
+#[cfg(feature = "nats")]
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
     /// The broker cannot be reached at the URL.
@@ -65,6 +77,7 @@ pub enum NatsError {
 }
 
 /// The async mode's settings: names, limits and retry rules.
+#[cfg(feature = "nats")]
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
     /// The broker, `nats://HOST:PORT` (several, comma-separated, for a
@@ -118,6 +131,7 @@ pub struct NatsConfig {
     pub name: String,
 }
 
+#[cfg(feature = "nats")]
 impl NatsConfig {
     /// The defaults for a broker at `url`: streams `FACEPOOL_JOBS`,
     /// `FACEPOOL_RESULTS`, `FACEPOOL_DEAD` on `facepool.jobs`,
@@ -192,7 +206,7 @@ impl NatsConfig {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "nats"))]
 mod tests {
     use super::*;
 

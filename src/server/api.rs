@@ -212,6 +212,7 @@ pub struct PageQuery {
 }
 
 /// `?seconds=N` of the profiling endpoints.
+#[cfg(feature = "profiling")]
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ProfileQuery {

@@ -199,6 +199,7 @@ pub struct Malformed(#[allow(dead_code)] ErrorBody);
 pub struct NotFound(#[allow(dead_code)] ErrorBody);
 
 /// 409.
+#[cfg(feature = "profiling")]
 #[derive(IntoResponses)]
 #[response(status = 409, description = "A profile is already being taken")]
 pub struct Busy(#[allow(dead_code)] ErrorBody);

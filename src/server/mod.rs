@@ -14,9 +14,10 @@
 //! - `GET /`: the web console (its files under `/console/`), when
 //!   [`ServerConfig::console`] is on;
 //! - `GET /livez`, `GET /readyz` (ready once the models and the gallery are
-//!   loaded), `GET /v1/info`, `GET /metrics` (Prometheus),
-//!   `GET /debug/pprof/profile` and `/debug/pprof/flamegraph`, `GET
-//!   /openapi.json`.
+//!   loaded), `GET /v1/info`, `GET /metrics` (Prometheus), `GET
+//!   /openapi.json`;
+//! - with the `profiling` feature, `GET /debug/pprof/profile` and
+//!   `/debug/pprof/flamegraph` (a CPU profile of the server).
 //!
 //! Rules:
 //! - A handler extracts, calls the front door, maps its error with `?`
@@ -126,6 +127,7 @@ struct Inner {
     /// The connections [`serve`] has open (for the gauges).
     connections: Arc<OnceLock<Arc<conn::Registry>>>,
     /// One CPU profile at a time (the profiler is process-wide).
+    #[cfg(feature = "profiling")]
     profiling: tokio::sync::Mutex<()>,
 }
 
@@ -160,6 +162,7 @@ impl App {
                 config,
                 service,
                 stopping: AtomicBool::new(false),
+                #[cfg(feature = "profiling")]
                 profiling: tokio::sync::Mutex::new(()),
             }),
         }
@@ -219,10 +222,15 @@ impl App {
                     .delete(people::remove_person),
             )
             .route("/v1/info", get(system::info))
-            .route("/v1/stats", get(system::stats))
-            .route("/debug/pprof/profile", get(system::pprof_profile))
-            .route("/debug/pprof/flamegraph", get(system::pprof_flamegraph))
-            .route_layer(middleware::from_fn_with_state(self.clone(), auth::require_token));
+            .route("/v1/stats", get(system::stats));
+        #[cfg(feature = "profiling")]
+        let api = api
+            .route("/debug/pprof/profile", get(handlers::profiling::pprof_profile))
+            .route(
+                "/debug/pprof/flamegraph",
+                get(handlers::profiling::pprof_flamegraph),
+            );
+        let api = api.route_layer(middleware::from_fn_with_state(self.clone(), auth::require_token));
         let metrics = self.metrics_router();
         let mut router = Router::new()
             .route("/livez", get(system::livez))
@@ -312,6 +320,7 @@ impl App {
         &self.inner.metrics
     }
 
+    #[cfg(feature = "profiling")]
     fn profiling(&self) -> &tokio::sync::Mutex<()> {
         &self.inner.profiling
     }

@@ -8,6 +8,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::api::*;
 use super::error::{ErrorBody, ErrorDetail};
+#[cfg(feature = "profiling")]
+use super::handlers::profiling;
 use super::handlers::{people, system, work};
 use crate::service::wire::*;
 
@@ -29,7 +31,7 @@ impl Modify for Bearer {
     paths(
         system::livez, system::readyz, work::verify, work::verify_batch, work::identify, work::embed,
         work::review, people::enroll, people::list_people, people::get_person, people::remove_person,
-        system::info, system::stats, system::metrics_text, system::pprof_profile, system::pprof_flamegraph, system::openapi_json
+        system::info, system::stats, system::metrics_text, system::openapi_json
     ),
     components(schemas(
         VerifyRequest, VerifyBatchRequest, IdentifyRequest, EmbedRequest, EnrollRequest, ReviewRequestBody,
@@ -41,12 +43,20 @@ impl Modify for Bearer {
 )]
 struct ApiDoc;
 
+/// The profiling routes, merged into [`ApiDoc`] when they are built.
+#[cfg(feature = "profiling")]
+#[derive(OpenApi)]
+#[openapi(paths(profiling::pprof_profile, profiling::pprof_flamegraph))]
+struct ProfilingDoc;
+
 /// The document as JSON (built once).
 pub fn document() -> String {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_json()
+        let doc = ApiDoc::openapi();
+        #[cfg(feature = "profiling")]
+        let doc = doc.merge_from(ProfilingDoc::openapi());
+        doc.to_json()
             .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     })
     .clone()

@@ -3,5 +3,7 @@
 //! own, and nothing that blocks a tokio worker.
 
 pub(super) mod people;
+#[cfg(feature = "profiling")]
+pub(super) mod profiling;
 pub(super) mod system;
 pub(super) mod work;

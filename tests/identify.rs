@@ -290,6 +290,10 @@ fn every_face_of_a_frame_is_identified_up_to_max_faces() {
     let mut cfg = FaceConfig::from_assets(&assets());
     cfg.find.mode = FaceMode::Detect;
     cfg.max_faces = 3;
+    // The hard cap, 4 faces a request: the identity check of every face
+    // below fits, the frame admitted for its 3 and the reference for 1
+    // (only its largest face is compared).
+    cfg.queue = 4;
     let svc = FaceService::start(cfg).unwrap();
     let people = johns();
     // The last person is the stranger, as above.

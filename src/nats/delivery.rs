@@ -293,19 +293,17 @@ impl Worker {
         if refs.is_empty() {
             return Err(Fail::now("no_images", "the job has no images"));
         }
-        // Its faces as the operation will ask for them: one an image, or
-        // `max_faces` an image for every face (all taken here, so that the
-        // operation never waits in line for more while holding these). A
-        // job over the per-request cap could never be admitted.
-        let each = if job.work.all_faces() { svc.max_faces() } else { 1 };
-        let faces = refs.len().saturating_mul(each);
+        // Its faces as the operation will ask for them (all taken here,
+        // so that the operation never waits in line for more while holding
+        // these). A job over the per-request cap could never be admitted.
+        let faces = job.work.faces_up_to(svc.max_faces());
         let cap = svc.admission().stats().cap.faces;
         if faces > cap {
             return Err(Fail::new(
                 ErrorKind::TooLarge,
                 "too_many_faces",
                 format!(
-                    "{} images of up to {each} faces, more than the {cap} one request may carry",
+                    "{} images of up to {faces} faces in all, more than the {cap} one request may carry",
                     refs.len()
                 ),
             ));

@@ -243,6 +243,24 @@ impl Work {
         }
     }
 
+    /// The faces its images are taken for at most, as the service admits
+    /// them: one an image, or `max_faces` for each image of which every
+    /// face is asked for (a review's reference stays one: its largest face
+    /// is the one compared).
+    pub fn faces_up_to(&self, max_faces: usize) -> usize {
+        let each = if self.all_faces() { max_faces } else { 1 };
+        match self {
+            Work::Verify { .. } => 2,
+            Work::Identify { .. } => each,
+            Work::Review {
+                frames, reference, ..
+            } => frames
+                .len()
+                .saturating_mul(each)
+                .saturating_add(usize::from(reference.is_some())),
+        }
+    }
+
     /// Its images, in order (for a review: the frames, then the reference).
     pub fn images(&self) -> Vec<&ImageRef> {
         match self {
@@ -282,6 +300,30 @@ mod tests {
             serde_json::from_str(r#"{"id": "r", "kind": "review", "video": "v", "frames": ["QQ=="]}"#)
                 .unwrap();
         assert_eq!(r.work.images().len(), 1);
+        // The faces each kind is admitted for: a review's reference is
+        // one face, every face or not.
+        let faces = |s: &str| serde_json::from_str::<Job>(s).unwrap().work.faces_up_to(8);
+        assert_eq!(faces(r#"{"id": "a", "kind": "identify", "image": "QQ=="}"#), 1);
+        assert_eq!(
+            faces(r#"{"id": "a", "kind": "identify", "image": "QQ==", "all_faces": true}"#),
+            8
+        );
+        assert_eq!(
+            faces(
+                r#"{"id": "a", "kind": "review", "video": "v", "frames": ["QQ==", "QQ=="], "reference": "QQ==", "all_faces": true}"#
+            ),
+            17
+        );
+        assert_eq!(
+            faces(
+                r#"{"id": "a", "kind": "review", "video": "v", "frames": ["QQ==", "QQ=="], "reference": "QQ=="}"#
+            ),
+            3
+        );
+        assert_eq!(
+            faces(r#"{"id": "a", "kind": "verify", "image1": "QQ==", "image2": "QQ=="}"#),
+            2
+        );
         // A job serialises and parses back to itself.
         let again: Job = serde_json::from_slice(&serde_json::to_vec(&j).unwrap()).unwrap();
         assert_eq!(

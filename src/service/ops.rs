@@ -130,7 +130,8 @@ impl FaceService {
         call: &mut Call,
         t0: Instant,
     ) -> Result<Embedded, ServiceError> {
-        let each = self.embed_call_up_to(images, call, t0, 1).await?;
+        let images = images.into_iter().map(|i| (i, 1)).collect();
+        let each = self.embed_call_up_to(images, call, t0).await?;
         Ok(each
             .into_iter()
             .map(|r| r.and_then(|faces| faces.into_iter().next().ok_or_else(missing)))
@@ -138,19 +139,20 @@ impl FaceService {
     }
 
     /// [`embed_call`](Self::embed_call) for up to `most` faces of each
-    /// image (largest first), each image admitted for `most`.
+    /// image `(image, most)` (largest first), each image admitted for its
+    /// `most`.
     async fn embed_call_up_to(
         &self,
-        images: Vec<ImageSource>,
+        images: Vec<(ImageSource, usize)>,
         call: &mut Call,
         t0: Instant,
-        most: usize,
     ) -> Result<EmbeddedEach, ServiceError> {
-        let permit = self
-            .admit(ImageSource::cost_of_up_to(&images, most), call)
-            .await?;
+        let cost = images.iter().fold(super::Cost::default(), |c, (i, most)| {
+            c.saturating_add(i.cost_up_to(*most))
+        });
+        let permit = self.admit(cost, call).await?;
         let admission = t0.elapsed();
-        let work = self.embed_admitted(images, permit, call.deadline, most);
+        let work = self.embed_admitted(images, permit, call.deadline);
         let results = within(call.deadline, work)
             .await
             .map_err(|Late| ServiceError::Deadline)?;
@@ -421,7 +423,7 @@ impl FaceService {
         let t0 = Instant::now();
         check_k(k)?;
         let faces = self
-            .embed_call_up_to(vec![src], &mut call, t0, most)
+            .embed_call_up_to(vec![(src, most)], &mut call, t0)
             .await?
             .into_iter()
             .next()
@@ -479,10 +481,12 @@ impl FaceService {
         } else {
             ReviewMode::Gallery
         };
+        // Every face of each frame when asked; the reference's largest
+        // only.
         let most = if all_faces { self.max_faces() } else { 1 };
-        let mut images = frames;
-        images.extend(reference);
-        let mut results = self.embed_call_up_to(images, &mut call, t0, most).await?;
+        let mut images: Vec<_> = frames.into_iter().map(|f| (f, most)).collect();
+        images.extend(reference.map(|r| (r, 1)));
+        let mut results = self.embed_call_up_to(images, &mut call, t0).await?;
         let reference = match mode {
             ReviewMode::Reference => Some(
                 results

@@ -329,21 +329,21 @@ impl FaceService {
         ))
     }
 
-    /// Embeds up to `most` faces (the largest) of each admitted image, all
-    /// in flight at once (their faces share model runs): one result per
-    /// image, in order, holding its faces largest first. `permit` covers
-    /// them all ([`ImageSource::cost_of_up_to`]); each image takes its
-    /// part. A face the model fails fails its image.
+    /// Embeds up to `most` faces (the largest) of each admitted image
+    /// `(image, most)`, all in flight at once (their faces share model
+    /// runs): one result per image, in order, holding its faces largest
+    /// first. `permit` covers them all (each image's
+    /// [`cost_up_to`](ImageSource::cost_up_to) its `most`); each image
+    /// takes its part. A face the model fails fails its image.
     pub(crate) async fn embed_admitted(
         &self,
-        images: Vec<ImageSource>,
+        images: Vec<(ImageSource, usize)>,
         mut permit: Permit,
         deadline: Option<Instant>,
-        most: usize,
     ) -> Vec<Result<Vec<(FaceResult, Timings)>, ServiceError>> {
         let pending: Vec<_> = images
             .into_iter()
-            .map(|src| {
+            .map(|(src, most)| {
                 let part = permit.split(src.cost_up_to(most));
                 self.prepare_up_to(src, part, deadline, most)
             })

@@ -8,8 +8,11 @@
 # times slower and their corpora fill with numeric noise. It is also
 # compiled in cargo's default code-generation units instead of cargo-fuzz's
 # one (which only helps coverage counters, and these have none), so the
-# largest crates of the build use both cores. Everything else, facepool and
-# every parser it calls, keeps cargo-fuzz's flags.
+# largest crates of the build use both cores, and without debug info (a
+# crash's backtrace names facepool's lines, not the kernels'): tract-core
+# alone is the longest compile of the build, and its debug info a good
+# part of it. Everything else, facepool and every parser it calls, keeps
+# cargo-fuzz's flags.
 rustc=$1
 shift
 case " $* " in
@@ -22,7 +25,8 @@ case " $* " in
                 *) args+=("$a") ;;
             esac
         done
-        exec "$rustc" "${args[@]}"
+        # rustc takes the last of a repeated codegen option.
+        exec "$rustc" "${args[@]}" -Cdebuginfo=0
         ;;
 esac
 exec "$rustc" "$@"

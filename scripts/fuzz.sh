@@ -25,7 +25,8 @@
 #
 # Environment: FUZZ_TIMEOUT (seconds per input, default 5; 20 for the
 # targets that run the models), FUZZ_RSS_MB (default 4096), FUZZ_LOGS (the
-# logs' folder, default fuzz/target/logs), CARGO_BUILD_JOBS.
+# logs' folder, default fuzz/target/logs), FUZZ_LANES (targets run at once,
+# default one a core), CARGO_BUILD_JOBS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -124,10 +125,10 @@ dict_of() {
 # runs of NUL bytes). grep -a: a log is read as text whatever it holds.
 LOGS=${FUZZ_LOGS:-fuzz/target/logs}
 mkdir -p "$LOGS"
-failed=""
-summary=""
-for t in $RUN; do
-    corpus=fuzz/corpus/$t
+# One target's run: its summary line in $LOGS/TARGET.line; its exit
+# status libFuzzer's.
+run_target() {
+    local t=$1 corpus=fuzz/corpus/$1 extra timeout log rc execs cov ft files crashes line
     mkdir -p "$corpus" "fuzz/artifacts/$t"
     extra=$(make_seeds "$t")
     case $t in prepare | http_bodies) timeout=${FUZZ_TIMEOUT:-20} ;; *) timeout=${FUZZ_TIMEOUT:-5} ;; esac
@@ -144,7 +145,8 @@ for t in $RUN; do
         -rss_limit_mb="${FUZZ_RSS_MB:-4096}" \
         -artifact_prefix="fuzz/artifacts/$t/" \
         -print_final_stats=1 2>&1 | tee "$log" |
-        grep -aE '^#[0-9]+[[:space:]]+(INITED|DONE)|^==[0-9]+==|^SUMMARY|panicked at|Test unit written|ERROR:|^stat::'
+        grep -aE '^#[0-9]+[[:space:]]+(INITED|DONE)|^==[0-9]+==|^SUMMARY|panicked at|Test unit written|ERROR:|^stat::' |
+        sed -u "s/^/$t: /"
     rc=${PIPESTATUS[0]}
     set -e
     execs=$(grep -aE '^stat::number_of_executed_units' "$log" | tail -n 1 | awk '{print $2}')
@@ -154,11 +156,44 @@ for t in $RUN; do
     crashes=$(find "fuzz/artifacts/$t" -type f | wc -l)
     line="$t: ${SECONDS_EACH} s, ${execs:-?} execs, cov ${cov:-?} edges, ft ${ft:-?}, corpus $files files, artifacts $crashes, exit $rc"
     say "$line"
-    summary+="$line"$'\n'
+    printf '%s\n' "$line" >"$LOGS/$t.line"
     if [ "$rc" -ne 0 ]; then
-        failed+=" $t"
         say "$t FAILED: input(s) in fuzz/artifacts/$t/ (see $log)"
     fi
+    return "$rc"
+}
+
+# The targets in FUZZ_LANES lanes at once (default: one a core), each
+# lane one target after another: a libFuzzer process fuzzes on one
+# thread, so a 2-core machine runs `all` in half the time. Lane l takes
+# the targets l, l + lanes, ...
+LANES=${FUZZ_LANES:-$(nproc)}
+case "$LANES" in '' | 0 | *[!0-9]*) LANES=1 ;; esac
+for t in $RUN; do rm -f "$LOGS/$t.line"; done
+lanes=()
+for ((l = 0; l < LANES; l++)); do
+    (
+        i=0 rc=0
+        for t in $RUN; do
+            if [ $((i % LANES)) -eq "$l" ]; then
+                run_target "$t" || rc=1
+            fi
+            i=$((i + 1))
+        done
+        exit "$rc"
+    ) &
+    lanes+=($!)
+done
+for p in "${lanes[@]}"; do
+    wait "$p" || true
+done
+
+failed=""
+summary=""
+for t in $RUN; do
+    line=$(cat "$LOGS/$t.line" 2>/dev/null || echo "$t: no result (its lane ended early)")
+    summary+="$line"$'\n'
+    case $line in *", exit 0") ;; *) failed+=" $t" ;; esac
 done
 
 printf '\n%s' "$summary"

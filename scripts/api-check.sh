@@ -7,6 +7,7 @@
 # type, headers or body the document does not describe.
 #
 #   bash scripts/api-check.sh [MAX_EXAMPLES]     (default 100 per operation)
+#   bash scripts/api-check.sh --install          (schemathesis only, then exit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 examples="${1:-100}"
@@ -16,6 +17,7 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q -r tests/api/requirements.txt
 fi
+[ "$examples" != --install ] || exit 0
 
 bash scripts/fetch-assets.sh >/dev/null
 cargo build -q --release --all-features --bin serve

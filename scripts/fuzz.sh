@@ -172,21 +172,19 @@ case "$LANES" in '' | 0 | *[!0-9]*) LANES=1 ;; esac
 for t in $RUN; do rm -f "$LOGS/$t.line"; done
 lanes=()
 for ((l = 0; l < LANES; l++)); do
+    # A target's outcome is its .line file, read below.
     (
-        i=0 rc=0
+        i=0
         for t in $RUN; do
             if [ $((i % LANES)) -eq "$l" ]; then
-                run_target "$t" || rc=1
+                run_target "$t" || true
             fi
             i=$((i + 1))
         done
-        exit "$rc"
     ) &
     lanes+=($!)
 done
-for p in "${lanes[@]}"; do
-    wait "$p" || true
-done
+wait "${lanes[@]}"
 
 failed=""
 summary=""

@@ -14,6 +14,11 @@ use super::super::extract::QueryOf;
 use super::super::App;
 use crate::metrics::profiling::{Capture, Output, DEFAULT_FREQUENCY};
 
+// `tag = "system"` below: the tag these operations had in the document
+// when they were listed beside the other system routes (utoipa tags an
+// operation by the module it is listed under in `paths(...)`, here
+// `profiling`, unless the operation names its own).
+
 async fn profile(app: &App, q: ProfileQuery, out: Output) -> Result<Vec<u8>, ApiError> {
     let secs = q.seconds.unwrap_or(10);
     if secs == 0 || secs > 60 {
@@ -45,7 +50,7 @@ async fn profile(app: &App, q: ProfileQuery, out: Output) -> Result<Vec<u8>, Api
         .map_err(|e| internal(&e))
 }
 
-#[utoipa::path(get, path = "/debug/pprof/profile", params(ProfileQuery),
+#[utoipa::path(get, path = "/debug/pprof/profile", tag = "system", params(ProfileQuery),
     responses((status = 200, description = "A pprof protobuf", content_type = "application/octet-stream"), AuthErrors, Malformed, Busy, Internal),
     security(("bearer" = [])))]
 pub(in super::super) async fn pprof_profile(
@@ -56,7 +61,7 @@ pub(in super::super) async fn pprof_profile(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
-#[utoipa::path(get, path = "/debug/pprof/flamegraph", params(ProfileQuery),
+#[utoipa::path(get, path = "/debug/pprof/flamegraph", tag = "system", params(ProfileQuery),
     responses((status = 200, description = "A flamegraph", content_type = "image/svg+xml"), AuthErrors, Malformed, Busy, Internal),
     security(("bearer" = [])))]
 pub(in super::super) async fn pprof_flamegraph(

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs the coverage-guided fuzz targets of fuzz/ (cargo-fuzz, libFuzzer) on
-# the stable toolchain:
+# Runs the coverage-guided fuzz targets of fuzz/ (libFuzzer, through the
+# libfuzzer-sys crate) on the stable toolchain:
 #
 #   scripts/fuzz.sh TARGET SECONDS    one target for SECONDS
-#   scripts/fuzz.sh all SECONDS       every target in turn, SECONDS each
+#   scripts/fuzz.sh all SECONDS       every target, SECONDS each
 #   scripts/fuzz.sh list              the targets
 #
 # Targets: decode, prepare, index_load, pairs_csv, loadgen_profile,
@@ -15,22 +15,29 @@
 # targets and profiles/ for the profile target. A crash, a failed
 # assertion or a timeout leaves its input in fuzz/artifacts/TARGET/ and
 # makes the script exit non-zero (after the other targets of `all` ran);
-# replay one with `cargo fuzz run --sanitizer none TARGET FILE`.
+# replay one with `target/release/TARGET FILE` (the binary this script
+# built).
+#
+# The build: the flags cargo-fuzz would give, without cargo-fuzz. The
+# targets are built with cargo into the root's target dir, where they
+# reuse the root build's artifacts (the test command's: every feature):
+# only the fuzzed crates are compiled for them, instrumented by
+# fuzz/rustc-wrapper.sh (which crates, and what the reuse needs: the
+# header of fuzz/Cargo.toml). Without a root build first, this one
+# compiles everything it needs itself.
 #
 # No sanitizer: AddressSanitizer needs nightly's -Zsanitizer, and the
 # targets are safe Rust above libraries that are too; what they look for
 # is panics, failed assertions, unbounded memory (the decode target counts
-# its allocations itself) and slow inputs. With `--sanitizer none`
-# cargo-fuzz passes no -Z flag, so stable builds it (no RUSTC_BOOTSTRAP).
+# its allocations itself) and slow inputs.
 #
 # Environment: FUZZ_TIMEOUT (seconds per input, default 5; 20 for the
 # targets that run the models), FUZZ_RSS_MB (default 4096), FUZZ_LOGS (the
 # logs' folder, default fuzz/target/logs), FUZZ_LANES (targets run at once,
-# default one a core), CARGO_BUILD_JOBS.
+# default one a core), CARGO_TARGET_DIR (default target), CARGO_BUILD_JOBS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CARGO_FUZZ_VERSION=0.13.2
 TARGETS="decode prepare index_load pairs_csv loadgen_profile http_bodies nats_job gallery_entry"
 
 say() { printf 'fuzz: %s\n' "$*" >&2; }
@@ -55,11 +62,6 @@ else
     case " $TARGETS " in *" $WHAT "*) RUN=$WHAT ;; *) usage ;; esac
 fi
 
-if ! cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION\$"; then
-    say "installing cargo-fuzz $CARGO_FUZZ_VERSION"
-    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
-fi
-
 needs_assets=false
 for t in $RUN; do
     case $t in decode | prepare | http_bodies) needs_assets=true ;; esac
@@ -68,13 +70,23 @@ if $needs_assets; then
     bash scripts/fetch-assets.sh
 fi
 
-# Every build goes through fuzz/rustc-wrapper.sh, which leaves the model
-# runtime (tract, ndarray) uninstrumented (why: its header). Cargo does not
-# see a change of wrapper: after a `cargo fuzz build` without it, run
-# `cargo clean --manifest-path fuzz/Cargo.toml` once.
-export RUSTC_WRAPPER="$PWD/fuzz/rustc-wrapper.sh"
-say "building the targets (release, debug assertions, no sanitizer)"
-cargo fuzz build --sanitizer none
+# The versions fuzz/Cargo.lock pins should be Cargo.lock's: a crate at
+# another version is compiled again (correct, only slower).
+drift=$(awk '
+    FNR == 1 { name = "" }
+    /^name = / { name = $3 }
+    /^version = "/ {
+        if (FILENAME == ARGV[1]) { pinned[name, $3] = 1; known[name] = 1 }
+        else if ((name in known) && !((name, $3) in pinned)) printf " %s", name
+    }' Cargo.lock fuzz/Cargo.lock | tr -d '"')
+if [ -n "$drift" ]; then
+    say "fuzz/Cargo.lock pins other versions than Cargo.lock of:$drift (compiled again; to align: cp Cargo.lock fuzz/Cargo.lock && cargo metadata --manifest-path fuzz/Cargo.toml >/dev/null)"
+fi
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+say "building the targets (release, the fuzzed crates instrumented, debug assertions, no sanitizer)"
+RUSTC_WRAPPER="$PWD/fuzz/rustc-wrapper.sh" \
+    cargo build --release --locked --manifest-path fuzz/Cargo.toml --target-dir "$TARGET_DIR" --bins
 
 # Extra seeds made from the fetched photos (never committed): a few small
 # photos as they are, and for the HTTP target wrapped as its inputs (route
@@ -138,13 +150,14 @@ run_target() {
     # would fork children that log to files instead).
     set +e
     # shellcheck disable=SC2086 # $extra: zero or one folder
-    cargo fuzz run --sanitizer none "$t" "$corpus" $extra -- \
+    "$TARGET_DIR/release/$t" \
         -dict="$(dict_of "$t")" \
         -max_total_time="$SECONDS_EACH" \
         -timeout="$timeout" \
         -rss_limit_mb="${FUZZ_RSS_MB:-4096}" \
         -artifact_prefix="fuzz/artifacts/$t/" \
-        -print_final_stats=1 2>&1 | tee "$log" |
+        -print_final_stats=1 \
+        "$corpus" $extra 2>&1 | tee "$log" |
         grep -aE '^#[0-9]+[[:space:]]+(INITED|DONE)|^==[0-9]+==|^SUMMARY|panicked at|Test unit written|ERROR:|^stat::' |
         sed -u "s/^/$t: /"
     rc=${PIPESTATUS[0]}

@@ -20,7 +20,11 @@ fi
 [ "$examples" != --install ] || exit 0
 
 bash scripts/fetch-assets.sh >/dev/null
-cargo build -q --release --all-features --bin serve
+# `serve` as the test command (scripts/test.sh) builds it: every feature,
+# and the dev-dependencies' features too, which cargo unifies in only when
+# a test target is built (here the smallest one). Without them `serve`,
+# facepool and a few dependencies would be compiled again after the tests.
+cargo build -q --release --all-features --bin serve --test loom_pool
 
 work="$(mktemp -d)"
 serve_pid=""

@@ -18,13 +18,15 @@
 # replay one with `target/release/TARGET FILE` (the binary this script
 # built).
 #
-# The build: the flags cargo-fuzz would give, without cargo-fuzz. The
-# targets are built with cargo into the root's target dir, where they
-# reuse the root build's artifacts (the test command's: every feature):
-# only the fuzzed crates are compiled for them, instrumented by
-# fuzz/rustc-wrapper.sh (which crates, and what the reuse needs: the
-# header of fuzz/Cargo.toml). Without a root build first, this one
-# compiles everything it needs itself.
+# The build: cargo-fuzz's flags, without cargo-fuzz, on the fuzzed
+# crates only (`--cfg fuzzing` too: the others are compiled as the root
+# build compiles them). The targets are built with cargo into the root's
+# target dir, where they reuse the root build's artifacts (the test command's: every feature):
+# only the fuzzed crates (instrumented by fuzz/rustc-wrapper.sh), the few
+# that depend on them (axum) and libFuzzer are compiled for them (which
+# crates, and what the reuse needs: the header of fuzz/Cargo.toml).
+# Without a root build first, this one compiles everything it needs
+# itself.
 #
 # No sanitizer: AddressSanitizer needs nightly's -Zsanitizer, and the
 # targets are safe Rust above libraries that are too; what they look for
@@ -34,7 +36,8 @@
 # Environment: FUZZ_TIMEOUT (seconds per input, default 5; 20 for the
 # targets that run the models), FUZZ_RSS_MB (default 4096), FUZZ_LOGS (the
 # logs' folder, default fuzz/target/logs), FUZZ_LANES (targets run at once,
-# default one a core), CARGO_TARGET_DIR (default target), CARGO_BUILD_JOBS.
+# default one a core), CARGO_TARGET_DIR (default target; the root build's,
+# to reuse it), CARGO_BUILD_JOBS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -83,10 +86,30 @@ if [ -n "$drift" ]; then
     say "fuzz/Cargo.lock pins other versions than Cargo.lock of:$drift (compiled again; to align: cp Cargo.lock fuzz/Cargo.lock && cargo metadata --manifest-path fuzz/Cargo.toml >/dev/null)"
 fi
 
-TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+TARGET_DIR=${CARGO_TARGET_DIR:-${CARGO_BUILD_TARGET_DIR:-$PWD/target}}
+# The fuzzed crates: those fuzz/Cargo.toml's profile names (crate names,
+# as rustc sees them). The wrapper instruments these and nothing else.
+FUZZ_INSTRUMENT=" $(sed -n 's/^\[profile\.release\.package\.\([A-Za-z0-9_-]*\)\]$/\1/p' fuzz/Cargo.toml | tr '-' '_' | tr '\n' ' ')"
+export FUZZ_INSTRUMENT
+# Cargo does not see the wrapper: when it or the list changes, the fuzzed
+# crates are cleaned, so that none keeps the instrumentation of before
+# (this also removes the root build's copies of them, built again when
+# next needed).
+stamp=$TARGET_DIR/fuzz-instrumentation
+now=$(cat fuzz/rustc-wrapper.sh <(echo "$FUZZ_INSTRUMENT") | cksum)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" != "$now" ]; then
+    say "the instrumentation changed: cleaning the fuzzed crates"
+    for c in $(sed -n 's/^\[profile\.release\.package\.\([A-Za-z0-9_-]*\)\]$/\1/p' fuzz/Cargo.toml); do
+        cargo clean --release -q --manifest-path fuzz/Cargo.toml --target-dir "$TARGET_DIR" -p "$c"
+    done
+fi
 say "building the targets (release, the fuzzed crates instrumented, debug assertions, no sanitizer)"
-RUSTC_WRAPPER="$PWD/fuzz/rustc-wrapper.sh" \
-    cargo build --release --locked --manifest-path fuzz/Cargo.toml --target-dir "$TARGET_DIR" --bins
+if ! RUSTC_WRAPPER="$PWD/fuzz/rustc-wrapper.sh" \
+    cargo build --release --locked --manifest-path fuzz/Cargo.toml --target-dir "$TARGET_DIR" --bins; then
+    say "the build failed; if cargo says fuzz/Cargo.lock needs updating (a dependency changed in Cargo.toml): cp Cargo.lock fuzz/Cargo.lock && cargo metadata --manifest-path fuzz/Cargo.toml >/dev/null, and commit it"
+    exit 1
+fi
+mkdir -p "$TARGET_DIR" && printf '%s\n' "$now" >"$stamp"
 
 # Extra seeds made from the fetched photos (never committed): a few small
 # photos as they are, and for the HTTP target wrapped as its inputs (route

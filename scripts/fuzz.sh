@@ -21,12 +21,12 @@
 # The build: cargo-fuzz's flags, without cargo-fuzz, on the fuzzed
 # crates only (`--cfg fuzzing` too: the others are compiled as the root
 # build compiles them). The targets are built with cargo into the root's
-# target dir, where they reuse the root build's artifacts (the test command's: every feature):
-# only the fuzzed crates (instrumented by fuzz/rustc-wrapper.sh), the few
-# that depend on them (axum) and libFuzzer are compiled for them (which
-# crates, and what the reuse needs: the header of fuzz/Cargo.toml).
-# Without a root build first, this one compiles everything it needs
-# itself.
+# target dir, where they reuse the root build's artifacts (the test
+# command's: every feature): only the fuzzed crates (instrumented by
+# fuzz/rustc-wrapper.sh), the few that depend on them (axum) and
+# libFuzzer are compiled for them (which crates, and what the reuse
+# needs: the header of fuzz/Cargo.toml). Without a root build first, this
+# one compiles everything it needs itself.
 #
 # No sanitizer: AddressSanitizer needs nightly's -Zsanitizer, and the
 # targets are safe Rust above libraries that are too; what they look for
@@ -87,9 +87,11 @@ if [ -n "$drift" ]; then
 fi
 
 TARGET_DIR=${CARGO_TARGET_DIR:-${CARGO_BUILD_TARGET_DIR:-$PWD/target}}
-# The fuzzed crates: those fuzz/Cargo.toml's profile names (crate names,
-# as rustc sees them). The wrapper instruments these and nothing else.
-FUZZ_INSTRUMENT=" $(sed -n 's/^\[profile\.release\.package\.\([A-Za-z0-9_-]*\)\]$/\1/p' fuzz/Cargo.toml | tr '-' '_' | tr '\n' ' ')"
+# The fuzzed crates: those fuzz/Cargo.toml's profile names. The wrapper
+# instruments these (by their crate names, as rustc sees them) and
+# nothing else.
+fuzzed=$(sed -n 's/^\[profile\.release\.package\.\([A-Za-z0-9_-]*\)\]$/\1/p' fuzz/Cargo.toml)
+FUZZ_INSTRUMENT=" $(printf '%s\n' $fuzzed | tr '-' '_' | tr '\n' ' ')"
 export FUZZ_INSTRUMENT
 # Cargo does not see the wrapper: when it or the list changes, the fuzzed
 # crates are cleaned, so that none keeps the instrumentation of before
@@ -99,7 +101,7 @@ stamp=$TARGET_DIR/fuzz-instrumentation
 now=$(cat fuzz/rustc-wrapper.sh <(echo "$FUZZ_INSTRUMENT") | cksum)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" != "$now" ]; then
     say "the instrumentation changed: cleaning the fuzzed crates"
-    for c in $(sed -n 's/^\[profile\.release\.package\.\([A-Za-z0-9_-]*\)\]$/\1/p' fuzz/Cargo.toml); do
+    for c in $fuzzed; do
         cargo clean --release -q --manifest-path fuzz/Cargo.toml --target-dir "$TARGET_DIR" -p "$c"
     done
 fi

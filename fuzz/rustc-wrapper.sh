@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # RUSTC_WRAPPER of the fuzz build (scripts/fuzz.sh sets it, and
-# FUZZ_INSTRUMENT, the crates fuzz/Cargo.toml's profile names): adds
+# FUZZ_INSTRUMENT: the crates fuzz/Cargo.toml's profile names, and the
+# targets, each a binary crate of its own name): adds
 # libFuzzer's coverage instrumentation (cargo-fuzz's flags) to those
 # crates (the targets, facepool, the parsers it hands outside bytes to),
 # which that profile compiles with debug assertions, and to nothing else.

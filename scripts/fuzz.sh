@@ -87,11 +87,12 @@ if [ -n "$drift" ]; then
 fi
 
 TARGET_DIR=${CARGO_TARGET_DIR:-${CARGO_BUILD_TARGET_DIR:-$PWD/target}}
-# The fuzzed crates: those fuzz/Cargo.toml's profile names. The wrapper
-# instruments these (by their crate names, as rustc sees them) and
-# nothing else.
+# The fuzzed crates: those fuzz/Cargo.toml's profile names, and the
+# targets (each binary is a crate of its own name, some with the parser
+# they test in it). The wrapper instruments these (by their crate names,
+# as rustc sees them) and nothing else.
 fuzzed=$(sed -n 's/^\[profile\.release\.package\.\([A-Za-z0-9_-]*\)\]$/\1/p' fuzz/Cargo.toml)
-FUZZ_INSTRUMENT=" $(printf '%s\n' $fuzzed | tr '-' '_' | tr '\n' ' ')"
+FUZZ_INSTRUMENT=" $(printf '%s\n' $fuzzed $TARGETS | tr '-' '_' | tr '\n' ' ')"
 export FUZZ_INSTRUMENT
 # Cargo does not see the wrapper: when it or the list changes, the fuzzed
 # crates are cleaned, so that none keeps the instrumentation of before

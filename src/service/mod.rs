@@ -171,12 +171,15 @@ impl FaceService {
             .build()?;
         let searches = search::batcher(room)?;
         let bytes = config.max_bytes.max(1);
-        // The faces limit adapts to the latency target (at least a batch
-        // per inference thread, at most the queue), or is the queue.
+        // The faces limit adapts to the latency target (from a face per
+        // inference thread to the queue, starting at a batch per inference
+        // thread), or is the queue.
         let admission = match config.latency_target {
             Some(target) => {
-                let min = batching.batch_max.max(1) * batching.inference_threads.max(1);
-                Admission::adaptive(limit::LimitPolicy::new(target, min, queue), bytes)
+                let threads = batching.inference_threads.max(1);
+                let policy = limit::LimitPolicy::new(target, threads, queue)
+                    .starting_at(threads * batching.batch_max.max(1));
+                Admission::adaptive(policy, bytes)
             }
             None => Admission::new(Cost::new(queue, bytes), Cost::new(queue, bytes)),
         };

@@ -167,10 +167,10 @@ struct Shared {
 }
 
 impl Shared {
-    /// Gives `cost` back; its faces count as finished (a latency sample
-    /// each, `granted` to now) when `done`, or else as never used.
-    fn release(&self, cost: Cost, granted: Instant, done: bool) {
-        if cost.is_zero() {
+    /// Gives `cost` back, and records `sample` (a request's faces that
+    /// finished, and their sojourn) if any.
+    fn release(&self, cost: Cost, sample: Option<(usize, Duration)>) {
+        if cost.is_zero() && sample.is_none() {
             return;
         }
         let mut wake = Vec::new();
@@ -179,8 +179,8 @@ impl Shared {
             s.in_use = s.in_use.saturating_sub(cost);
             if let Some(c) = &mut s.control {
                 let now = Instant::now();
-                if done && cost.faces > 0 {
-                    c.finished(cost.faces, now.saturating_duration_since(granted));
+                if let Some((faces, sojourn)) = sample {
+                    c.finished(faces, sojourn, now);
                 }
                 if let Some(limit) = c.tick(now) {
                     s.limit.faces = limit;
@@ -209,12 +209,33 @@ impl std::fmt::Debug for Admission {
 
 /// A request's admission, all of it; given back when dropped (each part
 /// split from it when that part is dropped).
+///
+/// The adaptive limit's latency sample is the request's: its faces count
+/// as finished when the last part holding any of them is given back, with
+/// one sojourn for all of them, from the grant to when the last of them
+/// finished. What a client waits for is its last face, so a request of
+/// two faces is one sample of the slower, not two of each.
 #[must_use = "the admission is given back when the permit is dropped"]
 pub struct Permit {
     shared: Option<Arc<Shared>>,
     cost: Cost,
-    /// When it was granted (a face's sojourn counts from here).
+    /// When it was granted (the request's sojourn counts from here).
     granted: Instant,
+    /// Shared by the permit and every part split from it.
+    tally: Option<Arc<Mutex<Tally>>>,
+}
+
+/// A request's faces that finished so far, and when the last did.
+#[derive(Debug, Default)]
+struct Tally {
+    faces: usize,
+    last: Option<Instant>,
+}
+
+impl Tally {
+    fn new() -> Option<Arc<Mutex<Tally>>> {
+        Some(Arc::new(Mutex::new(Tally::default())))
+    }
 }
 
 impl std::fmt::Debug for Permit {
@@ -230,6 +251,7 @@ impl Permit {
             shared: None,
             cost: Cost::default(),
             granted: Instant::now(),
+            tally: Tally::new(),
         }
     }
 
@@ -247,6 +269,7 @@ impl Permit {
             shared: self.shared.clone(),
             cost: part,
             granted: self.granted,
+            tally: self.tally.clone(),
         }
     }
 
@@ -255,6 +278,7 @@ impl Permit {
         if self.shared.is_none() {
             self.shared = other.shared.clone();
             self.granted = other.granted;
+            self.tally = other.tally.clone();
         }
         self.granted = self.granted.min(other.granted);
         self.cost = self.cost.saturating_add(std::mem::take(&mut other.cost));
@@ -265,7 +289,7 @@ impl Permit {
         let bytes = Cost::new(0, self.cost.bytes);
         self.cost.bytes = 0;
         if let Some(s) = &self.shared {
-            s.release(bytes, self.granted, true);
+            s.release(bytes, None);
         }
     }
 
@@ -276,16 +300,33 @@ impl Permit {
         let unused = Cost::new(self.cost.faces.saturating_sub(keep), 0);
         self.cost = self.cost.saturating_sub(unused);
         if let Some(s) = &self.shared {
-            s.release(unused, self.granted, false);
+            s.release(unused, None);
         }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(s) = self.shared.take() {
-            s.release(self.cost, self.granted, true);
+        let Some(s) = self.shared.take() else {
+            return;
+        };
+        let Some(tally) = self.tally.take() else {
+            s.release(self.cost, None);
+            return;
+        };
+        if self.cost.faces > 0 {
+            let now = Instant::now();
+            let mut t = lock(&tally);
+            t.faces += self.cost.faces;
+            t.last = Some(t.last.map_or(now, |l| l.max(now)));
         }
+        // The last part given back (exactly one drop gets the tally)
+        // records the request's sample.
+        let sample = Arc::into_inner(tally)
+            .map(|m| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner))
+            .and_then(|t| Some((t.faces, t.last?.saturating_duration_since(self.granted))))
+            .filter(|(faces, _)| *faces > 0);
+        s.release(self.cost, sample);
     }
 }
 
@@ -335,6 +376,7 @@ impl Admission {
             shared: Some(self.shared.clone()),
             cost,
             granted: Instant::now(),
+            tally: Tally::new(),
         }
     }
 
@@ -563,5 +605,43 @@ impl Admission {
             expected_wait: control.and_then(|c| c.expected(s.in_use.faces, 1)),
             ..s.stats
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(a: &Admission) -> (Vec<Duration>, u64) {
+        let s = lock(&a.shared.state);
+        let (w, n) = s.control.as_ref().map(|c| c.window()).unwrap_or_default();
+        (w.to_vec(), n)
+    }
+
+    #[test]
+    fn a_request_is_one_sample_of_its_last_face() {
+        let policy = LimitPolicy::new(Duration::from_millis(300), 1, 64);
+        let a = Admission::adaptive(policy, 1 << 20);
+        let Ok(mut root) = a.try_acquire(Cost::new(3, 100)) else {
+            panic!("refused");
+        };
+        let (first, second) = (root.split(Cost::new(1, 0)), root.split(Cost::new(1, 0)));
+        // Bytes and faces never used are no sample.
+        root.release_bytes();
+        root.release_faces_beyond(0);
+        drop(root);
+        drop(first);
+        assert_eq!(window(&a), (vec![], 0), "a face finished, the request not");
+        assert_eq!(a.in_use(), Cost::new(1, 0), "its capacity is back at once");
+        std::thread::sleep(Duration::from_millis(20));
+        drop(second);
+        let (samples, faces) = window(&a);
+        assert_eq!(faces, 2);
+        assert_eq!(samples.len(), 2);
+        assert!(
+            samples.iter().all(|s| *s >= Duration::from_millis(20)),
+            "{samples:?}"
+        );
+        assert_eq!(a.in_use(), Cost::default());
     }
 }

@@ -304,6 +304,12 @@ impl Control {
         (&self.window, self.completed)
     }
 
+    /// Whether the limit turned a request away this interval.
+    #[cfg(test)]
+    pub fn was_limited(&self) -> bool {
+        self.limited
+    }
+
     /// The limit turned a request away.
     pub fn limited(&mut self) {
         self.limited = true;

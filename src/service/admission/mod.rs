@@ -540,6 +540,10 @@ impl Admission {
             if s.closed || (s.line.is_empty() && s.fits(cost)) {
                 return;
             }
+            // Kept waiting by the limit, as a request in line is.
+            if let Some(c) = &mut s.control {
+                c.limited();
+            }
             let (id, slot) = Self::queue(&mut s, cost, None);
             if let Some(w) = s.line.back_mut().filter(|w| w.id == id) {
                 w.probe = true;
@@ -643,5 +647,33 @@ mod tests {
             "{samples:?}"
         );
         assert_eq!(a.in_use(), Cost::default());
+    }
+
+    #[test]
+    fn waiting_for_room_counts_as_turned_away() {
+        use std::future::Future;
+        // Starts at its floor: one face.
+        let a = Admission::adaptive(LimitPolicy::new(Duration::from_millis(300), 1, 64), 1 << 20);
+        let limited = |a: &Admission| {
+            lock(&a.shared.state)
+                .control
+                .as_ref()
+                .is_some_and(|c| c.was_limited())
+        };
+        let mut room = Box::pin(a.room(1));
+        let mut cx = std::task::Context::from_waker(Waker::noop());
+        assert!(room.as_mut().poll(&mut cx).is_ready(), "room at once");
+        assert!(!limited(&a));
+        let Ok(held) = a.try_acquire(Cost::new(1, 0)) else {
+            panic!("refused");
+        };
+        let mut room = Box::pin(a.room(1));
+        assert!(room.as_mut().poll(&mut cx).is_pending());
+        assert!(
+            limited(&a),
+            "a consumer kept waiting grows the limit as a refusal does"
+        );
+        drop(held);
+        assert!(room.as_mut().poll(&mut cx).is_ready());
     }
 }

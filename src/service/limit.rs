@@ -34,7 +34,14 @@
 //!   added headroom raises the limit whenever the gradient is flat), and it
 //!   needs no probe that pins the concurrency low to find the floor
 //!   (Envoy's min-RTT probe and the 503s it causes): the floor is the
-//!   smallest sojourn seen, which under load is what a face costs alone.
+//!   smallest sojourn seen, which under load is what a request costs alone.
+//! - A p99 over the goal while the floor itself is over it (one request
+//!   alone takes longer than the goal: the target cannot be met at any
+//!   limit) cuts nothing: fewer in flight would lose throughput and gain
+//!   no latency.
+//! - A request weighs at most [`MOST_COPIES`] samples (its faces count in
+//!   the rate all the same): a review of 64 faces, admitted alone, must
+//!   not decide an interval by itself.
 //! - It stays between `min` (a face per inference thread) and `max`
 //!   (`--queue`, the hard cap), and starts at `start` (the service's: a
 //!   batch per inference thread). Two batches per inference thread, as it
@@ -60,7 +67,7 @@ use std::time::Duration;
 pub struct LimitPolicy {
     /// The latency admitted requests should meet at p99.
     pub target: Duration,
-    /// The share of the target a face's sojourn may take.
+    /// The share of the target a request's sojourn may take.
     pub headroom: f64,
     /// The smallest limit (faces).
     pub min: usize,
@@ -137,7 +144,7 @@ pub struct LimitState {
     /// Faces finished per second while the limit was what held requests
     /// back (the capacity), smoothed; `None` until measured.
     pub rate: Option<f64>,
-    /// The smallest sojourn seen (what a face costs alone), drifting up
+    /// The smallest sojourn seen (what a request costs alone), drifting up
     /// slowly so that a model that became slower is noticed.
     pub floor: Option<Duration>,
     /// The last interval's sojourn p99.
@@ -197,7 +204,7 @@ pub fn decide(policy: &LimitPolicy, state: &LimitState, obs: &Observation) -> Li
         });
     }
     match obs.p99 {
-        Some(p) if p > goal => {
+        Some(p) if p > goal && next.floor.is_none_or(|f| f < goal) => {
             let cut = (goal.as_secs_f64() / p.as_secs_f64()).max(0.5);
             next.limit = (state.limit * cut).min(state.limit - 1.0);
         }
@@ -262,6 +269,9 @@ pub(crate) struct Control {
 /// Sojourns kept per interval at most (more are counted, not kept).
 const WINDOW: usize = 8192;
 
+/// Samples one request weighs at most.
+pub const MOST_COPIES: usize = 4;
+
 /// The recent sojourns kept across intervals, whose p99 growth must meet:
 /// at most this many...
 pub const RECENT: usize = 256;
@@ -287,10 +297,11 @@ impl Control {
     /// `faces` finished at `now`, `sojourn` after they were admitted.
     pub fn finished(&mut self, faces: usize, sojourn: Duration, now: std::time::Instant) {
         self.completed += faces as u64;
-        for _ in 0..faces.min(WINDOW - self.window.len().min(WINDOW)) {
+        let copies = faces.min(MOST_COPIES);
+        for _ in 0..copies.min(WINDOW - self.window.len().min(WINDOW)) {
             self.window.push(sojourn);
         }
-        for _ in 0..faces.min(RECENT) {
+        for _ in 0..copies {
             if self.recent.len() == RECENT {
                 self.recent.pop_front();
             }
@@ -424,6 +435,33 @@ mod tests {
     }
 
     #[test]
+    fn a_goal_no_request_meets_alone_cuts_nothing() {
+        let p = policy();
+        let s = LimitState {
+            limit: 20.0,
+            floor: Some(ms(300)),
+            ..LimitState::new(&p)
+        };
+        let mut o = obs(20, 600, true);
+        o.min = Some(ms(300));
+        assert_eq!(decide(&p, &s, &o).faces(), 20);
+        // Reachable: cut.
+        o.min = Some(ms(100));
+        let s = LimitState { floor: None, ..s };
+        assert_eq!(decide(&p, &s, &o).faces(), 10);
+    }
+
+    #[test]
+    fn a_large_request_weighs_a_few_samples_and_all_its_faces() {
+        let mut c = Control::new(policy());
+        c.finished(64, ms(900), std::time::Instant::now());
+        let (window, faces) = c.window();
+        assert_eq!((window.len(), faces), (MOST_COPIES, 64));
+        // Fewer than an interval's 16: it decides nothing alone.
+        assert!(MOST_COPIES < policy().min_samples);
+    }
+
+    #[test]
     fn the_floor_is_the_smallest_sojourn_drifting_up() {
         let p = policy();
         let mut s = LimitState::new(&p);
@@ -522,6 +560,7 @@ mod tests {
         );
         // A batch per worker as the floor (as before) keeps the p99 over it.
         let pinned = slow_faces(8);
+        assert!(!pinned.is_empty());
         assert!(
             pinned.iter().all(|(limit, p99)| *limit == 8 && *p99 > goal),
             "{pinned:?}"

@@ -214,7 +214,7 @@ impl std::fmt::Debug for Admission {
 /// as finished when the last part holding any of them is given back, with
 /// one sojourn for all of them, from the grant to when the last of them
 /// finished. What a client waits for is its last face, so a request of
-/// two faces is one sample of the slower, not two of each.
+/// two faces gives two samples of the slower, not one of each.
 #[must_use = "the admission is given back when the permit is dropped"]
 pub struct Permit {
     shared: Option<Arc<Shared>>,
@@ -251,7 +251,8 @@ impl Permit {
             shared: None,
             cost: Cost::default(),
             granted: Instant::now(),
-            tally: Tally::new(),
+            // No admission, no sample; a merge takes the other's tally.
+            tally: None,
         }
     }
 
@@ -623,7 +624,7 @@ mod tests {
     }
 
     #[test]
-    fn a_request_is_one_sample_of_its_last_face() {
+    fn a_request_is_sampled_at_its_last_face() {
         let policy = LimitPolicy::new(Duration::from_millis(300), 1, 64);
         let a = Admission::adaptive(policy, 1 << 20);
         let Ok(mut root) = a.try_acquire(Cost::new(3, 100)) else {

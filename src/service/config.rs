@@ -29,6 +29,11 @@ pub struct Batching {
 }
 
 impl Batching {
+    /// A batch per inference thread: the faces of one round of the model.
+    pub fn round(&self) -> usize {
+        self.batch_max.max(1) * self.inference_threads.max(1)
+    }
+
     /// The CPU's: batches of up to 4 (ONNX Runtime's cost per face on the
     /// default model rises above that, measured in `benches/backends.rs`,
     /// and tract's does not fall with batch size), 2 ms, tract plans for

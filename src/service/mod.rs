@@ -143,9 +143,7 @@ impl FaceService {
                     cooldown: Duration::from_millis(200),
                     sample_interval: Duration::from_millis(20),
                     sustain: 3,
-                    downstream_high_watermark: Some(
-                        batching.batch_max.max(1) * batching.inference_threads.max(1),
-                    ),
+                    downstream_high_watermark: Some(batching.round()),
                     ..ScalePolicy::new(1, workers)
                 };
                 pool.min_workers(1)
@@ -177,8 +175,7 @@ impl FaceService {
         let admission = match config.latency_target {
             Some(target) => {
                 let threads = batching.inference_threads.max(1);
-                let policy = limit::LimitPolicy::new(target, threads, queue)
-                    .starting_at(threads * batching.batch_max.max(1));
+                let policy = limit::LimitPolicy::new(target, threads, queue).starting_at(batching.round());
                 Admission::adaptive(policy, bytes)
             }
             None => Admission::new(Cost::new(queue, bytes), Cost::new(queue, bytes)),

@@ -317,3 +317,53 @@ fn detection_on_ort_matches_tract() {
         "{faces} faces, {with_landmarks} by landmarks"
     );
 }
+
+/// The detector takes several frames a run (the batch dimension made free
+/// on ONNX Runtime; plans of 1 and 4 frames on tract, a run of 5 split
+/// into 4 and 1, one of 3 padded to 4) and finds on each frame what a run
+/// of that frame alone finds.
+#[test]
+fn detector_runs_of_several_frames_find_what_single_runs_find() {
+    use facepool::face::DetectModels;
+    let det = assets().join("models/fr_detect.onnx");
+    let runtime = OrtRuntime::load(&library()).unwrap();
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(assets().join("photos/faces"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    photos.sort();
+    let frames: Vec<_> = photos
+        .iter()
+        .map(|p| face::decode_file(p, &DecodeLimits::default()).unwrap())
+        .collect();
+    for models in [
+        DetectModels::load_batched(&det, None, &[4]).unwrap(),
+        DetectModels::load_ort(&runtime, &det, None).unwrap(),
+    ] {
+        let mut d = models.detector().unwrap();
+        let alone: Vec<_> = frames.iter().map(|f| d.detect(f, 0.7, 0.3).unwrap()).collect();
+        let inputs: Vec<_> = frames.iter().map(|f| d.input(f).unwrap()).collect();
+        let mut together = Vec::new();
+        for run in [&inputs[..5], &inputs[5..8], &inputs[8..]] {
+            together.extend(d.detect_inputs(run, 0.7, 0.3).unwrap());
+        }
+        assert_eq!(together.len(), frames.len());
+        let mut faces = 0;
+        for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+            assert_eq!(a.len(), b.len(), "{}: frame {i}", models.runtime());
+            for (x, y) in a.iter().zip(b) {
+                let off = x
+                    .bbox
+                    .iter()
+                    .zip(&y.bbox)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0.0, f32::max);
+                assert!(off <= 0.01, "{}: frame {i}: {x:?} and {y:?}", models.runtime());
+                assert!((x.score - y.score).abs() <= 1e-5);
+                faces += 1;
+            }
+        }
+        assert!(faces > 40, "{}: {faces} faces", models.runtime());
+        assert!(d.detect_inputs(&[], 0.7, 0.3).unwrap().is_empty());
+    }
+}

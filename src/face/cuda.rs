@@ -1,5 +1,5 @@
 //! The CUDA embedding backend (feature `cuda`): the model on tract's CUDA
-//! runtime (`tract-cuda`).
+//! runtime (`tract-cuda`); the face detector on it too ([`CudaNet`]).
 //!
 //! Nothing CUDA is needed to build: the driver (`libcuda.so.1`) and the
 //! CUDA 13 libraries (cudart, cuBLAS, cuDNN, NVRTC) are opened at run time
@@ -23,7 +23,7 @@ use tract_onnx::tract_core::runtime::{runtime_for_name, Runnable, Runtime, State
 
 use super::align::FACE_SIZE;
 use super::embed::{concat, probe_dim, rows, Embedder, Embedding, FaceInput, INPUT_LEN};
-use super::model::{self, plan_sizes};
+use super::model::{self, plan_sizes, schedule};
 use super::FaceError;
 
 // Linking the crate registers its runtime with tract-core.
@@ -77,26 +77,6 @@ impl std::fmt::Debug for CudaModel {
     }
 }
 
-/// How a batch of `n` faces runs on plans of `sizes` (sorted, holding 1):
-/// pieces of the largest plan while more than it remain, then the smallest
-/// plan that holds the rest. Each piece is (plan index, faces it takes).
-pub(crate) fn schedule(sizes: &[usize], n: usize) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let Some(&largest) = sizes.last() else {
-        return out;
-    };
-    let mut rest = n;
-    while rest > largest {
-        out.push((sizes.len() - 1, largest));
-        rest -= largest;
-    }
-    if rest > 0 {
-        let index = sizes.iter().position(|b| *b >= rest).unwrap_or(sizes.len() - 1);
-        out.push((index, rest));
-    }
-    out
-}
-
 impl CudaModel {
     /// Loads the model at `path` onto the GPU with a plan for each of
     /// `batch_sizes` (1 is always added). Fails with [`FaceError::Gpu`]
@@ -114,7 +94,7 @@ impl CudaModel {
         let mut plans = Vec::new();
         let mut cpu_nodes = Vec::new();
         for b in plan_sizes(batch_sizes, None) {
-            let plan = prepare(rt, path, b)?;
+            let plan = prepare(rt, path, &[b, 3, FACE_SIZE, FACE_SIZE])?;
             if cpu_nodes.is_empty() {
                 cpu_nodes = off_gpu(&*plan);
             }
@@ -135,11 +115,7 @@ impl CudaModel {
         let states = self
             .plans
             .iter()
-            .map(|(_, p)| {
-                catch_unwind(AssertUnwindSafe(|| p.spawn()))
-                    .map_err(|_| gpu_err("the CUDA runtime panicked while making a state"))?
-                    .map_err(|e| gpu_err(format!("{e:#}")))
-            })
+            .map(|(_, p)| spawn(&**p))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(CudaEmbedder {
             sizes: self.plans.iter().map(|p| p.0).collect(),
@@ -168,15 +144,15 @@ impl CudaModel {
 
 /// The model decluttered (not optimised for the CPU: the CUDA runtime
 /// translates the generic operators, then optimises) and prepared for
-/// batches of `b`.
-fn prepare(rt: &dyn Runtime, path: &Path, b: usize) -> Result<Arc<dyn Runnable>, FaceError> {
+/// inputs of `shape` (its first dimension the batch).
+fn prepare(rt: &dyn Runtime, path: &Path, shape: &[usize]) -> Result<Arc<dyn Runnable>, FaceError> {
+    let b = shape.first().copied().unwrap_or(1);
     let model_err = |e: String| FaceError::Model(format!("{}: {e}", path.display()));
     let typed = catch_unwind(AssertUnwindSafe(|| -> TractResult<TypedModel> {
-        tract_onnx::onnx()
+        let model = tract_onnx::onnx()
             .model_for_path(path)?
-            .with_input_fact(0, f32::fact([b, 3, FACE_SIZE, FACE_SIZE]).into())?
-            .into_typed()?
-            .into_decluttered()
+            .with_input_fact(0, f32::fact(shape).into())?;
+        model::free_outputs(model)?.into_typed()?.into_decluttered()
     }))
     .map_err(|_| model_err("the model loader panicked (not a usable ONNX model)".into()))?
     .map_err(|e| model_err(format!("{e:#}")))?;
@@ -184,6 +160,70 @@ fn prepare(rt: &dyn Runtime, path: &Path, b: usize) -> Result<Arc<dyn Runnable>,
         .map_err(|_| gpu_err("the CUDA runtime panicked while preparing the model (no usable device?)"))?
         .map_err(|e| gpu_err(format!("preparing the model for batches of {b}: {e:#}")))?;
     Ok(Arc::from(plan))
+}
+
+/// A state of a prepared plan for one thread.
+fn spawn(plan: &dyn Runnable) -> Result<Box<dyn State>, FaceError> {
+    catch_unwind(AssertUnwindSafe(|| plan.spawn()))
+        .map_err(|_| gpu_err("the CUDA runtime panicked while making a state"))?
+        .map_err(|e| gpu_err(format!("{e:#}")))
+}
+
+/// One thread's state of a plan, with the plan's batch size.
+pub(crate) type PlannedState = (usize, Box<dyn State>);
+
+/// A model of the face-finding stage (the detector) on the GPU: a plan for
+/// each batch size, inputs of one shape per frame.
+#[derive(Clone)]
+pub struct CudaNet {
+    plans: Vec<(usize, Arc<dyn Runnable>)>,
+    cpu_nodes: Vec<String>,
+}
+
+impl std::fmt::Debug for CudaNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: Vec<usize> = self.plans.iter().map(|p| p.0).collect();
+        f.debug_struct("CudaNet")
+            .field("batch_sizes", &sizes)
+            .field("cpu_nodes", &self.cpu_nodes)
+            .finish()
+    }
+}
+
+impl CudaNet {
+    /// Loads the model at `path` onto the GPU with a plan for each of
+    /// `batch_sizes` (1 always among them), each frame of `frame` (the
+    /// input's shape past the batch). Errors as [`CudaModel::load`]'s.
+    pub fn load(path: &Path, frame: &[usize], batch_sizes: &[usize]) -> Result<Self, FaceError> {
+        if !path.is_file() {
+            return Err(FaceError::Model(format!(
+                "{}: no such file (run scripts/fetch-assets.sh)",
+                path.display()
+            )));
+        }
+        let rt = runtime()?;
+        let mut plans = Vec::new();
+        let mut cpu_nodes = Vec::new();
+        for b in plan_sizes(batch_sizes, None) {
+            let shape: Vec<usize> = std::iter::once(b).chain(frame.iter().copied()).collect();
+            let plan = prepare(rt, path, &shape)?;
+            if cpu_nodes.is_empty() {
+                cpu_nodes = off_gpu(&*plan);
+            }
+            plans.push((b, plan));
+        }
+        Ok(Self { plans, cpu_nodes })
+    }
+
+    /// States for one thread, with the batch size of each plan.
+    pub(crate) fn states(&self) -> Result<Vec<PlannedState>, FaceError> {
+        self.plans.iter().map(|(b, p)| Ok((*b, spawn(&**p)?))).collect()
+    }
+
+    /// The nodes of the plans that stay on the CPU (name and operator).
+    pub fn cpu_nodes(&self) -> &[String] {
+        &self.cpu_nodes
+    }
 }
 
 /// The nodes of a prepared plan that are not on the GPU.
@@ -267,22 +307,6 @@ mod tests {
     fn plan_sizes_hold_one_and_are_sorted_and_unique() {
         assert_eq!(plan_sizes(&[256, 0, 64, 64, 8], None), vec![1, 8, 64, 256]);
         assert_eq!(plan_sizes(&[], None), vec![1]);
-    }
-
-    #[test]
-    fn a_batch_runs_on_the_smallest_plan_that_holds_it() {
-        let sizes = plan_sizes(&[8, 32, 64, 128, 256], None);
-        assert_eq!(schedule(&sizes, 0), vec![]);
-        assert_eq!(schedule(&sizes, 1), vec![(0, 1)]);
-        assert_eq!(schedule(&sizes, 2), vec![(1, 2)]);
-        assert_eq!(schedule(&sizes, 33), vec![(3, 33)]);
-        assert_eq!(schedule(&sizes, 256), vec![(5, 256)]);
-        // Beyond the largest plan: full pieces of it, then the rest.
-        assert_eq!(schedule(&sizes, 600), vec![(5, 256), (5, 256), (4, 88)]);
-        let total: usize = schedule(&sizes, 1000).iter().map(|p| p.1).sum();
-        assert_eq!(total, 1000);
-        // Only the plan of one: one face at a time.
-        assert_eq!(schedule(&[1], 3), vec![(0, 1), (0, 1), (0, 1)]);
     }
 
     #[test]

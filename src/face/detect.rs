@@ -84,37 +84,143 @@ pub fn select_faces(dets: Vec<Detection>, max_iou: f32) -> Vec<Detection> {
 /// A model of the detection stage on the runtime that runs it.
 #[derive(Clone)]
 enum Net {
-    Tract(Plan),
+    /// Plans for batch sizes, smallest first (1 among them).
+    Tract(Vec<(usize, Plan)>),
+    /// One session runs any batch (the batch dimension made free).
     #[cfg(feature = "ort")]
     Ort(super::onnxruntime::OrtNet),
+    #[cfg(feature = "cuda")]
+    Cuda(super::cuda::CudaNet),
 }
 
 impl Net {
     fn state(&self) -> Result<NetState, FaceError> {
         Ok(match self {
-            Self::Tract(p) => NetState::Tract(model::spawn(p)?),
+            Self::Tract(plans) => NetState::Tract(
+                plans
+                    .iter()
+                    .map(|(b, p)| Ok((*b, model::spawn(p)?)))
+                    .collect::<Result<_, FaceError>>()?,
+            ),
             #[cfg(feature = "ort")]
             Self::Ort(n) => NetState::Ort(n.session()?),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(n) => NetState::Cuda(n.states()?),
         })
+    }
+
+    /// Tract plans of `frame` (the input's shape past the batch) for each
+    /// of `batch_sizes` (1 always among them).
+    fn tract(path: &Path, frame: &[usize], batch_sizes: &[usize]) -> Result<Self, FaceError> {
+        model::plan_sizes(batch_sizes, None)
+            .into_iter()
+            .map(|b| {
+                let shape: Vec<usize> = std::iter::once(b).chain(frame.iter().copied()).collect();
+                Ok((b, model::load(path, &shape)?))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self::Tract)
     }
 }
 
 /// One thread's running state of a [`Net`].
 enum NetState {
-    Tract(State),
+    Tract(Vec<(usize, State)>),
     #[cfg(feature = "ort")]
     Ort(super::onnxruntime::OrtNetSession),
+    #[cfg(feature = "cuda")]
+    Cuda(Vec<super::cuda::PlannedState>),
 }
 
 impl NetState {
-    fn run(&mut self, shape: &[usize], data: &[f32]) -> Result<Vec<model::Output>, FaceError> {
+    /// Runs `n` inputs of shape `frame` (one after the other in `data`);
+    /// answers each input's outputs, flat, each with its shape (batch 1).
+    fn run(&mut self, frame: &[usize], data: &[f32], n: usize) -> Result<Vec<Vec<model::Output>>, FaceError> {
+        let per: usize = frame.iter().product();
+        if per == 0 || data.len() != n * per {
+            return Err(FaceError::Model(format!(
+                "{} values for {n} inputs of {frame:?}",
+                data.len()
+            )));
+        }
         match self {
-            Self::Tract(s) => model::run(s, shape, data),
+            Self::Tract(states) => run_planned(states, frame, data, n, model::run),
             #[cfg(feature = "ort")]
-            Self::Ort(s) => s.run(shape, data),
+            Self::Ort(s) => {
+                let shape: Vec<usize> = std::iter::once(n).chain(frame.iter().copied()).collect();
+                let mut each = vec![Vec::new(); n];
+                split_outputs(s.run(&shape, data)?, n, &mut each)?;
+                Ok(each)
+            }
+            #[cfg(feature = "cuda")]
+            Self::Cuda(states) => run_planned(states, frame, data, n, |s, shape, d| {
+                model::run(&mut **s, shape, d)
+            }),
         }
     }
 }
+
+/// Runs `n` inputs on plans of fixed batch sizes ([`model::schedule`]):
+/// pieces padded with zeros up to their plan's size.
+fn run_planned<S>(
+    states: &mut [(usize, S)],
+    frame: &[usize],
+    data: &[f32],
+    n: usize,
+    mut run: impl FnMut(&mut S, &[usize], &[f32]) -> Result<Vec<model::Output>, FaceError>,
+) -> Result<Vec<Vec<model::Output>>, FaceError> {
+    let per: usize = frame.iter().product();
+    let sizes: Vec<usize> = states.iter().map(|s| s.0).collect();
+    let mut each = Vec::with_capacity(n);
+    let mut rest = data;
+    let mut padded = Vec::new();
+    for (index, take) in model::schedule(&sizes, n) {
+        let (now, later) = rest.split_at(take * per);
+        rest = later;
+        let (b, state) = &mut states[index];
+        let input = if *b == take {
+            now
+        } else {
+            padded.clear();
+            padded.extend_from_slice(now);
+            padded.resize(*b * per, 0.0);
+            &padded[..]
+        };
+        let shape: Vec<usize> = std::iter::once(*b).chain(frame.iter().copied()).collect();
+        let mut part = vec![Vec::new(); *b];
+        split_outputs(run(state, &shape, input)?, *b, &mut part)?;
+        part.truncate(take);
+        each.extend(part);
+    }
+    Ok(each)
+}
+
+/// Splits each output of a run of `b` inputs along its first dimension
+/// into `each` (one entry per input).
+fn split_outputs(
+    outs: Vec<model::Output>,
+    b: usize,
+    each: &mut [Vec<model::Output>],
+) -> Result<(), FaceError> {
+    for (shape, flat) in outs {
+        if shape.first() != Some(&b) || !flat.len().is_multiple_of(b) {
+            return Err(FaceError::BadOutput(format!(
+                "an output of shape {shape:?} for a batch of {b}"
+            )));
+        }
+        let per = flat.len() / b;
+        let one: Vec<usize> = std::iter::once(1).chain(shape[1..].iter().copied()).collect();
+        for (i, out) in each.iter_mut().enumerate().take(b) {
+            out.push((one.clone(), flat[i * per..(i + 1) * per].to_vec()));
+        }
+    }
+    Ok(())
+}
+
+/// The detector's input shape past the batch.
+const DET_FRAME: [usize; 3] = [3, DET_H as usize, DET_W as usize];
+/// The landmark model's input shape past the batch.
+const LM_FRAME: [usize; 3] = [1, LM_SIDE as usize, LM_SIDE as usize];
 
 /// The detection and landmark models, loaded once and shared.
 #[derive(Clone)]
@@ -134,17 +240,27 @@ impl std::fmt::Debug for DetectModels {
 
 impl DetectModels {
     /// Loads the detector, and the landmark model if a path is given, on
-    /// tract.
+    /// tract (the detector planned for one frame a run).
     pub fn load(detector: &Path, landmarks: Option<&Path>) -> Result<Self, FaceError> {
+        Self::load_batched(detector, landmarks, &[1])
+    }
+
+    /// [`load`](Self::load), the detector planned for runs of each of
+    /// `batch_sizes` frames (1 always among them; a run of other sizes is
+    /// split and padded, see [`Detector::detect_inputs`]).
+    pub fn load_batched(
+        detector: &Path,
+        landmarks: Option<&Path>,
+        batch_sizes: &[usize],
+    ) -> Result<Self, FaceError> {
         Ok(Self {
-            detector: Net::Tract(model::load(detector, &[1, 3, DET_H as usize, DET_W as usize])?),
-            landmarks: landmarks
-                .map(|p| model::load(p, &[1, 1, LM_SIDE as usize, LM_SIDE as usize]).map(Net::Tract))
-                .transpose()?,
+            detector: Net::tract(detector, &DET_FRAME, batch_sizes)?,
+            landmarks: landmarks.map(|p| Net::tract(p, &LM_FRAME, &[1])).transpose()?,
         })
     }
 
-    /// [`load`](Self::load) on ONNX Runtime.
+    /// [`load`](Self::load) on ONNX Runtime (the detector takes runs of
+    /// any number of frames).
     #[cfg(feature = "ort")]
     pub fn load_ort(
         runtime: &super::onnxruntime::OrtRuntime,
@@ -153,10 +269,24 @@ impl DetectModels {
     ) -> Result<Self, FaceError> {
         use super::onnxruntime::OrtNet;
         Ok(Self {
-            detector: Net::Ort(OrtNet::load(runtime, detector)?),
+            detector: Net::Ort(OrtNet::load_batchable(runtime, detector)?),
             landmarks: landmarks
                 .map(|p| OrtNet::load(runtime, p).map(Net::Ort))
                 .transpose()?,
+        })
+    }
+
+    /// The detector on the GPU (tract's CUDA runtime, a plan for each of
+    /// `batch_sizes` frames), the landmark model on tract.
+    #[cfg(feature = "cuda")]
+    pub fn load_cuda(
+        detector: &Path,
+        landmarks: Option<&Path>,
+        batch_sizes: &[usize],
+    ) -> Result<Self, FaceError> {
+        Ok(Self {
+            detector: Net::Cuda(super::cuda::CudaNet::load(detector, &DET_FRAME, batch_sizes)?),
+            landmarks: landmarks.map(|p| Net::tract(p, &LM_FRAME, &[1])).transpose()?,
         })
     }
 
@@ -175,12 +305,24 @@ impl DetectModels {
         }
     }
 
-    /// The runtime the models run on: `tract` or `ort`.
+    /// The runtime the detector runs on: `tract`, `ort` or `cuda`.
     pub fn runtime(&self) -> &'static str {
         match self.detector {
             Net::Tract(_) => "tract",
             #[cfg(feature = "ort")]
             Net::Ort(_) => "ort",
+            #[cfg(feature = "cuda")]
+            Net::Cuda(_) => "cuda",
+        }
+    }
+
+    /// The detector's nodes left on the CPU where it runs on the GPU
+    /// (name and operator; empty elsewhere, or when all are on the GPU).
+    pub fn cpu_nodes(&self) -> Vec<String> {
+        match &self.detector {
+            #[cfg(feature = "cuda")]
+            Net::Cuda(n) => n.cpu_nodes().to_vec(),
+            _ => Vec::new(),
         }
     }
 
@@ -190,6 +332,7 @@ impl DetectModels {
             det: self.detector.state()?,
             lm: self.landmarks.as_ref().map(Net::state).transpose()?,
             shrink: Shrinker::default(),
+            batch: Vec::new(),
         })
     }
 }
@@ -199,6 +342,8 @@ pub struct Detector {
     det: NetState,
     lm: Option<NetState>,
     shrink: Shrinker,
+    /// A run's input, kept between runs (its capacity reused).
+    batch: Vec<f32>,
 }
 
 impl std::fmt::Debug for Detector {
@@ -219,6 +364,25 @@ pub enum PointsFrom {
     BoxFallback,
 }
 
+/// A frame shrunk for the detector: its input values, and the frame's size
+/// (the boxes found are scaled back to it). Frames of any size make inputs
+/// of one size, so any frames can share a run.
+#[derive(Clone)]
+pub struct DetectInput {
+    data: Box<[f32]>,
+    width: u32,
+    height: u32,
+}
+
+impl std::fmt::Debug for DetectInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DetectInput")
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Detector {
     /// Faces scoring at least `min_score`, after NMS at `max_iou`, at most
     /// [`MAX_FACES`], largest first ([`select_faces`]).
@@ -228,6 +392,15 @@ impl Detector {
         min_score: f32,
         max_iou: f32,
     ) -> Result<Vec<Detection>, FaceError> {
+        let input = self.input(img)?;
+        self.detect_inputs(std::slice::from_ref(&input), min_score, max_iou)?
+            .pop()
+            .ok_or_else(|| FaceError::BadOutput("the detector answered no frame".into()))
+    }
+
+    /// `img` shrunk for the detector (the part of [`detect`](Self::detect)
+    /// before the model run).
+    pub fn input(&mut self, img: &RgbImage) -> Result<DetectInput, FaceError> {
         let small = self.shrink.resize(img, None, DET_W, DET_H)?;
         let plane = (DET_W * DET_H) as usize;
         let mut data = vec![0.0f32; 3 * plane];
@@ -236,33 +409,35 @@ impl Detector {
                 data[c * plane + i] = (f32::from(p.0[c]) - 127.0) / 128.0;
             }
         }
-        let outs = self.det.run(&[1, 3, DET_H as usize, DET_W as usize], &data)?;
-        let find = |last: usize| outs.iter().find(|(s, _)| s.last() == Some(&last)).map(|(_, v)| v);
-        let (Some(scores), Some(boxes)) = (find(2), find(4)) else {
-            return Err(FaceError::BadOutput(
-                "detector outputs are not [.,2] scores and [.,4] boxes".into(),
-            ));
-        };
-        let n = (scores.len() / 2).min(boxes.len() / 4);
-        let (w, h) = (img.width() as f32, img.height() as f32);
-        let mut dets = Vec::new();
-        for i in 0..n {
-            let score = scores[2 * i + 1];
-            if score.is_nan() || score < min_score {
-                continue;
-            }
-            let b = &boxes[4 * i..4 * i + 4];
-            let bbox = [
-                b[0].clamp(0.0, 1.0) * w,
-                b[1].clamp(0.0, 1.0) * h,
-                b[2].clamp(0.0, 1.0) * w,
-                b[3].clamp(0.0, 1.0) * h,
-            ];
-            if bbox[2] - bbox[0] >= 4.0 && bbox[3] - bbox[1] >= 4.0 {
-                dets.push(Detection { bbox, score });
-            }
+        Ok(DetectInput {
+            data: data.into_boxed_slice(),
+            width: img.width(),
+            height: img.height(),
+        })
+    }
+
+    /// The faces of several frames, found in one model run (or the runs of
+    /// the planned batch sizes, see [`DetectModels::load_batched`]): for
+    /// each input, what [`detect`](Self::detect) finds on its frame.
+    pub fn detect_inputs(
+        &mut self,
+        inputs: &[DetectInput],
+        min_score: f32,
+        max_iou: f32,
+    ) -> Result<Vec<Vec<Detection>>, FaceError> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(select_faces(dets, max_iou))
+        self.batch.clear();
+        for i in inputs {
+            self.batch.extend_from_slice(&i.data);
+        }
+        let outs = self.det.run(&DET_FRAME, &self.batch, inputs.len())?;
+        inputs
+            .iter()
+            .zip(outs)
+            .map(|(i, o)| faces_of(&o, i.width, i.height, min_score, max_iou))
+            .collect()
     }
 
     /// The 5 alignment points (eyes, nose, mouth corners) of a detected face.
@@ -291,7 +466,7 @@ impl Detector {
                 (0.299 * r + 0.587 * g + 0.114 * b) / 256.0
             })
             .collect();
-        let outs = lm.run(&[1, 1, LM_SIDE as usize, LM_SIDE as usize], &data).ok()?;
+        let outs = lm.run(&LM_FRAME, &data, 1).ok()?.pop()?;
         let v = &outs.first()?.1;
         if v.len() != 136 {
             return None;
@@ -320,6 +495,43 @@ impl Detector {
         ];
         plausible(&points, &det.bbox).then_some(points)
     }
+}
+
+/// The faces of one frame of `w` × `h` from the detector's outputs for it
+/// (scores `[., 2]`, boxes `[., 4]`, in parts of the frame).
+fn faces_of(
+    outs: &[model::Output],
+    w: u32,
+    h: u32,
+    min_score: f32,
+    max_iou: f32,
+) -> Result<Vec<Detection>, FaceError> {
+    let find = |last: usize| outs.iter().find(|(s, _)| s.last() == Some(&last)).map(|(_, v)| v);
+    let (Some(scores), Some(boxes)) = (find(2), find(4)) else {
+        return Err(FaceError::BadOutput(
+            "detector outputs are not [.,2] scores and [.,4] boxes".into(),
+        ));
+    };
+    let n = (scores.len() / 2).min(boxes.len() / 4);
+    let (w, h) = (w as f32, h as f32);
+    let mut dets = Vec::new();
+    for i in 0..n {
+        let score = scores[2 * i + 1];
+        if score.is_nan() || score < min_score {
+            continue;
+        }
+        let b = &boxes[4 * i..4 * i + 4];
+        let bbox = [
+            b[0].clamp(0.0, 1.0) * w,
+            b[1].clamp(0.0, 1.0) * h,
+            b[2].clamp(0.0, 1.0) * w,
+            b[3].clamp(0.0, 1.0) * h,
+        ];
+        if bbox[2] - bbox[0] >= 4.0 && bbox[3] - bbox[1] >= 4.0 {
+            dets.push(Detection { bbox, score });
+        }
+    }
+    Ok(select_faces(dets, max_iou))
 }
 
 /// Whether 5 points look like a face inside its box: all inside (with a

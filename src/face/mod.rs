@@ -22,7 +22,7 @@ use image::RgbImage;
 pub use self::align::{Similarity, ARCFACE_TEMPLATE, FACE_SIZE};
 pub use self::backend::{Backend, BackendChoice, EmbedModel, EmbedSettings};
 pub use self::decode::{decode, decode_file, DecodeLimits};
-pub use self::detect::{DetectModels, Detection, Detector, PointsFrom, MAX_FACES};
+pub use self::detect::{DetectInput, DetectModels, Detection, Detector, PointsFrom, MAX_FACES};
 pub use self::embed::{cosine, Embedder, Embedding, FaceInput, TractEmbedder, TractModel, INPUT_LEN};
 pub use self::error::FaceError;
 pub use self::model::plan_sizes;
@@ -180,6 +180,20 @@ pub fn find_faces_up_to(
         return Err(FaceError::Model("no face detector loaded".into()));
     };
     let dets = detector.detect(img, opts.min_score, opts.max_iou)?;
+    align_faces(img, dets, detector, most)
+}
+
+/// The faces `dets` (as [`Detector::detect`] answers them for `img`,
+/// largest first) placed and aligned: the rest of [`find_faces_up_to`]
+/// once the detector has run (where frames share detector runs, it ran on
+/// another thread). At most `most` faces (1 to [`MAX_FACES`]); none is
+/// [`FaceError::NoFace`].
+pub fn align_faces(
+    img: &RgbImage,
+    dets: Vec<Detection>,
+    detector: &mut Detector,
+    most: usize,
+) -> Result<Vec<Prepared>, FaceError> {
     let take = dets.len().min(most.clamp(1, MAX_FACES));
     let mut out = Vec::with_capacity(take);
     for d in dets.into_iter().take(take) {

@@ -24,11 +24,10 @@ pub(crate) fn load(path: &Path, shape: &[usize]) -> Result<Plan, FaceError> {
         return Err(model_err(path, "no such file (run scripts/fetch-assets.sh)"));
     }
     let build = || -> TractResult<Plan> {
-        tract_onnx::onnx()
+        let model = tract_onnx::onnx()
             .model_for_path(path)?
-            .with_input_fact(0, f32::fact(shape).into())?
-            .into_optimized()?
-            .into_runnable()
+            .with_input_fact(0, f32::fact(shape).into())?;
+        free_outputs(model)?.into_optimized()?.into_runnable()
     };
     match catch_unwind(AssertUnwindSafe(build)) {
         Ok(Ok(plan)) => Ok(plan),
@@ -38,6 +37,16 @@ pub(crate) fn load(path: &Path, shape: &[usize]) -> Result<Plan, FaceError> {
             "the model loader panicked (not a usable ONNX model)",
         )),
     }
+}
+
+/// `model` with its outputs' declared shapes forgotten, so that they are
+/// inferred from the input's: a model exported for one image (the
+/// detector declares its outputs at batch 1) then runs batches.
+pub(crate) fn free_outputs(mut model: InferenceModel) -> TractResult<InferenceModel> {
+    for i in 0..model.output_outlets()?.len() {
+        model.set_output_fact(i, InferenceFact::default())?;
+    }
+    Ok(model)
 }
 
 /// A state to run `plan` on this thread.
@@ -83,4 +92,45 @@ pub fn plan_sizes(asked: &[usize], max: Option<usize>) -> Vec<usize> {
     sizes.sort_unstable();
     sizes.dedup();
     sizes
+}
+
+/// How a batch of `n` inputs runs on plans of `sizes` (sorted, holding 1):
+/// pieces of the largest plan while more than it remain, then the smallest
+/// plan that holds the rest. Each piece is (plan index, inputs it takes).
+pub(crate) fn schedule(sizes: &[usize], n: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let Some(&largest) = sizes.last() else {
+        return out;
+    };
+    let mut rest = n;
+    while rest > largest {
+        out.push((sizes.len() - 1, largest));
+        rest -= largest;
+    }
+    if rest > 0 {
+        let index = sizes.iter().position(|b| *b >= rest).unwrap_or(sizes.len() - 1);
+        out.push((index, rest));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_runs_on_the_smallest_plan_that_holds_it() {
+        let sizes = plan_sizes(&[8, 32, 64, 128, 256], None);
+        assert_eq!(schedule(&sizes, 0), vec![]);
+        assert_eq!(schedule(&sizes, 1), vec![(0, 1)]);
+        assert_eq!(schedule(&sizes, 2), vec![(1, 2)]);
+        assert_eq!(schedule(&sizes, 33), vec![(3, 33)]);
+        assert_eq!(schedule(&sizes, 256), vec![(5, 256)]);
+        // Beyond the largest plan: full pieces of it, then the rest.
+        assert_eq!(schedule(&sizes, 600), vec![(5, 256), (5, 256), (4, 88)]);
+        let total: usize = schedule(&sizes, 1000).iter().map(|p| p.1).sum();
+        assert_eq!(total, 1000);
+        // Only the plan of one: one face at a time.
+        assert_eq!(schedule(&[1], 3), vec![(0, 1), (0, 1), (0, 1)]);
+    }
 }

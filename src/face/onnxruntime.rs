@@ -280,7 +280,17 @@ impl OrtNet {
     /// Reads the model at `path` and checks that ONNX Runtime takes it (a
     /// session is made and dropped).
     pub fn load(runtime: &OrtRuntime, path: &Path) -> Result<Self, FaceError> {
-        let bytes = read_model(path)?;
+        Self::with_bytes(runtime, path, read_model(path)?)
+    }
+
+    /// [`load`](Self::load), the model's batch dimension made free (as the
+    /// embedder's is), so that one run takes several frames.
+    pub fn load_batchable(runtime: &OrtRuntime, path: &Path) -> Result<Self, FaceError> {
+        let bytes = batchable(&read_model(path)?).map_err(|e| model_err(path, e))?;
+        Self::with_bytes(runtime, path, bytes)
+    }
+
+    fn with_bytes(runtime: &OrtRuntime, path: &Path, bytes: Vec<u8>) -> Result<Self, FaceError> {
         let net = Self {
             runtime: runtime.clone(),
             bytes: bytes.into(),

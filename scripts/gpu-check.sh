@@ -16,8 +16,12 @@
 #   - nodes_on_cpu: the model's nodes that tract's CUDA runtime left on the
 #     CPU (empty when every node runs on the GPU);
 #   - pipeline: `compare --pairs --no-dedup` end to end on the GPU, with
-#     its per-stage timings.
-# Exit status 0 only when parity holds.
+#     its per-stage timings;
+#   - detector: the face detector on the GPU (`compare detector-check`):
+#     frames/s at 1, 8 and 32 frames a run, and the faces it finds in runs
+#     of 32 against the CPU's one frame a run on the group and labelled
+#     photos (boxes within a pixel, scores within 1e-3).
+# Exit status 0 only when both parities hold.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -87,6 +91,10 @@ cpu_cores=$(nproc)
 taskset -c 0,1 "$bin" model-check --assets "$assets" --backend "$against" --against "$against" \
     --intra-threads 2 --batches 4,64 --seconds 3 >"$out/cpu.json" 2>"$out/cpu.err" || cat "$out/cpu.err" >&2
 
+# The detector on the GPU, several frames a run, against the CPU's.
+"$bin" detector-check --assets "$assets" --backend cuda --against "$against" \
+    --batches 1,8,32 --seconds 3 >"$out/detector.json" 2>"$out/detector.err" || cat "$out/detector.err" >&2
+
 # The pipeline end to end on the GPU, every image embedded.
 "$bin" --assets "$assets" --backend cuda --pairs "$assets/photos/johns/pairs.csv" --no-dedup --json \
     >"$out/pairs.jsonl" 2>"$out/pairs.err" || { cat "$out/pairs.err" >&2; exit 1; }
@@ -99,6 +107,10 @@ try:
     cpu = json.load(open(f"{out}/cpu.json"))
 except Exception as e:
     cpu = {"error": str(e)}
+try:
+    detector = json.load(open(f"{out}/detector.json"))
+except Exception as e:
+    detector = {"error": str(e)}
 lines = [json.loads(l) for l in open(f"{out}/pairs.jsonl") if l.strip()]
 summary = lines[-1].get("summary", lines[-1])
 rates = {r["batch"]: r["faces_per_s"] for r in gpu["bare_model"]}
@@ -115,7 +127,9 @@ report = {
     "pipeline_faces_per_s": (round(summary["images_embedded"] / summary["seconds"], 1)
                              if summary.get("seconds") else None),
     "pipeline": summary,
+    "detector": detector,
+    "detector_parity_ok": not detector.get("parity", {"frames_differing": [None]})["frames_differing"],
 }
 print(json.dumps(report, indent=2))
-sys.exit(0 if report["parity_ok"] else 1)
+sys.exit(0 if report["parity_ok"] and report["detector_parity_ok"] else 1)
 EOF

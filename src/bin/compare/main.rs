@@ -16,6 +16,7 @@
 //! 75 when an input was not handled for now (run it again).
 
 mod check;
+mod detector_check;
 #[path = "../common/exit.rs"]
 mod exit;
 mod index;
@@ -44,6 +45,11 @@ enum Command {
     /// the labelled photos: parity of each embedding and of every pair's
     /// verdict, and the bare model's faces/s at each batch size (JSON).
     ModelCheck(check::CheckArgs),
+    /// The face detector on one runtime (--backend), several frames a run,
+    /// against another (--against), one frame a run, on the group photos and
+    /// the labelled photos; and the bare detector's frames/s at each batch
+    /// size (JSON).
+    DetectorCheck(detector_check::DetectorCheckArgs),
 }
 
 #[derive(Parser)]
@@ -159,6 +165,7 @@ fn run(args: Args) -> ExitCode {
     match args.command {
         Some(Command::Index(cmd)) => return index::run(cmd),
         Some(Command::ModelCheck(a)) => return check::run(a),
+        Some(Command::DetectorCheck(a)) => return detector_check::run(a),
         None => {}
     }
     let mut pairs: Box<dyn Iterator<Item = Pair>> = match (&args.pairs, args.images.len()) {

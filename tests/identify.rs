@@ -372,3 +372,93 @@ fn every_face_of_a_frame_is_identified_up_to_max_faces() {
     assert_eq!(svc.admission().stats().in_use, Cost::default());
     svc.shutdown(std::time::Duration::from_secs(10));
 }
+
+/// Frames that share detector runs (`detect_batch`: decoding on the pool,
+/// the detector on a thread of its own, alignment on the pool again) find
+/// the faces and the people that a worker running the detector on its own
+/// frame finds, with many callers at once; runs do hold several frames.
+/// Every call gets its one outcome (a corrupt image its decoding error, a
+/// passed deadline its deadline, a chip its face without the detector),
+/// and admission ends with nothing held.
+#[test]
+fn frames_sharing_detector_runs_find_what_one_frame_a_run_finds() {
+    let start = |detect_batch: usize| {
+        let mut cfg = FaceConfig::from_assets(&assets());
+        cfg.find.mode = FaceMode::Auto;
+        cfg.max_faces = 4;
+        cfg.cpu.detect_batch = detect_batch;
+        // Long enough for the callers' frames to gather.
+        cfg.cpu.batch_delay = std::time::Duration::from_millis(30);
+        let svc = FaceService::start(cfg).unwrap();
+        for (name, photos) in &johns()[..3] {
+            svc.enroll(name, sources(&photos[..4]), None, false).unwrap();
+        }
+        svc
+    };
+    let (alone, shared) = (start(0), start(8));
+    assert!(alone.detect_stats().is_none());
+    let people = johns();
+    let frames: Vec<Arc<[u8]>> = (0..12)
+        .map(|i| {
+            let grid: Vec<PathBuf> = (0..1 + i % 4)
+                .map(|k| people[(i + k) % 5].1[5 + k].clone())
+                .collect();
+            grid_frame(&grid).into()
+        })
+        .collect();
+    let found = |svc: &FaceService, frame: &Arc<[u8]>| {
+        let ids = svc.identify_all(ImageSource::Bytes(frame.clone()), 1).unwrap();
+        ids.faces
+            .iter()
+            .map(|f| (f.bbox.unwrap(), f.best.as_ref().map(|m| m.id.to_string())))
+            .collect::<Vec<_>>()
+    };
+    let want: Vec<_> = frames.iter().map(|f| found(&alone, f)).collect();
+    assert!(want.iter().map(Vec::len).sum::<usize>() >= 24, "{want:?}");
+    // Every frame from a caller of its own, all at once.
+    let got: Vec<_> = std::thread::scope(|s| {
+        let calls: Vec<_> = frames.iter().map(|f| s.spawn(|| found(&shared, f))).collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert_eq!(w.len(), g.len(), "frame {i}: faces");
+        for ((wb, wid), (gb, gid)) in w.iter().zip(g) {
+            let off = wb.iter().zip(gb).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(off <= 0.5, "frame {i}: boxes {wb:?} and {gb:?}");
+            assert_eq!(wid, gid, "frame {i}: who");
+        }
+    }
+    let stats = shared.detect_stats().unwrap();
+    assert_eq!(
+        stats.delivered, 12,
+        "every frame detected (the enrolled photos are chips)"
+    );
+    assert!(
+        stats.batches < stats.delivered,
+        "no run held two frames: {stats:?}"
+    );
+
+    // A chip takes no detector run; a corrupt image and a passed deadline
+    // get their own errors.
+    let (a, b) = (people[0].1[0].clone(), people[0].1[1].clone());
+    let v = shared.verify(ImageSource::Path(a), ImageSource::Path(b)).unwrap();
+    assert!(v.same, "{v:?}");
+    assert_eq!(shared.detect_stats().unwrap().delivered, 12);
+    let junk: Arc<[u8]> = Arc::from(&b"\xff\xd8\xff not a jpeg"[..]);
+    let e = shared.identify_all(ImageSource::Bytes(junk), 1).unwrap_err();
+    assert!(matches!(e, ServiceError::Face(_)), "{e:?}");
+    // Due before the detector's run can start (it waits 30 ms for frames),
+    // admitted beforehand (admission would refuse so short a deadline).
+    let frame = ImageSource::Bytes(frames[3].clone());
+    let permit = shared.admission().try_acquire(frame.cost_up_to(4)).unwrap();
+    let soon = Call::wait()
+        .with_permit(permit)
+        .within(std::time::Duration::from_millis(5));
+    let e = block_on(shared.identify_all_async(frame, 1, soon)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Deadline, "{e}");
+
+    for svc in [&alone, &shared] {
+        assert_eq!(svc.admission().stats().in_use, Cost::default());
+        svc.shutdown(std::time::Duration::from_secs(10));
+    }
+}

@@ -53,6 +53,12 @@ impl<O> BatchHandle<O> {
     pub fn is_finished(&self) -> bool {
         self.slot.as_ref().is_none_or(|s| s.is_finished())
     }
+
+    /// Lets the item be sent and computed with nobody waiting for its
+    /// result (an item that carries its own way to answer).
+    pub fn detach(mut self) {
+        self.slot = None;
+    }
 }
 
 impl<O> Drop for BatchHandle<O> {

@@ -26,6 +26,11 @@ pub struct Batching {
     /// ONNX Runtime's intra-op threads per inference thread (tract runs
     /// each state on its inference thread alone).
     pub intra_threads: usize,
+    /// Most frames per detector run when detection is batched across
+    /// requests (frames from many callers in one run of the detector, on a
+    /// thread of its own, gathered for `batch_delay`); 0: each preparation
+    /// worker runs the detector on its own frame.
+    pub detect_batch: usize,
 }
 
 impl Batching {
@@ -37,7 +42,9 @@ impl Batching {
     /// The CPU's: batches of up to 4 (ONNX Runtime's cost per face on the
     /// default model rises above that, measured in `benches/backends.rs`,
     /// and tract's does not fall with batch size), 2 ms, tract plans for
-    /// batch 1; threads from the core budget.
+    /// batch 1; threads from the core budget. Detection is not batched: a
+    /// run of several frames costs what their runs one by one cost on ONNX
+    /// Runtime, and more on tract (`compare detector-check`).
     pub fn cpu() -> Self {
         let threads = budget::split(budget::cores(), Pins::default());
         Self {
@@ -46,6 +53,7 @@ impl Batching {
             batch_sizes: vec![1],
             inference_threads: threads.inference_threads,
             intra_threads: threads.intra_threads,
+            detect_batch: 0,
         }
     }
 
@@ -53,7 +61,8 @@ impl Batching {
     /// large batches (up to 256, gathered for 4 ms) on a ladder of plans (a
     /// batch runs on the smallest plan that holds it, padded); two
     /// inference threads keep one device busy (each owns its state and
-    /// CUDA stream, so one copies and runs while the other waits).
+    /// CUDA stream, so one copies and runs while the other waits). The
+    /// detector runs there too, on up to 32 frames a run.
     pub fn gpu() -> Self {
         Self {
             batch_max: 256,
@@ -61,6 +70,7 @@ impl Batching {
             batch_sizes: vec![1, 8, 32, 64, 128, 256],
             inference_threads: 2,
             intra_threads: 1,
+            detect_batch: 32,
         }
     }
 }

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::batch::{BatchPolicy, Batcher};
-use crate::face::{BackendChoice, DetectModels, EmbedModel, FaceError};
+use crate::face::{self, BackendChoice, DetectModels, EmbedModel, FaceError};
 use crate::gallery::{GalleryError, GalleryFile, GalleryStore, StoreStatus};
 use crate::index::{Index, IndexError, Vectors};
 use crate::metrics::Metrics;
@@ -66,6 +66,11 @@ use self::pipeline::WorkerState;
 pub struct FaceService {
     pool: Pool<WorkerState>,
     batcher: Batcher<Queued, Embedded>,
+    /// The detector's thread, where frames share detector runs (none: each
+    /// preparation worker runs the detector on its own frame).
+    finder: Option<Batcher<pipeline::Finding, ()>>,
+    /// The runtime the detector runs on (`tract`, `ort`, `cuda`).
+    detect_runtime: &'static str,
     config: Arc<FaceConfig>,
     backend: BackendChoice,
     dim: usize,
@@ -115,6 +120,15 @@ impl FaceService {
         // once, while its cancelled jobs keep their places until a worker
         // pops them.
         let room = queue.saturating_mul(2);
+        // Frames share detector runs on a thread of their own, or each
+        // preparation worker runs the detector on its own frame.
+        let (finder, detect_runtime) = match batching.detect_batch {
+            0 => (None, det.runtime()),
+            _ => {
+                let (f, runtime) = Self::finder(&config, &model, &batching, room)?;
+                (Some(f), runtime)
+            }
+        };
         let batch_metrics = metrics.clone();
         let batcher = Batcher::builder(policy)
             .queue_capacity(room)
@@ -183,6 +197,8 @@ impl FaceService {
         Ok(Self {
             pool,
             batcher,
+            finder,
+            detect_runtime,
             config: Arc::new(config),
             backend,
             dim,
@@ -195,6 +211,45 @@ impl FaceService {
             metrics,
             admission,
         })
+    }
+
+    /// The detector's thread where frames share detector runs (of up to
+    /// `batching.detect_batch` frames, gathered for `batching.batch_delay`):
+    /// the detector on the GPU with the CUDA backend, else on the
+    /// embedder's CPU runtime.
+    fn finder(
+        config: &FaceConfig,
+        model: &EmbedModel,
+        batching: &Batching,
+        room: usize,
+    ) -> Result<(Batcher<pipeline::Finding, ()>, &'static str), StartError> {
+        let most = batching.detect_batch.max(1);
+        let landmarks = config.landmarks.as_deref();
+        let models = match model {
+            // The detector on the GPU; where its runtime cannot take the
+            // detector, on the CPU as the workers' (`detect_runtime` says).
+            #[cfg(feature = "cuda")]
+            EmbedModel::Cuda(_) => DetectModels::load_cuda(
+                &config.detector,
+                landmarks,
+                &face::plan_sizes(&batching.batch_sizes, Some(most)),
+            )
+            .or_else(|_| DetectModels::load_beside(model, &config.detector, landmarks))?,
+            _ => DetectModels::load_beside(model, &config.detector, landmarks)?,
+        };
+        let policy = BatchPolicy {
+            max_items: most,
+            max_weight: None,
+            max_delay: batching.batch_delay,
+            in_flight: 1,
+        };
+        let find = config.find;
+        let runtime = models.runtime();
+        let finder = Batcher::builder(policy)
+            .queue_capacity(room)
+            .thread_name("face-detect")
+            .build(move |_| Ok::<_, FaceError>(pipeline::finder(models.detector()?, find)))?;
+        Ok((finder, runtime))
     }
 
     /// The settings.
@@ -301,6 +356,18 @@ impl FaceService {
         self.batcher.stats()
     }
 
+    /// The runtime the face detector runs on: `tract`, `ort` or `cuda`.
+    pub fn detect_runtime(&self) -> &'static str {
+        self.detect_runtime
+    }
+
+    /// The detector thread's counters (detector runs, each of the frames it
+    /// gathered) where frames share detector runs; none where each
+    /// preparation worker runs the detector on its own frame.
+    pub fn detect_stats(&self) -> Option<crate::batch::BatchStats> {
+        self.finder.as_ref().map(Batcher::stats)
+    }
+
     /// Stops admitting: every call from now on is refused with
     /// [`ErrorKind::Unavailable`] (waiters in line included); what was
     /// admitted goes on.
@@ -319,10 +386,21 @@ impl FaceService {
         }
     }
 
-    /// Stops admitting, then stops the pool and the batcher, finishing what
-    /// was accepted.
+    /// Stops admitting, then stops the pool, the detector's thread and the
+    /// batcher, finishing what was accepted.
     pub fn shutdown(&self, timeout: Duration) {
         self.admission.close();
+        if let Some(finder) = &self.finder {
+            // The pool and the detector's thread hand images to each other:
+            // neither stops before the images between them are through.
+            let by = std::time::Instant::now() + timeout;
+            while std::time::Instant::now() < by
+                && (self.pool.waiting() + self.pool.running() > 0 || finder.stats().in_flight() > 0)
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            finder.shutdown(timeout);
+        }
         self.pool.shutdown(timeout);
         self.batcher.shutdown(timeout);
         self.reads.shutdown(timeout);

@@ -17,10 +17,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_channel::oneshot;
+
 use super::admission::{Cost, Permit};
 use super::{FaceService, ServiceError};
-use crate::batch;
-use crate::face::{self, Detector, Embedding, FaceError, FaceInput, FacePath, Prepared};
+use crate::batch::{self, BatchError, Batcher};
+use crate::face::{
+    self, DetectInput, Detection, Detector, Embedding, FaceError, FaceInput, FacePath, Prepared,
+};
 use crate::metrics::Stage;
 use crate::pool;
 
@@ -136,10 +140,118 @@ pub(crate) struct Prep {
     prepare: Duration,
 }
 
-/// Pending preparation of one image (a pool job).
+/// Pending preparation of one image.
 pub struct PendingImage {
-    handle: pool::JobHandle<Result<Prep, FaceError>>,
+    preparing: Preparing,
     deadline: Option<Instant>,
+}
+
+/// How an image is being prepared.
+enum Preparing {
+    /// By one pool job, the detector run on its worker.
+    Job(pool::JobHandle<Result<Prep, FaceError>>),
+    /// In stages that hand the image on themselves (decoding on the pool,
+    /// the detector run shared with other frames, alignment on the pool):
+    /// the first stage's job (dropped unstarted, the image is never
+    /// decoded), and where the last stage answers.
+    Staged {
+        first: pool::JobHandle<()>,
+        answer: oneshot::Receiver<Result<Prep, ServiceError>>,
+    },
+}
+
+impl PendingImage {
+    /// The prepared image, or why there is none.
+    async fn prepared(self) -> Result<Prep, ServiceError> {
+        match self.preparing {
+            Preparing::Job(handle) => Ok(handle.await??),
+            Preparing::Staged { first, answer } => {
+                first.await?;
+                match answer.await {
+                    Ok(prep) => prep,
+                    // A later stage dropped it unrun: its deadline passed
+                    // in a queue, or the service is stopping.
+                    Err(oneshot::Canceled) => Err(match self.deadline {
+                        Some(d) if Instant::now() >= d => ServiceError::Deadline,
+                        _ => BatchError::Cancelled.into(),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// Where a staged image's preparation answers: taken by the stage that
+/// answers, or dropped with the last stage holding it (the waiting caller
+/// then hears that it was dropped).
+struct Reply(std::sync::Mutex<Option<oneshot::Sender<Result<Prep, ServiceError>>>>);
+
+impl Reply {
+    fn new() -> (Arc<Self>, oneshot::Receiver<Result<Prep, ServiceError>>) {
+        let (tx, rx) = oneshot::channel();
+        (Arc::new(Self(std::sync::Mutex::new(Some(tx)))), rx)
+    }
+
+    fn send(&self, r: Result<Prep, ServiceError>) {
+        let tx = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(tx) = tx {
+            // The caller may have gone: then nobody needs the answer.
+            let _ = tx.send(r);
+        }
+    }
+
+    /// Whether nobody waits for the answer any more (the caller dropped
+    /// its image, or it was answered): the stages left skip their work.
+    fn gone(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_none_or(|tx| tx.is_canceled())
+    }
+}
+
+/// A frame waiting for the detector run it shares with other callers'
+/// frames, and what follows the run (its faces placed and aligned on the
+/// pool). Dropped unrun (its deadline passed, the service stopping), the
+/// frame's caller hears so.
+pub struct Finding {
+    input: DetectInput,
+    reply: Arc<Reply>,
+    then: Box<dyn FnOnce(Result<Vec<Detection>, FaceError>) + Send>,
+}
+
+/// The handler of the detector's thread: one run for the frames of a batch
+/// whose callers still wait, each frame then handed on.
+pub(crate) fn finder(
+    mut detector: Detector,
+    find: face::FindOptions,
+) -> impl FnMut(Vec<Finding>) -> Result<Vec<()>, FaceError> {
+    move |items: Vec<Finding>| {
+        let n = items.len();
+        let (inputs, rest): (Vec<DetectInput>, Vec<_>) = items
+            .into_iter()
+            .filter(|f| !f.reply.gone())
+            .map(|f| (f.input, f.then))
+            .unzip();
+        match detector.detect_inputs(&inputs, find.min_score, find.max_iou) {
+            Ok(found) => {
+                for (then, faces) in rest.into_iter().zip(found) {
+                    then(Ok(faces));
+                }
+            }
+            Err(e) => {
+                for then in rest {
+                    then(Err(e.clone()));
+                }
+            }
+        }
+        Ok(vec![(); n])
+    }
 }
 
 /// Pending embedding of one image's face (a batch item).
@@ -181,6 +293,9 @@ impl FaceService {
         deadline: Option<Instant>,
         most: usize,
     ) -> Result<PendingImage, ServiceError> {
+        if let Some(finder) = &self.finder {
+            return self.prepare_staged(finder, src, permit, deadline, most);
+        }
         let cfg = self.config.clone();
         let submitted = Instant::now();
         let job = move |det: &mut WorkerState| {
@@ -209,7 +324,105 @@ impl FaceService {
             })
         };
         let handle = self.pool.try_submit_with(pool::JobOptions { deadline }, job)?;
-        Ok(PendingImage { handle, deadline })
+        Ok(PendingImage {
+            preparing: Preparing::Job(handle),
+            deadline,
+        })
+    }
+
+    /// [`prepare_up_to`](Self::prepare_up_to) where frames share detector
+    /// runs: decoding on the pool, the frame then to `finder`, whose thread
+    /// runs the detector on the frames it has gathered and hands each on to
+    /// the pool again for its landmarks and alignment. No stage waits for
+    /// another: each hands the image on; the last answers.
+    fn prepare_staged(
+        &self,
+        finder: &Batcher<Finding, ()>,
+        src: ImageSource,
+        permit: Permit,
+        deadline: Option<Instant>,
+        most: usize,
+    ) -> Result<PendingImage, ServiceError> {
+        let (cfg, pool, finder) = (self.config.clone(), self.pool.clone(), finder.clone());
+        let submitted = Instant::now();
+        let (reply, answer) = Reply::new();
+        let job = move |det: &mut WorkerState| {
+            if reply.gone() {
+                return;
+            }
+            let started = Instant::now();
+            let queue = started - submitted;
+            let mut permit = permit;
+            let decoded = match &src {
+                ImageSource::Path(p) => face::decode_file(p, &cfg.limits),
+                ImageSource::Bytes(b) => face::decode(b, &cfg.limits),
+            };
+            drop(src);
+            permit.release_bytes();
+            let img = match decoded {
+                Ok(img) => img,
+                Err(e) => return reply.send(Err(e.into())),
+            };
+            let detector = match det {
+                Ok(d) => d,
+                Err(why) => return reply.send(Err(why.clone().into())),
+            };
+            if !cfg.find.needs_detector(&img) {
+                let prep = face::find_faces_up_to(&img, Some(detector), &cfg.find, most).map(|faces| {
+                    permit.release_faces_beyond(faces.len());
+                    Prep {
+                        faces,
+                        permit,
+                        queue,
+                        prepare: started.elapsed(),
+                    }
+                });
+                return reply.send(prep.map_err(Into::into));
+            }
+            let input = match detector.input(&img) {
+                Ok(i) => i,
+                Err(e) => return reply.send(Err(e.into())),
+            };
+            let then_reply = reply.clone();
+            let then = move |found: Result<Vec<Detection>, FaceError>| {
+                let last = then_reply.clone();
+                let align = move |det: &mut WorkerState| {
+                    if last.gone() {
+                        return;
+                    }
+                    let prep = found.and_then(|dets| {
+                        let d = det.as_mut().map_err(|why| why.clone())?;
+                        let faces = face::align_faces(&img, dets, d, most)?;
+                        permit.release_faces_beyond(faces.len());
+                        Ok(Prep {
+                            faces,
+                            permit,
+                            queue,
+                            prepare: started.elapsed(),
+                        })
+                    });
+                    last.send(prep.map_err(Into::into));
+                };
+                match pool.try_submit_with(pool::JobOptions { deadline }, align) {
+                    Ok(h) => h.detach(),
+                    Err(e) => then_reply.send(Err(e.into())),
+                }
+            };
+            let item = Finding {
+                input,
+                reply: reply.clone(),
+                then: Box::new(then),
+            };
+            match finder.try_submit_with(item, batch::ItemOptions { deadline }) {
+                Ok(h) => h.detach(),
+                Err(e) => reply.send(Err(e.into())),
+            }
+        };
+        let first = self.pool.try_submit_with(pool::JobOptions { deadline }, job)?;
+        Ok(PendingImage {
+            preparing: Preparing::Staged { first, answer },
+            deadline,
+        })
     }
 
     /// Waits (on this thread) for an image's preparation and hands its
@@ -222,7 +435,7 @@ impl FaceService {
     /// [`embed_first`](Self::embed_first), awaiting the preparation.
     pub async fn embed_first_async(&self, img: PendingImage) -> Result<PendingFace, ServiceError> {
         let deadline = img.deadline;
-        let prep = img.handle.await??;
+        let prep = img.prepared().await?;
         self.submit_face(prep, deadline)
     }
 
@@ -230,7 +443,7 @@ impl FaceService {
     /// image was prepared for, largest first.
     pub async fn embed_each_async(&self, img: PendingImage) -> Result<Vec<PendingFace>, ServiceError> {
         let deadline = img.deadline;
-        let prep = img.handle.await??;
+        let prep = img.prepared().await?;
         self.submit_faces(prep, deadline, usize::MAX)
     }
 

@@ -69,6 +69,12 @@ pub struct ServiceArgs {
     /// 134217728, 128 MiB: 40 MP of 8-bit RGB, 16 MP of 16-bit RGBA).
     #[arg(long, env = "FACEPOOL_MAX_DECODE_BYTES")]
     pub max_decode_bytes: Option<u64>,
+    /// Most frames per detector run, detection batched across requests on
+    /// a thread of its own; 0: each preparation worker detects on its own
+    /// frame (default: 0 on the CPU, where batching gains nothing, 32 on a
+    /// GPU).
+    #[arg(long, env = "FACEPOOL_DETECT_BATCH")]
+    pub detect_batch: Option<usize>,
     /// Most time a face waits for its batch, ms (default: 2 on the CPU, 4
     /// on a GPU).
     #[arg(long, env = "FACEPOOL_BATCH_DELAY_MS", value_parser = delay_ms)]
@@ -132,6 +138,10 @@ pub fn config(args: &ServiceArgs) -> FaceConfig {
     if let Some(b) = args.batch_max {
         c.cpu.batch_max = b.max(1);
         c.gpu.batch_max = b.max(1);
+    }
+    if let Some(n) = args.detect_batch {
+        c.cpu.detect_batch = n;
+        c.gpu.detect_batch = n;
     }
     if let Some(d) = args.batch_delay_ms {
         c.cpu.batch_delay = Duration::from_secs_f64(d.max(0.0) / 1e3);

@@ -321,9 +321,10 @@ fn detection_on_ort_matches_tract() {
 /// The detector takes several frames a run (the batch dimension made free
 /// on ONNX Runtime; plans of 1 and 4 frames on tract, a run of 5 split
 /// into 4 and 1, one of 3 padded to 4) and finds on each frame what a run
-/// of that frame alone finds.
+/// of that frame alone finds; the landmark model places every face of
+/// every frame in one run as it places each alone.
 #[test]
-fn detector_runs_of_several_frames_find_what_single_runs_find() {
+fn detector_and_landmark_runs_of_several_find_what_single_runs_find() {
     use facepool::face::DetectModels;
     let det = assets().join("models/fr_detect.onnx");
     let runtime = OrtRuntime::load(&library()).unwrap();
@@ -336,9 +337,10 @@ fn detector_runs_of_several_frames_find_what_single_runs_find() {
         .iter()
         .map(|p| face::decode_file(p, &DecodeLimits::default()).unwrap())
         .collect();
+    let lm = assets().join("models/fr_landmark.onnx");
     for models in [
-        DetectModels::load_batched(&det, None, &[4]).unwrap(),
-        DetectModels::load_ort(&runtime, &det, None).unwrap(),
+        DetectModels::load_batched(&det, Some(&lm), &[4]).unwrap(),
+        DetectModels::load_ort(&runtime, &det, Some(&lm)).unwrap(),
     ] {
         let mut d = models.detector().unwrap();
         let alone: Vec<_> = frames.iter().map(|f| d.detect(f, 0.7, 0.3).unwrap()).collect();
@@ -365,5 +367,35 @@ fn detector_runs_of_several_frames_find_what_single_runs_find() {
         }
         assert!(faces > 40, "{}: {faces} faces", models.runtime());
         assert!(d.detect_inputs(&[], 0.7, 0.3).unwrap().is_empty());
+        // Every face of every frame placed by one landmark run: the points
+        // of a run of that face alone.
+        let all: Vec<_> = frames
+            .iter()
+            .zip(&alone)
+            .flat_map(|(f, dets)| dets.iter().map(move |d| (f, *d)))
+            .collect();
+        let located = d.locate(&all);
+        assert_eq!(located.len(), all.len());
+        let mut by_landmarks = 0;
+        for ((f, det), l) in all.iter().zip(&located) {
+            let (points, from) = d.five_points(f, det);
+            assert_eq!((l.det, l.from), (*det, from), "{}", models.runtime());
+            for (p, q) in points.iter().zip(&l.points) {
+                assert!(
+                    (p[0] - q[0]).abs() <= 0.01 && (p[1] - q[1]).abs() <= 0.01,
+                    "{}: {points:?} and {:?}",
+                    models.runtime(),
+                    l.points
+                );
+            }
+            by_landmarks += usize::from(from == face::PointsFrom::Landmarks);
+        }
+        assert!(
+            by_landmarks * 2 > all.len(),
+            "{}: {by_landmarks} of {}",
+            models.runtime(),
+            all.len()
+        );
+        assert!(d.locate(&[]).is_empty());
     }
 }

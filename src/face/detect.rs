@@ -196,14 +196,22 @@ fn run_planned<S>(
 }
 
 /// Splits each output of a run of `b` inputs along its first dimension
-/// into `each` (one entry per input).
+/// into `each` (one entry per input); a run of one input keeps its outputs
+/// as they are.
 fn split_outputs(
     outs: Vec<model::Output>,
     b: usize,
     each: &mut [Vec<model::Output>],
 ) -> Result<(), FaceError> {
+    if b == 1 {
+        // One input: its outputs as they are, whatever their shapes.
+        if let Some(first) = each.first_mut() {
+            *first = outs;
+        }
+        return Ok(());
+    }
     for (shape, flat) in outs {
-        if shape.first() != Some(&b) || !flat.len().is_multiple_of(b) {
+        if b == 0 || shape.first() != Some(&b) || !flat.len().is_multiple_of(b) {
             return Err(FaceError::BadOutput(format!(
                 "an output of shape {shape:?} for a batch of {b}"
             )));
@@ -260,7 +268,7 @@ impl DetectModels {
     }
 
     /// [`load`](Self::load) on ONNX Runtime (the detector takes runs of
-    /// any number of frames).
+    /// any number of frames, the landmark model of any number of faces).
     #[cfg(feature = "ort")]
     pub fn load_ort(
         runtime: &super::onnxruntime::OrtRuntime,
@@ -271,7 +279,7 @@ impl DetectModels {
         Ok(Self {
             detector: Net::Ort(OrtNet::load_batchable(runtime, detector)?),
             landmarks: landmarks
-                .map(|p| OrtNet::load(runtime, p).map(Net::Ort))
+                .map(|p| OrtNet::load_batchable(runtime, p).map(Net::Ort))
                 .transpose()?,
         })
     }
@@ -442,59 +450,119 @@ impl Detector {
 
     /// The 5 alignment points (eyes, nose, mouth corners) of a detected face.
     pub fn five_points(&mut self, img: &RgbImage, det: &Detection) -> ([[f32; 2]; 5], PointsFrom) {
-        if let Some(p) = self.landmark_points(img, det) {
-            return (p, PointsFrom::Landmarks);
+        match self.locate(&[(img, *det)]).pop() {
+            Some(l) => (l.points, l.from),
+            None => (box_points(&det.bbox), PointsFrom::BoxFallback),
         }
-        (box_points(&det.bbox), PointsFrom::BoxFallback)
     }
 
-    fn landmark_points(&mut self, img: &RgbImage, det: &Detection) -> Option<[[f32; 2]; 5]> {
-        let lm = self.lm.as_mut()?;
-        let [x0, y0, x1, y1] = det.bbox;
-        let (bw, bh) = (x1 - x0, y1 - y0);
-        let (cx, cy) = (x0.max(0.0) as u32, y0.max(0.0) as u32);
-        let cw = (bw as u32).min(img.width().saturating_sub(cx)).max(1);
-        let ch = (bh as u32).min(img.height().saturating_sub(cy)).max(1);
-        let small = self
-            .shrink
-            .resize(img, Some([cx, cy, cw, ch]), LM_SIDE, LM_SIDE)
-            .ok()?;
-        let data: Vec<f32> = small
-            .pixels()
-            .map(|p| {
-                let [r, g, b] = p.0.map(f32::from);
-                (0.299 * r + 0.587 * g + 0.114 * b) / 256.0
-            })
-            .collect();
-        let outs = lm.run(&LM_FRAME, &data, 1).ok()?.pop()?;
-        let v = &outs.first()?.1;
-        if v.len() != 136 {
-            return None;
+    /// The alignment points of several faces, each in its frame, placed by
+    /// one run of the landmark model for all of them (or the runs of its
+    /// planned batch sizes); a face whose answer is implausible, or every
+    /// face when the run fails, takes the box's points. One answer per
+    /// face, in order.
+    pub fn locate(&mut self, faces: &[(&RgbImage, Detection)]) -> Vec<Located> {
+        let fallback = |det: &Detection| Located {
+            det: *det,
+            points: box_points(&det.bbox),
+            from: PointsFrom::BoxFallback,
+        };
+        if self.lm.is_none() {
+            return faces.iter().map(|(_, d)| fallback(d)).collect();
         }
-        let pt = |i: usize| {
-            [
-                v[2 * i] * cw as f32 + cx as f32,
-                v[2 * i + 1] * ch as f32 + cy as f32,
-            ]
+        // Each face's crop of its frame, shrunk into the run's input.
+        self.batch.clear();
+        let mut crops = Vec::with_capacity(faces.len());
+        for (img, det) in faces {
+            let crop = landmark_crop(img, det);
+            let small = self.shrink.resize(img, Some(crop), LM_SIDE, LM_SIDE).ok();
+            if let Some(small) = &small {
+                self.batch.extend(small.pixels().map(|p| {
+                    let [r, g, b] = p.0.map(f32::from);
+                    (0.299 * r + 0.587 * g + 0.114 * b) / 256.0
+                }));
+            }
+            crops.push(small.map(|_| crop));
+        }
+        let ran = crops.iter().filter(|c| c.is_some()).count();
+        let outs = match (&mut self.lm, ran) {
+            (Some(lm), 1..) => lm.run(&LM_FRAME, &self.batch, ran).unwrap_or_default(),
+            _ => Vec::new(),
         };
-        let mean = |ids: &[usize]| {
-            let s = ids.iter().fold([0.0, 0.0], |a, i| {
-                let p = pt(*i);
-                [a[0] + p[0], a[1] + p[1]]
-            });
-            [s[0] / ids.len() as f32, s[1] / ids.len() as f32]
-        };
-        // 68-point convention: eyes 36-41 and 42-47, nose tip 30, mouth
-        // corners 48 and 54 (with the inner corners 60 and 64).
-        let points = [
-            mean(&[37, 38, 40, 41]),
-            mean(&[43, 44, 46, 47]),
-            pt(30),
-            mean(&[48, 60]),
-            mean(&[54, 64]),
-        ];
-        plausible(&points, &det.bbox).then_some(points)
+        let mut outs = outs.into_iter();
+        faces
+            .iter()
+            .zip(crops)
+            .map(|((_, det), crop)| {
+                let points = crop
+                    .and_then(|c| outs.next().map(|o| (c, o)))
+                    .and_then(|(c, o)| points_of(&o, c, det));
+                match points {
+                    Some(points) => Located {
+                        det: *det,
+                        points,
+                        from: PointsFrom::Landmarks,
+                    },
+                    None => fallback(det),
+                }
+            })
+            .collect()
     }
+}
+
+/// A detected face with its alignment points.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Located {
+    /// The face as the detector found it.
+    pub det: Detection,
+    /// Eyes, nose, mouth corners, in the frame's pixels.
+    pub points: [[f32; 2]; 5],
+    /// Where the points came from.
+    pub from: PointsFrom,
+}
+
+/// The part of the frame the landmark model reads for a face: its box
+/// within the frame (left, top, width, height; at least a pixel).
+fn landmark_crop(img: &RgbImage, det: &Detection) -> [u32; 4] {
+    let [x0, y0, x1, y1] = det.bbox;
+    let (bw, bh) = (x1 - x0, y1 - y0);
+    let (cx, cy) = (x0.max(0.0) as u32, y0.max(0.0) as u32);
+    let cw = (bw as u32).min(img.width().saturating_sub(cx)).max(1);
+    let ch = (bh as u32).min(img.height().saturating_sub(cy)).max(1);
+    [cx, cy, cw, ch]
+}
+
+/// The 5 alignment points from the landmark model's answer for the crop
+/// `[cx, cy, cw, ch]` of a face, when there are 68 points and they look
+/// like a face in its box.
+fn points_of(outs: &[model::Output], [cx, cy, cw, ch]: [u32; 4], det: &Detection) -> Option<[[f32; 2]; 5]> {
+    let v = &outs.first()?.1;
+    if v.len() != 136 {
+        return None;
+    }
+    let pt = |i: usize| {
+        [
+            v[2 * i] * cw as f32 + cx as f32,
+            v[2 * i + 1] * ch as f32 + cy as f32,
+        ]
+    };
+    let mean = |ids: &[usize]| {
+        let s = ids.iter().fold([0.0, 0.0], |a, i| {
+            let p = pt(*i);
+            [a[0] + p[0], a[1] + p[1]]
+        });
+        [s[0] / ids.len() as f32, s[1] / ids.len() as f32]
+    };
+    // 68-point convention: eyes 36-41 and 42-47, nose tip 30, mouth
+    // corners 48 and 54 (with the inner corners 60 and 64).
+    let points = [
+        mean(&[37, 38, 40, 41]),
+        mean(&[43, 44, 46, 47]),
+        pt(30),
+        mean(&[48, 60]),
+        mean(&[54, 64]),
+    ];
+    plausible(&points, &det.bbox).then_some(points)
 }
 
 /// The faces of one frame of `w` × `h` from the detector's outputs for it

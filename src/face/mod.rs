@@ -22,7 +22,7 @@ use image::RgbImage;
 pub use self::align::{Similarity, ARCFACE_TEMPLATE, FACE_SIZE};
 pub use self::backend::{Backend, BackendChoice, EmbedModel, EmbedSettings};
 pub use self::decode::{decode, decode_file, DecodeLimits};
-pub use self::detect::{DetectInput, DetectModels, Detection, Detector, PointsFrom, MAX_FACES};
+pub use self::detect::{DetectInput, DetectModels, Detection, Detector, Located, PointsFrom, MAX_FACES};
 pub use self::embed::{cosine, Embedder, Embedding, FaceInput, TractEmbedder, TractModel, INPUT_LEN};
 pub use self::error::FaceError;
 pub use self::model::plan_sizes;
@@ -195,10 +195,18 @@ pub fn align_faces(
     most: usize,
 ) -> Result<Vec<Prepared>, FaceError> {
     let take = dets.len().min(most.clamp(1, MAX_FACES));
-    let mut out = Vec::with_capacity(take);
-    for d in dets.into_iter().take(take) {
-        let (points, from) = detector.five_points(img, &d);
-        let Some(t) = Similarity::estimate(&points, &ARCFACE_TEMPLATE) else {
+    let faces: Vec<(&RgbImage, Detection)> = dets.into_iter().take(take).map(|d| (img, d)).collect();
+    let located = detector.locate(&faces);
+    align_located(img, &located)
+}
+
+/// The faces of `img` aligned from their points and made model inputs, in
+/// order; a face whose points give no usable mapping is left out, and none
+/// left is [`FaceError::NoFace`].
+pub fn align_located(img: &RgbImage, located: &[Located]) -> Result<Vec<Prepared>, FaceError> {
+    let mut out = Vec::with_capacity(located.len());
+    for l in located {
+        let Some(t) = Similarity::estimate(&l.points, &ARCFACE_TEMPLATE) else {
             continue;
         };
         let Some(face) = align::warp(img, &t) else {
@@ -207,10 +215,10 @@ pub fn align_faces(
         out.push(Prepared {
             input: input_of(&face),
             path: FacePath::Detected {
-                score: d.score,
-                points: from,
+                score: l.det.score,
+                points: l.from,
             },
-            bbox: Some(d.bbox),
+            bbox: Some(l.det.bbox),
         });
     }
     if out.is_empty() {

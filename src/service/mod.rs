@@ -60,6 +60,9 @@ pub use self::results::{
 
 use self::pipeline::WorkerState;
 
+/// The detector's thread: frames from every caller in one detector run.
+type Finder = Batcher<pipeline::Finding, ()>;
+
 /// The face service. Clones share the pool, the batcher, the admission and
 /// the gallery.
 #[derive(Clone)]
@@ -68,7 +71,7 @@ pub struct FaceService {
     batcher: Batcher<Queued, Embedded>,
     /// The detector's thread, where frames share detector runs (none: each
     /// preparation worker runs the detector on its own frame).
-    finder: Option<Batcher<pipeline::Finding, ()>>,
+    finder: Option<Finder>,
     /// The runtime the detector runs on (`tract`, `ort`, `cuda`).
     detect_runtime: &'static str,
     config: Arc<FaceConfig>,
@@ -122,12 +125,13 @@ impl FaceService {
         let room = queue.saturating_mul(2);
         // Frames share detector runs on a thread of their own, or each
         // preparation worker runs the detector on its own frame.
-        let (finder, detect_runtime) = match batching.detect_batch {
-            0 => (None, det.runtime()),
-            _ => {
-                let (f, runtime) = Self::finder(&config, &model, &batching, room)?;
-                (Some(f), runtime)
-            }
+        let finder = match batching.detect_batch {
+            0 => None,
+            _ => Self::finder(&config, &model, &batching, room)?,
+        };
+        let (finder, detect_runtime) = match finder {
+            Some((f, runtime)) => (Some(f), runtime),
+            None => (None, det.runtime()),
         };
         let batch_metrics = metrics.clone();
         let batcher = Batcher::builder(policy)
@@ -222,19 +226,22 @@ impl FaceService {
         model: &EmbedModel,
         batching: &Batching,
         room: usize,
-    ) -> Result<(Batcher<pipeline::Finding, ()>, &'static str), StartError> {
+    ) -> Result<Option<(Finder, &'static str)>, StartError> {
         let most = batching.detect_batch.max(1);
         let landmarks = config.landmarks.as_deref();
         let models = match model {
-            // The detector on the GPU; where its runtime cannot take the
-            // detector, on the CPU as the workers' (`detect_runtime` says).
+            // Where tract's CUDA runtime cannot take the models, none: each
+            // preparation worker then detects on the CPU, as without a GPU
+            // (`detect_runtime` says which).
             #[cfg(feature = "cuda")]
-            EmbedModel::Cuda(_) => DetectModels::load_cuda(
+            EmbedModel::Cuda(_) => match DetectModels::load_cuda(
                 &config.detector,
                 landmarks,
                 &face::plan_sizes(&batching.batch_sizes, Some(most)),
-            )
-            .or_else(|_| DetectModels::load_beside(model, &config.detector, landmarks))?,
+            ) {
+                Ok(m) => m,
+                Err(_) => return Ok(None),
+            },
             _ => DetectModels::load_beside(model, &config.detector, landmarks)?,
         };
         let policy = BatchPolicy {
@@ -245,11 +252,13 @@ impl FaceService {
         };
         let find = config.find;
         let runtime = models.runtime();
+        // Frames waiting for the detector are held decoded: as many as
+        // admission lets in (its faces; not their decoded bytes).
         let finder = Batcher::builder(policy)
             .queue_capacity(room)
             .thread_name("face-detect")
             .build(move |_| Ok::<_, FaceError>(pipeline::finder(models.detector()?, find)))?;
-        Ok((finder, runtime))
+        Ok(Some((finder, runtime)))
     }
 
     /// The settings.
@@ -393,15 +402,19 @@ impl FaceService {
         if let Some(finder) = &self.finder {
             // The pool and the detector's thread hand images to each other:
             // neither stops before the images between them are through.
+            // One deadline for the three steps.
             let by = std::time::Instant::now() + timeout;
-            while std::time::Instant::now() < by
+            let left = || by.saturating_duration_since(std::time::Instant::now());
+            while !left().is_zero()
                 && (self.pool.waiting() + self.pool.running() > 0 || finder.stats().in_flight() > 0)
             {
                 std::thread::sleep(Duration::from_millis(2));
             }
-            finder.shutdown(timeout);
+            finder.shutdown(left());
+            self.pool.shutdown(left());
+        } else {
+            self.pool.shutdown(timeout);
         }
-        self.pool.shutdown(timeout);
         self.batcher.shutdown(timeout);
         self.reads.shutdown(timeout);
         self.searches.shutdown(timeout);

@@ -14,6 +14,7 @@
 //! its work is dropped), so admission counts what is really in flight, and
 //! a caller that keeps many images going can never block its own releases.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,10 +24,10 @@ use super::admission::{Cost, Permit};
 use super::{FaceService, ServiceError};
 use crate::batch::{self, BatchError, Batcher};
 use crate::face::{
-    self, DetectInput, Detection, Detector, Embedding, FaceError, FaceInput, FacePath, Prepared,
+    self, DetectInput, Detector, Embedding, FaceError, FaceInput, FacePath, Located, Prepared,
 };
 use crate::metrics::Stage;
-use crate::pool;
+use crate::pool::{self, JobError};
 
 /// An image to compare.
 #[derive(Debug, Clone)]
@@ -216,37 +217,54 @@ impl Reply {
 }
 
 /// A frame waiting for the detector run it shares with other callers'
-/// frames, and what follows the run (its faces placed and aligned on the
-/// pool). Dropped unrun (its deadline passed, the service stopping), the
-/// frame's caller hears so.
+/// frames (and the landmark run its faces share with theirs), and what
+/// follows (its faces aligned on the pool). Dropped unrun (its deadline
+/// passed, the service stopping), the frame's caller hears so.
 pub struct Finding {
     input: DetectInput,
+    img: image::RgbImage,
+    /// Faces to place at most (the largest).
+    most: usize,
     reply: Arc<Reply>,
-    then: Box<dyn FnOnce(Result<Vec<Detection>, FaceError>) + Send>,
+    then: AfterFinding,
 }
 
-/// The handler of the detector's thread: one run for the frames of a batch
-/// whose callers still wait, each frame then handed on.
+/// What follows a frame's detector and landmark runs: its faces aligned.
+type AfterFinding = Box<dyn FnOnce(image::RgbImage, Result<Vec<Located>, FaceError>) + Send>;
+
+/// The handler of the detector's thread: one detector run for the frames of
+/// a batch whose callers still wait, one landmark run for the faces found,
+/// then each frame handed on.
 pub(crate) fn finder(
     mut detector: Detector,
     find: face::FindOptions,
 ) -> impl FnMut(Vec<Finding>) -> Result<Vec<()>, FaceError> {
     move |items: Vec<Finding>| {
         let n = items.len();
-        let (inputs, rest): (Vec<DetectInput>, Vec<_>) = items
+        let (inputs, live): (Vec<DetectInput>, Vec<_>) = items
             .into_iter()
             .filter(|f| !f.reply.gone())
-            .map(|f| (f.input, f.then))
+            .map(|f| (f.input, (f.img, f.most, f.then)))
             .unzip();
         match detector.detect_inputs(&inputs, find.min_score, find.max_iou) {
             Ok(found) => {
-                for (then, faces) in rest.into_iter().zip(found) {
-                    then(Ok(faces));
+                // Every frame's faces (up to its `most`) in one landmark run.
+                let mut faces = Vec::new();
+                let mut counts = Vec::with_capacity(live.len());
+                for ((img, most, _), dets) in live.iter().zip(found) {
+                    let take = dets.len().min((*most).clamp(1, face::MAX_FACES));
+                    counts.push(take);
+                    faces.extend(dets.into_iter().take(take).map(|d| (img, d)));
+                }
+                let mut located = detector.locate(&faces).into_iter();
+                drop(faces);
+                for ((img, _, then), take) in live.into_iter().zip(counts) {
+                    then(img, Ok(located.by_ref().take(take).collect()));
                 }
             }
             Err(e) => {
-                for then in rest {
-                    then(Err(e.clone()));
+                for (img, _, then) in live {
+                    then(img, Err(e.clone()));
                 }
             }
         }
@@ -332,8 +350,9 @@ impl FaceService {
 
     /// [`prepare_up_to`](Self::prepare_up_to) where frames share detector
     /// runs: decoding on the pool, the frame then to `finder`, whose thread
-    /// runs the detector on the frames it has gathered and hands each on to
-    /// the pool again for its landmarks and alignment. No stage waits for
+    /// runs the detector on the frames it has gathered and the landmark
+    /// model on their faces, and hands each frame on to the pool again for
+    /// its alignment. No stage waits for
     /// another: each hands the image on; the last answers.
     fn prepare_staged(
         &self,
@@ -363,12 +382,8 @@ impl FaceService {
                 Ok(img) => img,
                 Err(e) => return reply.send(Err(e.into())),
             };
-            let detector = match det {
-                Ok(d) => d,
-                Err(why) => return reply.send(Err(why.clone().into())),
-            };
             if !cfg.find.needs_detector(&img) {
-                let prep = face::find_faces_up_to(&img, Some(detector), &cfg.find, most).map(|faces| {
+                let prep = face::find_faces_up_to(&img, None, &cfg.find, most).map(|faces| {
                     permit.release_faces_beyond(faces.len());
                     Prep {
                         faces,
@@ -379,29 +394,41 @@ impl FaceService {
                 });
                 return reply.send(prep.map_err(Into::into));
             }
+            let detector = match det {
+                Ok(d) => d,
+                Err(why) => return reply.send(Err(why.clone().into())),
+            };
             let input = match detector.input(&img) {
                 Ok(i) => i,
                 Err(e) => return reply.send(Err(e.into())),
             };
             let then_reply = reply.clone();
-            let then = move |found: Result<Vec<Detection>, FaceError>| {
+            let then = move |img: image::RgbImage, found: Result<Vec<Located>, FaceError>| {
                 let last = then_reply.clone();
-                let align = move |det: &mut WorkerState| {
+                let align = move |_: &mut WorkerState| {
                     if last.gone() {
                         return;
                     }
-                    let prep = found.and_then(|dets| {
-                        let d = det.as_mut().map_err(|why| why.clone())?;
-                        let faces = face::align_faces(&img, dets, d, most)?;
-                        permit.release_faces_beyond(faces.len());
-                        Ok(Prep {
-                            faces,
-                            permit,
-                            queue,
-                            prepare: started.elapsed(),
-                        })
+                    // Detached, its panic would reach nobody: answered here.
+                    let prep = catch_unwind(AssertUnwindSafe(|| {
+                        let located = found?;
+                        face::align_located(&img, &located)
+                    }));
+                    last.send(match prep {
+                        Ok(Ok(faces)) => {
+                            permit.release_faces_beyond(faces.len());
+                            Ok(Prep {
+                                faces,
+                                permit,
+                                queue,
+                                prepare: started.elapsed(),
+                            })
+                        }
+                        Ok(Err(e)) => Err(e.into()),
+                        Err(_) => {
+                            Err(JobError::Panicked("aligning the image's faces panicked".into()).into())
+                        }
                     });
-                    last.send(prep.map_err(Into::into));
                 };
                 match pool.try_submit_with(pool::JobOptions { deadline }, align) {
                     Ok(h) => h.detach(),
@@ -410,6 +437,8 @@ impl FaceService {
             };
             let item = Finding {
                 input,
+                img,
+                most,
                 reply: reply.clone(),
                 then: Box::new(then),
             };

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::batch::{BatchPolicy, Batcher};
-use crate::face::{self, BackendChoice, DetectModels, EmbedModel, FaceError};
+use crate::face::{BackendChoice, DetectModels, EmbedModel, FaceError};
 use crate::gallery::{GalleryError, GalleryFile, GalleryStore, StoreStatus};
 use crate::index::{Index, IndexError, Vectors};
 use crate::metrics::Metrics;
@@ -237,7 +237,7 @@ impl FaceService {
             EmbedModel::Cuda(_) => match DetectModels::load_cuda(
                 &config.detector,
                 landmarks,
-                &face::plan_sizes(&batching.batch_sizes, Some(most)),
+                &crate::face::plan_sizes(&batching.batch_sizes, Some(most)),
             ) {
                 Ok(m) => m,
                 Err(_) => return Ok(None),

@@ -84,22 +84,7 @@ impl CudaModel {
     /// CUDA library, and with [`FaceError::Model`] when the file is not a
     /// usable model.
     pub fn load(path: &Path, batch_sizes: &[usize]) -> Result<Self, FaceError> {
-        if !path.is_file() {
-            return Err(FaceError::Model(format!(
-                "{}: no such file (run scripts/fetch-assets.sh)",
-                path.display()
-            )));
-        }
-        let rt = runtime()?;
-        let mut plans = Vec::new();
-        let mut cpu_nodes = Vec::new();
-        for b in plan_sizes(batch_sizes, None) {
-            let plan = prepare(rt, path, &[b, 3, FACE_SIZE, FACE_SIZE])?;
-            if cpu_nodes.is_empty() {
-                cpu_nodes = off_gpu(&*plan);
-            }
-            plans.push((b, plan));
-        }
+        let CudaNet { plans, cpu_nodes } = CudaNet::load(path, &[3, FACE_SIZE, FACE_SIZE], batch_sizes)?;
         let mut m = Self {
             plans,
             dim: 0,

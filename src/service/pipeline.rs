@@ -141,6 +141,20 @@ pub(crate) struct Prep {
     prepare: Duration,
 }
 
+impl Prep {
+    /// An image's faces, prepared from `started` on after `queue` in line;
+    /// the faces of `permit` beyond them given back.
+    fn new(faces: Vec<Prepared>, mut permit: Permit, queue: Duration, started: Instant) -> Self {
+        permit.release_faces_beyond(faces.len());
+        Self {
+            faces,
+            permit,
+            queue,
+            prepare: started.elapsed(),
+        }
+    }
+}
+
 /// Pending preparation of one image.
 pub struct PendingImage {
     preparing: Preparing,
@@ -333,13 +347,7 @@ impl FaceService {
                 Err(_) => None,
             };
             let faces = face::find_faces_up_to(&img, detector, &cfg.find, most)?;
-            permit.release_faces_beyond(faces.len());
-            Ok(Prep {
-                faces,
-                permit,
-                queue,
-                prepare: started.elapsed(),
-            })
+            Ok(Prep::new(faces, permit, queue, started))
         };
         let handle = self.pool.try_submit_with(pool::JobOptions { deadline }, job)?;
         Ok(PendingImage {
@@ -383,15 +391,8 @@ impl FaceService {
                 Err(e) => return reply.send(Err(e.into())),
             };
             if !cfg.find.needs_detector(&img) {
-                let prep = face::find_faces_up_to(&img, None, &cfg.find, most).map(|faces| {
-                    permit.release_faces_beyond(faces.len());
-                    Prep {
-                        faces,
-                        permit,
-                        queue,
-                        prepare: started.elapsed(),
-                    }
-                });
+                let prep = face::find_faces_up_to(&img, None, &cfg.find, most)
+                    .map(|faces| Prep::new(faces, permit, queue, started));
                 return reply.send(prep.map_err(Into::into));
             }
             let detector = match det {
@@ -415,15 +416,7 @@ impl FaceService {
                         face::align_located(&img, &located)
                     }));
                     last.send(match prep {
-                        Ok(Ok(faces)) => {
-                            permit.release_faces_beyond(faces.len());
-                            Ok(Prep {
-                                faces,
-                                permit,
-                                queue,
-                                prepare: started.elapsed(),
-                            })
-                        }
+                        Ok(Ok(faces)) => Ok(Prep::new(faces, permit, queue, started)),
                         Ok(Err(e)) => Err(e.into()),
                         Err(_) => {
                             Err(JobError::Panicked("aligning the image's faces panicked".into()).into())

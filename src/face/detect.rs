@@ -284,23 +284,28 @@ impl DetectModels {
         })
     }
 
-    /// The detector on the GPU (tract's CUDA runtime, a plan for each of
-    /// `batch_sizes` frames), the landmark model on tract.
+    /// Both models on the GPU (tract's CUDA runtime): the detector with a
+    /// plan for each of `batch_sizes` frames, the landmark model for as
+    /// many faces.
     #[cfg(feature = "cuda")]
     pub fn load_cuda(
         detector: &Path,
         landmarks: Option<&Path>,
         batch_sizes: &[usize],
     ) -> Result<Self, FaceError> {
+        use super::cuda::CudaNet;
         Ok(Self {
-            detector: Net::Cuda(super::cuda::CudaNet::load(detector, &DET_FRAME, batch_sizes)?),
-            landmarks: landmarks.map(|p| Net::tract(p, &LM_FRAME, &[1])).transpose()?,
+            detector: Net::Cuda(CudaNet::load(detector, &DET_FRAME, batch_sizes)?),
+            landmarks: landmarks
+                .map(|p| CudaNet::load(p, &LM_FRAME, batch_sizes).map(Net::Cuda))
+                .transpose()?,
         })
     }
 
     /// The models on the CPU runtime of `embedder`: ONNX Runtime when the
     /// embeddings run on it (several times faster than tract), else tract
-    /// (the CUDA backend's detection stays on the CPU workers).
+    /// (the preparation workers' models with the CUDA backend too; its
+    /// batched detection runs on [`load_cuda`](Self::load_cuda)'s).
     pub fn load_beside(
         embedder: &super::backend::EmbedModel,
         detector: &Path,

@@ -157,8 +157,8 @@ fn spawn(plan: &dyn Runnable) -> Result<Box<dyn State>, FaceError> {
 /// One thread's state of a plan, with the plan's batch size.
 pub(crate) type PlannedState = (usize, Box<dyn State>);
 
-/// A model of the face-finding stage (the detector) on the GPU: a plan for
-/// each batch size, inputs of one shape per frame.
+/// A model on the GPU (the embedder's plans, the detector, the landmark
+/// model): a plan for each batch size, inputs of one shape each.
 #[derive(Clone)]
 pub struct CudaNet {
     plans: Vec<(usize, Arc<dyn Runnable>)>,
@@ -190,8 +190,7 @@ impl CudaNet {
         let mut plans = Vec::new();
         let mut cpu_nodes = Vec::new();
         for b in plan_sizes(batch_sizes, None) {
-            let shape: Vec<usize> = std::iter::once(b).chain(frame.iter().copied()).collect();
-            let plan = prepare(rt, path, &shape)?;
+            let plan = prepare(rt, path, &model::batch_shape(b, frame))?;
             if cpu_nodes.is_empty() {
                 cpu_nodes = off_gpu(&*plan);
             }

@@ -114,10 +114,7 @@ impl Net {
     fn tract(path: &Path, frame: &[usize], batch_sizes: &[usize]) -> Result<Self, FaceError> {
         model::plan_sizes(batch_sizes, None)
             .into_iter()
-            .map(|b| {
-                let shape: Vec<usize> = std::iter::once(b).chain(frame.iter().copied()).collect();
-                Ok((b, model::load(path, &shape)?))
-            })
+            .map(|b| Ok((b, model::load(path, &model::batch_shape(b, frame))?)))
             .collect::<Result<_, _>>()
             .map(Self::Tract)
     }
@@ -147,9 +144,8 @@ impl NetState {
             Self::Tract(states) => run_planned(states, frame, data, n, model::run),
             #[cfg(feature = "ort")]
             Self::Ort(s) => {
-                let shape: Vec<usize> = std::iter::once(n).chain(frame.iter().copied()).collect();
                 let mut each = vec![Vec::new(); n];
-                split_outputs(s.run(&shape, data)?, n, &mut each)?;
+                split_outputs(s.run(&model::batch_shape(n, frame), data)?, n, &mut each)?;
                 Ok(each)
             }
             #[cfg(feature = "cuda")]
@@ -186,9 +182,8 @@ fn run_planned<S>(
             padded.resize(*b * per, 0.0);
             &padded[..]
         };
-        let shape: Vec<usize> = std::iter::once(*b).chain(frame.iter().copied()).collect();
         let mut part = vec![Vec::new(); *b];
-        split_outputs(run(state, &shape, input)?, *b, &mut part)?;
+        split_outputs(run(state, &model::batch_shape(*b, frame), input)?, *b, &mut part)?;
         part.truncate(take);
         each.extend(part);
     }
@@ -217,7 +212,7 @@ fn split_outputs(
             )));
         }
         let per = flat.len() / b;
-        let one: Vec<usize> = std::iter::once(1).chain(shape[1..].iter().copied()).collect();
+        let one = model::batch_shape(1, &shape[1..]);
         for (i, out) in each.iter_mut().enumerate().take(b) {
             out.push((one.clone(), flat[i * per..(i + 1) * per].to_vec()));
         }
@@ -441,11 +436,18 @@ impl Detector {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
-        self.batch.clear();
-        for i in inputs {
-            self.batch.extend_from_slice(&i.data);
-        }
-        let outs = self.det.run(&DET_FRAME, &self.batch, inputs.len())?;
+        // One frame runs on its own input; several are put side by side.
+        let data: &[f32] = match inputs {
+            [one] => &one.data,
+            _ => {
+                self.batch.clear();
+                for i in inputs {
+                    self.batch.extend_from_slice(&i.data);
+                }
+                &self.batch
+            }
+        };
+        let outs = self.det.run(&DET_FRAME, data, inputs.len())?;
         inputs
             .iter()
             .zip(outs)

@@ -183,6 +183,13 @@ pub fn find_faces_up_to(
     align_faces(img, dets, detector, most)
 }
 
+/// The first `most` of `dets` (1 to [`MAX_FACES`]): the largest, as
+/// [`Detector::detect`] orders them.
+pub fn largest(mut dets: Vec<Detection>, most: usize) -> Vec<Detection> {
+    dets.truncate(most.clamp(1, MAX_FACES));
+    dets
+}
+
 /// The faces `dets` (as [`Detector::detect`] answers them for `img`,
 /// largest first) placed and aligned: the rest of [`find_faces_up_to`]
 /// once the detector has run (where frames share detector runs, it ran on
@@ -194,8 +201,7 @@ pub fn align_faces(
     detector: &mut Detector,
     most: usize,
 ) -> Result<Vec<Prepared>, FaceError> {
-    let take = dets.len().min(most.clamp(1, MAX_FACES));
-    let faces: Vec<(&RgbImage, Detection)> = dets.into_iter().take(take).map(|d| (img, d)).collect();
+    let faces: Vec<(&RgbImage, Detection)> = largest(dets, most).into_iter().map(|d| (img, d)).collect();
     let located = detector.locate(&faces);
     align_located(img, &located)
 }

@@ -94,6 +94,11 @@ pub fn plan_sizes(asked: &[usize], max: Option<usize>) -> Vec<usize> {
     sizes
 }
 
+/// The shape of a run of `b` inputs of shape `frame`.
+pub(crate) fn batch_shape(b: usize, frame: &[usize]) -> Vec<usize> {
+    std::iter::once(b).chain(frame.iter().copied()).collect()
+}
+
 /// How a batch of `n` inputs runs on plans of `sizes` (sorted, holding 1):
 /// pieces of the largest plan while more than it remain, then the smallest
 /// plan that holds the rest. Each piece is (plan index, inputs it takes).

@@ -58,10 +58,7 @@ pub use self::results::{
     ReviewMode, ReviewRequest, TargetVerdict, Verdict,
 };
 
-use self::pipeline::WorkerState;
-
-/// The detector's thread: frames from every caller in one detector run.
-type Finder = Batcher<pipeline::Finding, ()>;
+use self::pipeline::{Finder, WorkerState};
 
 /// The face service. Clones share the pool, the batcher, the admission and
 /// the gallery.
@@ -125,14 +122,11 @@ impl FaceService {
         let room = queue.saturating_mul(2);
         // Frames share detector runs on a thread of their own, or each
         // preparation worker runs the detector on its own frame.
-        let finder = match batching.detect_batch {
+        let (finder, detect_runtime) = match batching.detect_batch {
             0 => None,
             _ => Self::finder(&config, &model, &batching, room)?,
-        };
-        let (finder, detect_runtime) = match finder {
-            Some((f, runtime)) => (Some(f), runtime),
-            None => (None, det.runtime()),
-        };
+        }
+        .map_or((None, det.runtime()), |(f, runtime)| (Some(f), runtime));
         let batch_metrics = metrics.clone();
         let batcher = Batcher::builder(policy)
             .queue_capacity(room)

@@ -54,6 +54,18 @@ impl ImageSource {
         Cost::new(faces.max(1), self.cost().bytes)
     }
 
+    /// The decoded image within `limits`; its bytes (held in memory, and in
+    /// `permit`) are given back once it is decoded or has failed to be.
+    fn decode(self, limits: &face::DecodeLimits, permit: &mut Permit) -> Result<image::RgbImage, FaceError> {
+        let img = match &self {
+            ImageSource::Path(p) => face::decode_file(p, limits),
+            ImageSource::Bytes(b) => face::decode(b, limits),
+        };
+        drop(self);
+        permit.release_bytes();
+        img
+    }
+
     /// What admitting all of `images` costs.
     pub fn cost_of(images: &[ImageSource]) -> Cost {
         Self::cost_of_up_to(images, 1)
@@ -243,6 +255,9 @@ pub struct Finding {
     then: AfterFinding,
 }
 
+/// The detector's thread: frames from every caller in one detector run.
+pub(crate) type Finder = Batcher<Finding, ()>;
+
 /// What follows a frame's detector and landmark runs: its faces aligned.
 type AfterFinding = Box<dyn FnOnce(image::RgbImage, Result<Vec<Located>, FaceError>) + Send>;
 
@@ -266,9 +281,9 @@ pub(crate) fn finder(
                 let mut faces = Vec::new();
                 let mut counts = Vec::with_capacity(live.len());
                 for ((img, most, _), dets) in live.iter().zip(found) {
-                    let take = dets.len().min((*most).clamp(1, face::MAX_FACES));
-                    counts.push(take);
-                    faces.extend(dets.into_iter().take(take).map(|d| (img, d)));
+                    let dets = face::largest(dets, *most);
+                    counts.push(dets.len());
+                    faces.extend(dets.into_iter().map(|d| (img, d)));
                 }
                 let mut located = detector.locate(&faces).into_iter();
                 drop(faces);
@@ -334,12 +349,7 @@ impl FaceService {
             let mut permit = permit;
             let started = Instant::now();
             let queue = started - submitted;
-            let img = match &src {
-                ImageSource::Path(p) => face::decode_file(p, &cfg.limits)?,
-                ImageSource::Bytes(b) => face::decode(b, &cfg.limits)?,
-            };
-            drop(src);
-            permit.release_bytes();
+            let img = src.decode(&cfg.limits, &mut permit)?;
             let detector = match det {
                 Ok(d) => Some(d),
                 // Say why this worker has no detector, if it needs one.
@@ -360,11 +370,11 @@ impl FaceService {
     /// runs: decoding on the pool, the frame then to `finder`, whose thread
     /// runs the detector on the frames it has gathered and the landmark
     /// model on their faces, and hands each frame on to the pool again for
-    /// its alignment. No stage waits for
-    /// another: each hands the image on; the last answers.
+    /// its alignment. No stage waits for another: each hands the image on;
+    /// the last answers.
     fn prepare_staged(
         &self,
-        finder: &Batcher<Finding, ()>,
+        finder: &Finder,
         src: ImageSource,
         permit: Permit,
         deadline: Option<Instant>,
@@ -380,13 +390,7 @@ impl FaceService {
             let started = Instant::now();
             let queue = started - submitted;
             let mut permit = permit;
-            let decoded = match &src {
-                ImageSource::Path(p) => face::decode_file(p, &cfg.limits),
-                ImageSource::Bytes(b) => face::decode(b, &cfg.limits),
-            };
-            drop(src);
-            permit.release_bytes();
-            let img = match decoded {
+            let img = match src.decode(&cfg.limits, &mut permit) {
                 Ok(img) => img,
                 Err(e) => return reply.send(Err(e.into())),
             };

@@ -91,7 +91,8 @@ fn throughput(e: &mut dyn Embedder, faces: &[FaceInput], batch: usize, secs: f64
     Ok(done as f64 / start.elapsed().as_secs_f64())
 }
 
-fn round(x: f64, digits: i32) -> f64 {
+/// `x` rounded to `digits` decimals (for reports).
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
     (x * p).round() / p
 }

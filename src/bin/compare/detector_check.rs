@@ -13,6 +13,7 @@ use facepool::face::{self, Backend, DetectInput, DetectModels, Detection, Detect
 use facepool::service::FaceConfig;
 use serde_json::json;
 
+use crate::check::round;
 use crate::service_args::{config, ServiceArgs};
 
 /// The arguments of `compare detector-check`.
@@ -89,11 +90,6 @@ fn throughput(d: &mut Detector, inputs: &[DetectInput], batch: usize, secs: f64)
         done += batch;
     }
     Ok(done as f64 / start.elapsed().as_secs_f64())
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let p = 10f64.powi(digits);
-    (x * p).round() / p
 }
 
 pub(crate) fn run(args: DetectorCheckArgs) -> ExitCode {
